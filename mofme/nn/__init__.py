@@ -1,0 +1,47 @@
+"""The method: routers, sparse expert dispatch and the FFN layers (dense, MoE, MoFME)."""
+
+from .adapters import MoFMEMlp, SparseMoEMlp
+from .dispatch import Assignments, combine, group_by_expert, grouped_linear
+from .ffn import DenseFFN, FeedForward
+from .moe import ExpertFFNs, SparseMoE
+from .mofme import FeatureModulation, GatedProjection, MoFME
+from .output import MoEOutput
+from .registry import FFN_LAYERS, build_ffn
+from .routed import RoutedLayer, aux_loss
+from .routers import (
+    ROUTERS,
+    RouterOutput,
+    TopKRouter,
+    UncertaintyAwareRouter,
+    build_router,
+    load_balancing_loss,
+    router_z_loss,
+)
+
+__all__ = [
+    "FFN_LAYERS",
+    "ROUTERS",
+    "Assignments",
+    "DenseFFN",
+    "ExpertFFNs",
+    "FeatureModulation",
+    "FeedForward",
+    "GatedProjection",
+    "MoEOutput",
+    "MoFME",
+    "MoFMEMlp",
+    "RoutedLayer",
+    "RouterOutput",
+    "SparseMoE",
+    "SparseMoEMlp",
+    "TopKRouter",
+    "UncertaintyAwareRouter",
+    "aux_loss",
+    "build_ffn",
+    "build_router",
+    "combine",
+    "group_by_expert",
+    "grouped_linear",
+    "load_balancing_loss",
+    "router_z_loss",
+]

@@ -1,0 +1,102 @@
+"""SparseMoE: the conventional baseline, E full FFN experts behind the same routers and the same
+sparse dispatch (dropless by default, optional capacity factor)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .dispatch import combine, dense_combine_weights, group_by_expert, grouped_linear
+from .routed import Dispatch, RoutedLayer
+from .routers import RouterOutput
+
+__all__ = ["ExpertFFNs", "SparseMoE"]
+
+
+class ExpertFFNs(nn.Module):
+    """E feed-forward experts stored stacked: ``w1`` (E, D, H), ``b1`` (E, H), ``w2`` (E, H, D),
+    ``b2`` (E, D); each initialised like ``nn.Linear``. 8 D^2 + 5 D parameters per expert at H = 4D."""
+
+    def __init__(
+        self, dim: int, hidden_dim: int, num_experts: int, *, dropout: float = 0.0, act_layer: type[nn.Module] = nn.GELU
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+
+        def uniform(*shape: int, fan_in: int) -> nn.Parameter:
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+        self.w1 = uniform(num_experts, dim, hidden_dim, fan_in=dim)
+        self.b1 = uniform(num_experts, hidden_dim, fan_in=dim)
+        self.w2 = uniform(num_experts, hidden_dim, dim, fan_in=hidden_dim)
+        self.b2 = uniform(num_experts, dim, fan_in=hidden_dim)
+        self.act = act_layer()
+        self.drop = nn.Dropout(dropout)
+
+    def grouped(self, rows: Tensor, counts: list[int]) -> Tensor:
+        """Rows grouped by expert (A, D) -> (A, D), expert e applied to its block."""
+        hidden = self.drop(self.act(grouped_linear(rows, counts, self.w1, self.b1)))
+        return self.drop(grouped_linear(hidden, counts, self.w2, self.b2))
+
+    def expert(self, index: int, x: Tensor) -> Tensor:
+        """Expert ``index`` applied to every row of x (N, D)."""
+        hidden = self.drop(self.act(torch.addmm(self.b1[index], x, self.w1[index])))
+        return self.drop(torch.addmm(self.b2[index], hidden, self.w2[index]))
+
+
+class SparseMoE(RoutedLayer):
+    """Conventional top-k MoE; ``layer(x)`` with x (..., dim) -> :class:`MoEOutput`.
+
+    Args:
+        dim, num_experts, top_k, hidden_dim, router, dropout, dispatch, router_kwargs: as :class:`MoFME`.
+        capacity_factor: None (dropless, default) or c > 0: each expert takes at most
+            ``ceil(c * N * k / E)`` assignments, the rest are dropped (they contribute zero).
+
+    Parameters: E (2 D H + H + D) + (D E + E).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        hidden_dim: int | None = None,
+        router: str = "linear",
+        dropout: float = 0.0,
+        capacity_factor: float | None = None,
+        dispatch: Dispatch = "sparse",
+        act_layer: type[nn.Module] = nn.GELU,
+        router_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(
+            dim, num_experts, top_k, router=router, router_kwargs=router_kwargs, dispatch=dispatch
+        )
+        if capacity_factor is not None and capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be positive or None, got {capacity_factor}")
+        self.capacity_factor = capacity_factor
+        self.experts = ExpertFFNs(dim, hidden_dim or 4 * dim, num_experts, dropout=dropout, act_layer=act_layer)
+
+    def capacity(self, num_tokens: int) -> int | None:
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+
+    def compute(self, tokens: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
+        groups = None
+        if sparse or self.capacity_factor is not None:
+            groups = group_by_expert(routing.indices, self.num_experts, self.capacity(tokens.shape[0]))
+        if sparse:
+            return combine(self.experts.grouped(tokens[groups.token], groups.counts), groups, routing.weights)
+        weights = routing.weights
+        if groups is not None:  # the dense path drops the same assignments as the sparse one
+            kept = torch.zeros(groups.num_slots, dtype=weights.dtype, device=weights.device)
+            weights = weights * kept.index_fill(0, groups.slot, 1).view_as(weights)
+        dense = dense_combine_weights(routing.indices, weights, self.num_experts).to(tokens.dtype)
+        out = torch.zeros_like(tokens)
+        for expert in range(self.num_experts):
+            out = out + dense[:, expert : expert + 1] * self.experts.expert(expert, tokens)
+        return out

@@ -1,0 +1,90 @@
+"""What every routed layer (SparseMoE, MoFME) shares: flattening tokens, routing, choosing the
+sparse or the dense (reference / export) computation, and recording the auxiliary loss."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .output import MoEOutput
+from .routers import RouterOutput, TopKRouter, build_router
+
+__all__ = ["Dispatch", "RoutedLayer", "aux_loss"]
+
+Dispatch = Literal["sparse", "dense"]
+
+
+def _static_shapes_required() -> bool:
+    """True while exporting or tracing, where data-dependent expert groups cannot be used."""
+    return bool(
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or (hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting())
+    )
+
+
+class RoutedLayer(nn.Module):
+    """Base of the routed layers: ``forward(x)`` with x (..., dim) returns a :class:`MoEOutput`.
+
+    ``dispatch="sparse"`` computes only the k chosen experts per token (grouped by expert);
+    ``dispatch="dense"`` computes every expert for every token, with zero weight for the ones not
+    chosen (the published computation; the reference for tests and benchmarks). Exporting and
+    tracing always use the dense form, whose shapes do not depend on the data.
+    The aux loss of the last forward is kept in ``last_aux_loss`` for :func:`aux_loss`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        router: str = "linear",
+        router_kwargs: dict | None = None,
+        dispatch: Dispatch = "sparse",
+    ) -> None:
+        super().__init__()
+        if dispatch not in ("sparse", "dense"):
+            raise ValueError(f"dispatch must be 'sparse' or 'dense', got {dispatch!r}")
+        self.dim = dim
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.dispatch = dispatch
+        self.router: TopKRouter = build_router(
+            router, dim=dim, num_experts=num_experts, top_k=top_k, **(router_kwargs or {})
+        )
+        self.last_aux_loss: Tensor | None = None
+
+    def forward(self, x: Tensor) -> MoEOutput:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"expected last dimension {self.dim}, got input of shape {tuple(x.shape)}")
+        tokens = x.reshape(-1, self.dim)
+        routing = self.router(tokens)
+        sparse = self.dispatch == "sparse" and not _static_shapes_required()
+        out = self.compute(tokens, routing, sparse=sparse)
+        self.last_aux_loss = routing.aux_loss
+        lead = x.shape[:-1]
+        uncertainty = None if routing.uncertainty is None else routing.uncertainty.reshape(*lead, -1)
+        return MoEOutput(
+            out.reshape(x.shape),
+            routing.aux_loss,
+            routing.indices.reshape(*lead, -1),
+            routing.weights.reshape(*lead, -1),
+            uncertainty,
+        )
+
+    def compute(self, tokens: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
+        """(N, dim) tokens and their routing -> (N, dim) layer output."""
+        raise NotImplementedError
+
+
+def aux_loss(model: nn.Module) -> Tensor:
+    """Sum of the auxiliary losses that the routed layers of ``model`` recorded in their last
+    forward (a zero scalar if there are none)."""
+    losses = [m.last_aux_loss for m in model.modules() if isinstance(m, RoutedLayer) and m.last_aux_loss is not None]
+    if not losses:
+        param = next(model.parameters(), None)
+        return torch.zeros((), device=None if param is None else param.device)
+    return torch.stack([loss.float() for loss in losses]).sum()
