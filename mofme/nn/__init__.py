@@ -1,7 +1,7 @@
 """The method: routers, sparse expert dispatch and the FFN layers (dense, MoE, MoFME)."""
 
 from .adapters import MoFMEMlp, SparseMoEMlp
-from .dispatch import Assignments, combine, group_by_expert, grouped_linear
+from .dispatch import Assignments, group_by_expert, grouped_linear, mix_rows, scatter_tokens
 from .ffn import DenseFFN, FeedForward
 from .moe import ExpertFFNs, SparseMoE
 from .mofme import FeatureModulation, GatedProjection, MoFME
@@ -39,9 +39,10 @@ __all__ = [
     "aux_loss",
     "build_ffn",
     "build_router",
-    "combine",
     "group_by_expert",
     "grouped_linear",
     "load_balancing_loss",
+    "mix_rows",
     "router_z_loss",
+    "scatter_tokens",
 ]

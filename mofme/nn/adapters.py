@@ -7,6 +7,7 @@ tensor. Their aux losses are collected with :func:`mofme.aux_loss`::
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .moe import SparseMoE
@@ -31,11 +32,15 @@ class _TimmMlp(nn.Module):
         *,
         num_experts: int = 16,
         top_k: int = 2,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **layer_kwargs,
     ) -> None:
         super().__init__()
         if out_features not in (None, in_features):
-            raise ValueError(f"{type(self).__name__} maps dim to dim; out_features={out_features} is not supported")
+            raise ValueError(
+                f"{type(self).__name__} maps dim to dim; out_features={out_features} is not supported"
+            )
         if norm_layer is not None or not bias:
             raise ValueError(f"{type(self).__name__} supports neither timm's mlp norm_layer nor bias=False")
         self.layer = self.layer_cls(
@@ -46,7 +51,7 @@ class _TimmMlp(nn.Module):
             dropout=drop,
             act_layer=act_layer or nn.GELU,
             **layer_kwargs,
-        )
+        ).to(device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(x).output

@@ -16,7 +16,12 @@ class FeedForward(nn.Sequential):
     """
 
     def __init__(
-        self, dim: int, hidden_dim: int | None = None, *, dropout: float = 0.0, act_layer: type[nn.Module] = nn.GELU
+        self,
+        dim: int,
+        hidden_dim: int | None = None,
+        *,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         hidden_dim = hidden_dim or 4 * dim
         super().__init__(
@@ -33,7 +38,12 @@ class DenseFFN(nn.Module):
     ``aux_loss`` is zero and there is no routing."""
 
     def __init__(
-        self, dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, act_layer: type[nn.Module] = nn.GELU
+        self,
+        dim: int,
+        *,
+        hidden_dim: int | None = None,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.ffn = FeedForward(dim, hidden_dim, dropout=dropout, act_layer=act_layer)

@@ -8,7 +8,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .dispatch import combine, dense_combine_weights, group_by_expert, grouped_linear
+from .dispatch import (
+    capacity_mask,
+    dense_combine_weights,
+    group_by_expert,
+    grouped_linear,
+    scatter_tokens,
+    slot_weights,
+)
 from .routed import Dispatch, RoutedLayer
 from .routers import RouterOutput
 
@@ -20,7 +27,13 @@ class ExpertFFNs(nn.Module):
     ``b2`` (E, D); each initialised like ``nn.Linear``. 8 D^2 + 5 D parameters per expert at H = 4D."""
 
     def __init__(
-        self, dim: int, hidden_dim: int, num_experts: int, *, dropout: float = 0.0, act_layer: type[nn.Module] = nn.GELU
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        *,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.num_experts = num_experts
@@ -78,23 +91,26 @@ class SparseMoE(RoutedLayer):
         if capacity_factor is not None and capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be positive or None, got {capacity_factor}")
         self.capacity_factor = capacity_factor
-        self.experts = ExpertFFNs(dim, hidden_dim or 4 * dim, num_experts, dropout=dropout, act_layer=act_layer)
+        self.experts = ExpertFFNs(
+            dim, hidden_dim or 4 * dim, num_experts, dropout=dropout, act_layer=act_layer
+        )
 
-    def capacity(self, num_tokens: int) -> int | None:
+    def keep_mask(self, indices: Tensor) -> Tensor | None:
+        """(N, k) bool of the assignments within capacity; None when dropless."""
         if self.capacity_factor is None:
             return None
-        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+        capacity = math.ceil(self.capacity_factor * indices.shape[0] * self.top_k / self.num_experts)
+        return capacity_mask(indices, self.num_experts, capacity)
 
     def compute(self, tokens: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
-        groups = None
-        if sparse or self.capacity_factor is not None:
-            groups = group_by_expert(routing.indices, self.num_experts, self.capacity(tokens.shape[0]))
+        keep = self.keep_mask(routing.indices)
         if sparse:
-            return combine(self.experts.grouped(tokens[groups.token], groups.counts), groups, routing.weights)
-        weights = routing.weights
-        if groups is not None:  # the dense path drops the same assignments as the sparse one
-            kept = torch.zeros(groups.num_slots, dtype=weights.dtype, device=weights.device)
-            weights = weights * kept.index_fill(0, groups.slot, 1).view_as(weights)
+            groups = group_by_expert(routing.indices, self.num_experts, keep)
+            out = self.experts.grouped(tokens[groups.token], groups.counts)
+            return scatter_tokens(
+                out * slot_weights(groups, routing.weights).to(out.dtype), groups, tokens.shape[0]
+            )
+        weights = routing.weights if keep is None else routing.weights * keep
         dense = dense_combine_weights(routing.indices, weights, self.num_experts).to(tokens.dtype)
         out = torch.zeros_like(tokens)
         for expert in range(self.num_experts):

@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dispatch import combine, dense_combine_weights, group_by_expert, grouped_linear
+from .dispatch import (
+    dense_combine_weights,
+    group_by_expert,
+    grouped_linear,
+    mix_rows,
+    scatter_tokens,
+    slot_weights,
+)
 from .ffn import FeedForward
 from .routed import Dispatch, RoutedLayer
 from .routers import RouterOutput
@@ -70,18 +77,16 @@ class FeatureModulation(nn.Module):
 
     def forward(self, h: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
         """h (N, D) and the routing of its tokens -> m (N, D), the mixed modulated features."""
-        if self.kind == "static":
-            table = self.bias[routing.indices]  # (N, k, 2D): only the chosen experts are read
-            film = torch.bmm(routing.weights.unsqueeze(1).to(h.dtype), table).squeeze(1)
-        elif sparse:
+        film = mix_rows(self.bias, routing.indices, routing.weights).to(h.dtype)  # sum_e w_e c_e
+        if self.kind == "generator" and sparse:
+            # sum_e w_e (h G_e) = sum_e (w_e h) G_e: the weight scales the D-wide input, not the output
             groups = group_by_expert(routing.indices, self.num_experts)
-            per_expert = grouped_linear(h[groups.token], groups.counts, self.weight, self.bias)
-            film = combine(per_expert, groups, routing.weights)
-        else:
+            rows = h[groups.token] * slot_weights(groups, routing.weights).to(h.dtype)
+            film = film + scatter_tokens(grouped_linear(rows, groups.counts, self.weight), groups, h.shape[0])
+        elif self.kind == "generator":
             dense = dense_combine_weights(routing.indices, routing.weights, self.num_experts).to(h.dtype)
-            film = h.new_zeros(h.shape[0], 2 * self.dim)
             for expert in range(self.num_experts):
-                film = film + dense[:, expert : expert + 1] * torch.addmm(self.bias[expert], h, self.weight[expert])
+                film = film + dense[:, expert : expert + 1] * (h @ self.weight[expert])
         gamma, beta = film.chunk(2, dim=-1)
         return gamma * h + beta
 

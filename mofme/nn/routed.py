@@ -62,9 +62,10 @@ class RoutedLayer(nn.Module):
             raise ValueError(f"expected last dimension {self.dim}, got input of shape {tuple(x.shape)}")
         tokens = x.reshape(-1, self.dim)
         routing = self.router(tokens)
-        sparse = self.dispatch == "sparse" and not _static_shapes_required()
-        out = self.compute(tokens, routing, sparse=sparse)
-        self.last_aux_loss = routing.aux_loss
+        static = _static_shapes_required()
+        out = self.compute(tokens, routing, sparse=self.dispatch == "sparse" and not static)
+        if not static:  # an exported graph has no module state to write to
+            self.last_aux_loss = routing.aux_loss
         lead = x.shape[:-1]
         uncertainty = None if routing.uncertainty is None else routing.uncertainty.reshape(*lead, -1)
         return MoEOutput(
@@ -75,6 +76,11 @@ class RoutedLayer(nn.Module):
             uncertainty,
         )
 
+    def __getstate__(self) -> dict:
+        # the recorded loss belongs to the last forward's graph: copies and pickles start without it
+        state = super().__getstate__()
+        return {**state, "last_aux_loss": None}
+
     def compute(self, tokens: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
         """(N, dim) tokens and their routing -> (N, dim) layer output."""
         raise NotImplementedError
@@ -83,7 +89,9 @@ class RoutedLayer(nn.Module):
 def aux_loss(model: nn.Module) -> Tensor:
     """Sum of the auxiliary losses that the routed layers of ``model`` recorded in their last
     forward (a zero scalar if there are none)."""
-    losses = [m.last_aux_loss for m in model.modules() if isinstance(m, RoutedLayer) and m.last_aux_loss is not None]
+    losses = [
+        m.last_aux_loss for m in model.modules() if isinstance(m, RoutedLayer) and m.last_aux_loss is not None
+    ]
     if not losses:
         param = next(model.parameters(), None)
         return torch.zeros((), device=None if param is None else param.device)

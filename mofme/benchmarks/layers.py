@@ -1,0 +1,286 @@
+"""Layer benchmark: parameters, FLOPs and median latency of DenseFFN, SparseMoE and MoFME.
+
+    python -m mofme.benchmarks.layers [--experts 4 16 64 128 512] [--top-k 1 2 4] [--json F]
+
+For each (E, k) the layers are built once and timed side by side, interleaved repeat by repeat, so
+that every ratio to DenseFFN comes from one run on the same machine state. Latency: forward in
+eval mode under ``torch.no_grad()``, after warm-up, median of the repeats (synchronised on CUDA).
+FLOPs: ``torch.utils.flop_counter`` on one forward (2 per multiply-add). The "reference" rows are
+the published computation (every expert for every token); they are timed for E up to
+``--reference-max-experts``. The router section times a training step (forward + backward) of
+MoFME with the linear router and with UaR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mofme.nn import DenseFFN, MoFME, SparseMoE
+
+
+@dataclass
+class Row:
+    layer: str
+    experts: int
+    top_k: int
+    params: int
+    gflops: float
+    latency_ms: float
+    vs_dense: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device) -> dict:
+    """Median seconds of each callable; the callables are interleaved repeat by repeat."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _forward(layer: nn.Module, x: torch.Tensor, dispatch: str | None = None) -> Callable[[], object]:
+    def run() -> object:
+        if dispatch is not None:
+            layer.dispatch = dispatch
+        with torch.no_grad():
+            return layer(x)
+
+    return run
+
+
+def bench_group(
+    experts: int, top_k: int, *, dim: int, tokens: int, warmup: int, repeats: int, reference: bool, device
+) -> list[Row]:
+    """Dense, MoE, MoFME generator/static (and the all-experts references) at one (E, k)."""
+    torch.manual_seed(0)
+    x = torch.randn(tokens, dim, device=device)
+    layers: dict[str, nn.Module] = {
+        "dense": DenseFFN(dim),
+        "moe": SparseMoE(dim, experts, top_k),
+        "mofme-generator": MoFME(dim, experts, top_k, modulation="generator"),
+        "mofme-static": MoFME(dim, experts, top_k, modulation="static"),
+    }
+    for layer in layers.values():
+        layer.to(device).eval()
+    fns = {name: _forward(layer, x, None if name == "dense" else "sparse") for name, layer in layers.items()}
+    if reference:
+        fns["moe-reference"] = _forward(layers["moe"], x, "dense")
+        fns["mofme-generator-reference"] = _forward(layers["mofme-generator"], x, "dense")
+    flops = {name: count_gflops(fn) for name, fn in fns.items()}
+    latency = time_side_by_side(fns, warmup=warmup, repeats=repeats, device=device)
+    rows = []
+    for name in fns:
+        layer = layers[name.removesuffix("-reference")]
+        rows.append(
+            Row(
+                layer=name,
+                experts=0 if name == "dense" else experts,
+                top_k=0 if name == "dense" else top_k,
+                params=_params(layer),
+                gflops=flops[name],
+                latency_ms=latency[name] * 1e3,
+                vs_dense=latency[name] / latency["dense"],
+            )
+        )
+    return rows
+
+
+def bench_router_training(
+    experts: int, top_k: int, *, dim: int, tokens: int, warmup: int, repeats: int, device
+) -> dict:
+    """Training-step time (forward + backward) of MoFME with the linear router and with UaR."""
+    torch.manual_seed(0)
+    x = torch.randn(tokens, dim, device=device)
+    layers = {
+        router: MoFME(dim, experts, top_k, router=router).to(device).train() for router in ("linear", "uar")
+    }
+
+    def step(layer: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            out = layer(x)
+            (out.output.mean() + out.aux_loss).backward()
+            layer.zero_grad(set_to_none=True)
+
+        return run
+
+    latency = time_side_by_side(
+        {name: step(layer) for name, layer in layers.items()}, warmup=warmup, repeats=repeats, device=device
+    )
+    return {
+        "experts": experts,
+        "top_k": top_k,
+        "linear_ms": latency["linear"] * 1e3,
+        "uar_ms": latency["uar"] * 1e3,
+        "uar_vs_linear": latency["uar"] / latency["linear"],
+    }
+
+
+def targets(rows: list[Row], router: dict | None) -> list[dict]:
+    """The issue's targets, each with the measured ratio."""
+
+    def find(layer: str, experts: int, top_k: int) -> Row | None:
+        return next((r for r in rows if r.layer == layer and r.experts == experts and r.top_k == top_k), None)
+
+    checks = []
+
+    def check(name: str, value: float | None, limit: float) -> None:
+        if value is not None:
+            checks.append({"target": name, "measured": round(value, 3), "limit": limit, "ok": value <= limit})
+
+    gen, static, moe = (find(n, 128, 4) for n in ("mofme-generator", "mofme-static", "moe"))
+    if gen and static and moe:
+        check("E=128 k=4: MoFME generator latency / dense", gen.vs_dense, 2.6)
+        check("E=128 k=4: MoFME static latency / dense", static.vs_dense, 1.45)
+        check("E=128 k=4: MoFME generator latency / SparseMoE", gen.latency_ms / moe.latency_ms, 0.5)
+        check("E=128 k=4: MoFME generator params / SparseMoE", gen.params / moe.params, 0.28)
+    for layer in ("mofme-generator", "mofme-static"):
+        for k in sorted({r.top_k for r in rows}):
+            small, large = find(layer, 16, k), find(layer, 512, k)
+            if small and large:
+                check(f"{layer} k={k}: latency E=512 / E=16", large.latency_ms / small.latency_ms, 1.3)
+    if router:
+        check(
+            f"E={router['experts']} k={router['top_k']}: UaR / linear training step",
+            router["uar_vs_linear"],
+            1.1,
+        )
+    return checks
+
+
+def markdown(rows: list[Row], router: dict | None, checks: list[dict]) -> str:
+    lines = [
+        "| layer | E | k | params | GFLOPs | latency ms | x dense |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.layer} | {r.experts or '-'} | {r.top_k or '-'} | {r.params:,} | {r.gflops:.2f} "
+            f"| {r.latency_ms:.1f} | {r.vs_dense:.2f} |"
+        )
+    if router:
+        lines += [
+            "",
+            f"Training step (fwd+bwd), MoFME generator E={router['experts']} k={router['top_k']}: "
+            f"linear {router['linear_ms']:.1f} ms, UaR {router['uar_ms']:.1f} ms "
+            f"(x{router['uar_vs_linear']:.3f})",
+        ]
+    if checks:
+        lines += ["", "| target | measured | limit | ok |", "|---|---:|---:|:---:|"]
+        lines += [
+            f"| {c['target']} | {c['measured']} | {c['limit']} | {'yes' if c['ok'] else 'NO'} |"
+            for c in checks
+        ]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mofme.benchmarks.layers", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--experts", type=int, nargs="+", default=[4, 16, 64, 128, 512])
+    parser.add_argument("--top-k", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--tokens", type=int, default=1800, help="1,800 = two 240x240 images at patch 8")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--reference-max-experts", type=int, default=128)
+    parser.add_argument(
+        "--router-experts", type=int, default=128, help="E of the UaR training-step comparison"
+    )
+    parser.add_argument("--router-top-k", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows: list[Row] = []
+    for experts in args.experts:
+        for top_k in args.top_k:
+            if top_k > experts:
+                continue
+            group = bench_group(
+                experts,
+                top_k,
+                dim=args.dim,
+                tokens=args.tokens,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                reference=experts <= args.reference_max_experts and top_k == max(args.top_k),
+                device=device,
+            )
+            rows += group
+            print(
+                f"E={experts} k={top_k}: " + ", ".join(f"{r.layer} {r.latency_ms:.1f} ms" for r in group),
+                flush=True,
+            )
+    router = None
+    if args.router_experts:
+        router = bench_router_training(
+            args.router_experts,
+            args.router_top_k,
+            dim=args.dim,
+            tokens=args.tokens,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            device=device,
+        )
+    checks = targets(rows, router)
+    print()
+    print(markdown(rows, router, checks))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        result = {
+            "machine": machine(),
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "rows": [asdict(r) for r in rows],
+            "router_training": router,
+            "targets": checks,
+        }
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+import copy
+
+import pytest
+import torch
+
+from mofme.nn import DenseFFN, MoFME, RoutedLayer, SparseMoE, aux_loss
+
+from .variants import DIM, EXPERTS, ROUTED, TOP_K, VARIANTS, build
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_output_keeps_shape_and_reports_routing(name):
+    layer = build(name)
+    x = torch.randn(3, 5, DIM)
+    out = layer(x)
+    assert out.output.shape == x.shape
+    assert out.aux_loss.shape == () and torch.isfinite(out.aux_loss)
+    if isinstance(layer, DenseFFN):
+        assert out.expert_indices is None and out.aux_loss.item() == 0.0
+    else:
+        assert out.expert_indices.shape == (3, 5, TOP_K)
+        assert out.expert_weights.shape == (3, 5, TOP_K)
+        assert int(out.expert_indices.max()) < EXPERTS
+        assert out.aux_loss.item() > 0
+
+
+@pytest.mark.parametrize("name", ROUTED)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_sparse_equals_dense_reference_forward_and_backward(name, training):
+    sparse = build(name).double().train(training)
+    dense = copy.deepcopy(sparse)
+    dense.dispatch = "dense"
+    x = torch.randn(4, 7, DIM, dtype=torch.float64)
+    results = []
+    for layer in (sparse, dense):
+        torch.manual_seed(1)  # the same MC-dropout / router-noise draws for both paths
+        inp = x.clone().requires_grad_(True)
+        out = layer(inp)
+        (out.output.square().sum() + out.aux_loss).backward()
+        grads = {n: p.grad for n, p in layer.named_parameters()}
+        results.append((out, inp.grad, grads))
+    (out_s, gx_s, g_s), (out_d, gx_d, g_d) = results
+    assert torch.equal(out_s.expert_indices, out_d.expert_indices)
+    torch.testing.assert_close(out_s.output, out_d.output, rtol=0, atol=1e-5)
+    torch.testing.assert_close(gx_s, gx_d, rtol=0, atol=1e-5)
+    for param_name, grad in g_s.items():
+        assert grad is not None, param_name
+        torch.testing.assert_close(grad, g_d[param_name], rtol=0, atol=1e-5, msg=param_name)
+
+
+def _expert_params(layer: RoutedLayer, expert: int) -> list[torch.Tensor]:
+    if isinstance(layer, SparseMoE):
+        e = layer.experts
+        return [e.w1[expert], e.b1[expert], e.w2[expert], e.b2[expert]]
+    mod = layer.modulation
+    return [mod.bias[expert]] + ([] if mod.weight is None else [mod.weight[expert]])
+
+
+@pytest.mark.parametrize("name", [n for n in ROUTED if "capacity" not in n])
+def test_changing_an_unselected_expert_leaves_the_token_unchanged(name):
+    layer = build(name).double().eval()
+    x = torch.randn(12, DIM, dtype=torch.float64)
+    before = layer(x)
+    token = 0
+    chosen = set(before.expert_indices[token].tolist())
+    unchosen = next(e for e in range(EXPERTS) if e not in chosen)
+    with torch.no_grad():
+        for p in _expert_params(layer, unchosen):
+            p.add_(torch.randn_like(p))
+    after = layer(x)
+    assert torch.equal(after.output[token], before.output[token])
+    # and changing a chosen expert does change it, so the check above can fail
+    with torch.no_grad():
+        for p in _expert_params(layer, next(iter(chosen))):
+            p.add_(torch.randn_like(p))
+    assert not torch.allclose(layer(x).output[token], before.output[token])
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("dim,experts,hidden", [(16, 4, 64), (24, 9, 40), (384, 128, 1536)])
+def test_parameter_counts_match_closed_forms(dim, experts, hidden):
+    ffn = 2 * dim * hidden + hidden + dim
+    router = dim * experts + experts
+    gate = 2 * dim * dim + 2 * dim
+    with torch.device("meta"):
+        assert _count(DenseFFN(dim, hidden_dim=hidden)) == ffn
+        assert _count(SparseMoE(dim, experts, 2, hidden_dim=hidden)) == experts * ffn + router
+        generator = MoFME(dim, experts, 2, hidden_dim=hidden, modulation="generator")
+        static = MoFME(dim, experts, 2, hidden_dim=hidden, modulation="static")
+    assert _count(generator) == gate + router + experts * 2 * (dim * dim + dim) + ffn
+    assert _count(static) == gate + router + experts * 2 * dim + ffn
+
+
+def test_capacity_drops_assignments_beyond_capacity():
+    layer = build("moe-capacity").double().eval()  # capacity = ceil(0.75 * N * k / E)
+    x = torch.randn(30, DIM, dtype=torch.float64)
+    out = layer(x)
+    free = copy.deepcopy(layer)
+    free.capacity_factor = None
+    assert not torch.allclose(out.output, free(x).output)  # something was dropped
+    # a token whose assignments all fall within capacity is unaffected by the cap
+    assert torch.allclose(out.output[0], free(x).output[0])
+
+
+def test_aux_loss_collects_every_routed_layer():
+    model = torch.nn.Sequential(build("mofme-generator-linear"), torch.nn.Identity())
+    model2 = torch.nn.ModuleList([build("moe-linear"), build("mofme-static-uar"), build("dense")])
+    x = torch.randn(5, DIM)
+    out = model[0](x)
+    assert torch.equal(aux_loss(model), out.aux_loss)
+    outs = [m(x) for m in model2]
+    expected = outs[0].aux_loss + outs[1].aux_loss
+    torch.testing.assert_close(aux_loss(model2), expected)
+    assert aux_loss(torch.nn.Linear(2, 2)).item() == 0.0
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_wrong_dim_raises(name):
+    layer = build(name)
+    with pytest.raises((ValueError, RuntimeError)):
+        layer(torch.randn(3, DIM + 1))
+
+
+def test_constructor_arguments_are_validated():
+    with pytest.raises(ValueError, match="top_k"):
+        MoFME(8, 4, 5)
+    with pytest.raises(ValueError, match="modulation"):
+        MoFME(8, 4, 2, modulation="bogus")
+    with pytest.raises(ValueError, match="router"):
+        SparseMoE(8, 4, 2, router="bogus")
+    with pytest.raises(ValueError, match="dispatch"):
+        SparseMoE(8, 4, 2, dispatch="bogus")
+    with pytest.raises(ValueError, match="capacity_factor"):
+        SparseMoE(8, 4, 2, capacity_factor=0)
+
+
+@pytest.mark.parametrize("name", ROUTED)
+def test_half_precision_inputs_keep_their_dtype(name):
+    layer = build(name).to(torch.bfloat16)
+    out = layer(torch.randn(6, DIM, dtype=torch.bfloat16))
+    assert out.output.dtype == torch.bfloat16
+    assert torch.isfinite(out.output.float()).all()

@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from mofme.nn import TopKRouter, UncertaintyAwareRouter, load_balancing_loss, router_z_loss
+
+CALIBRATIONS = ["shrinkage", "whitening", "none"]
+
+
+def test_load_balancing_loss_is_one_for_uniform_routing_and_e_for_collapse():
+    experts, tokens, k = 8, 64, 2
+    uniform = torch.full((tokens, experts), 1.0 / experts)
+    round_robin = torch.arange(tokens * k).view(tokens, k) % experts
+    assert load_balancing_loss(uniform, round_robin, experts).item() == pytest.approx(1.0)
+    collapsed = torch.zeros(tokens, experts)
+    collapsed[:, 0] = 1.0
+    assert load_balancing_loss(
+        collapsed, torch.zeros(tokens, 1, dtype=torch.long), experts
+    ).item() == pytest.approx(experts)
+
+
+def test_z_loss_is_the_mean_squared_logsumexp():
+    logits = torch.randn(5, 7)
+    expected = sum(torch.log(torch.exp(row).sum()) ** 2 for row in logits) / 5
+    torch.testing.assert_close(router_z_loss(logits), expected)
+
+
+def test_topk_router_weights_are_renormalised_top_probabilities():
+    router = TopKRouter(12, 6, 3)
+    x = torch.randn(20, 12)
+    out = router(x)
+    probs = torch.softmax(router.proj(x), -1)
+    top = probs.topk(3, -1)
+    assert torch.equal(out.indices, top.indices)
+    torch.testing.assert_close(out.weights, top.values / top.values.sum(-1, keepdim=True))
+    torch.testing.assert_close(out.aux_loss, 1e-2 * out.balance_loss + 1e-3 * out.z_loss)
+
+
+def _uar(calibration="shrinkage", **kw):
+    return UncertaintyAwareRouter(16, 8, 2, calibration=calibration, **kw)
+
+
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
+@pytest.mark.parametrize(
+    "make_input",
+    [
+        lambda: torch.zeros(10, 16),
+        lambda: torch.full((10, 16), 3.0),
+        lambda: torch.randn(10, 16) * 1e6,
+        lambda: torch.randn(10, 16) * 1e20,
+        lambda: torch.randn(10, 16) * 1e-30,
+        lambda: torch.randn(10, 16),
+    ],
+    ids=["zero", "constant", "huge", "enormous", "tiny", "normal"],
+)
+def test_uar_weights_are_finite_on_adversarial_inputs(calibration, make_input):
+    router = _uar(calibration).train()
+    out = router(make_input())
+    assert torch.isfinite(out.weights).all()
+    assert torch.isfinite(out.probs).all()
+    if calibration != "whitening":
+        assert (out.weights >= 0).all()
+        torch.testing.assert_close(out.weights.sum(-1), torch.ones(10))
+    else:
+        assert out.weights.abs().max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
+def test_uar_is_deterministic_in_eval_and_equals_the_plain_router(calibration):
+    uar = _uar(calibration).eval()
+    plain = TopKRouter(16, 8, 2).eval()
+    plain.load_state_dict(uar.state_dict())
+    x = torch.randn(30, 16)
+    first, second = uar(x), uar(x)
+    assert torch.equal(first.weights, second.weights) and torch.equal(first.indices, second.indices)
+    assert torch.equal(first.weights, plain(x).weights)
+    assert first.uncertainty is None
+
+
+def test_uar_training_samples_really_differ_and_shrink_uncertain_experts():
+    router = _uar(samples=8, dropout=0.3).train()
+    x = torch.randn(200, 16)
+    out = router(x)
+    assert out.uncertainty is not None and (out.uncertainty > 0).all()  # MC samples are not identical
+    # the MC mean is what the selection uses: chosen experts have the largest mean probabilities
+    top = out.probs.topk(2, -1).indices
+    assert torch.equal(out.indices, top)
+    # shrinkage moves weight away from the more uncertain of the two chosen experts
+    mu = out.probs.gather(-1, out.indices)
+    plain = mu / mu.sum(-1, keepdim=True)
+    rel_unc = out.uncertainty / mu
+    noisier_first = rel_unc[:, 0] > rel_unc[:, 1]
+    assert (out.weights[noisier_first, 0] <= plain[noisier_first, 0] + 1e-6).all()
+    assert (out.weights[~noisier_first, 0] >= plain[~noisier_first, 0] - 1e-6).all()
+
+
+def test_uar_gradients_reach_the_router():
+    router = _uar().train()
+    out = router(torch.randn(20, 16))
+    (out.weights[:, 0].sum() + out.aux_loss).backward()
+    assert router.proj.weight.grad is not None and router.proj.weight.grad.abs().sum() > 0
+
+
+def test_uar_validates_arguments():
+    with pytest.raises(ValueError, match="samples"):
+        _uar(samples=1)
+    with pytest.raises(ValueError, match="dropout"):
+        _uar(dropout=0.0)
+    with pytest.raises(ValueError, match="calibration"):
+        _uar(calibration="bogus")
