@@ -6,6 +6,16 @@
     loss = task_loss(out.output) + out.aux_loss
 """
 
+from .models import (
+    PRESETS,
+    Restorer,
+    RestorerConfig,
+    RestorerOutput,
+    build_restorer,
+    create_model,
+    list_models,
+    register_model,
+)
 from .nn import (
     FFN_LAYERS,
     DenseFFN,
@@ -25,10 +35,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FFN_LAYERS",
+    "PRESETS",
     "DenseFFN",
     "MoEOutput",
     "MoFME",
     "MoFMEMlp",
+    "Restorer",
+    "RestorerConfig",
+    "RestorerOutput",
     "SparseMoE",
     "SparseMoEMlp",
     "TopKRouter",
@@ -36,5 +50,9 @@ __all__ = [
     "__version__",
     "aux_loss",
     "build_ffn",
+    "build_restorer",
     "build_router",
+    "create_model",
+    "list_models",
+    "register_model",
 ]

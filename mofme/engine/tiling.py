@@ -1,0 +1,237 @@
+"""Tiled inference: apply an image-to-image function to an image of any size with bounded memory.
+
+The image is padded (bottom/right, by reflection; by replication when the image is too small to reflect)
+to a multiple of ``multiple_of``, cut into ``tile x tile`` windows that overlap by at least ``overlap``
+pixels (the last window along each axis is shifted back to end at the border), and the outputs are blended
+with smooth separable weights::
+
+    restored = tiled_apply(model, image, tile=256, overlap=32, multiple_of=8, batch_size=4)
+
+Blending: along each axis a window's weight is 1 in its interior and falls off as a raised cosine,
+``sin^2(pi/2 * (i + 0.5) / L)``, over each of its ``L`` pixels of overlap with a neighbour. Sides on the
+image border are not ramped, and the weights are never zero. The 1-D weights are divided by their sum
+over the windows, so the 2-D weights (outer products) sum to one at every pixel; where only one window
+covers a pixel its weight is exactly 1 and the output there is exactly that window's output. Because the
+weights are normalised in advance, no per-pixel weight map is accumulated: memory is the padded input,
+one ``(1, C', H, W)`` accumulator and ``batch_size`` tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["axis_weights", "axis_windows", "blend_weights", "tile_windows", "tiled_apply"]
+
+Window = tuple[slice, slice]
+
+
+def _check_tile_overlap(tile: int, overlap: int) -> None:
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must satisfy 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
+
+
+def axis_windows(size: int, *, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the windows along one axis of length ``size``.
+
+    Windows are ``tile`` long with stride ``tile - overlap``; the last one is shifted back to end at ``size``
+    (so its overlap with the previous one may be larger). A ``size <= tile`` gives the single window
+    ``(0, size)``.
+    """
+    _check_tile_overlap(tile, overlap)
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if size <= tile:
+        return [(0, size)]
+    starts = [*range(0, size - tile, tile - overlap), size - tile]
+    return [(s, s + tile) for s in starts]
+
+
+def tile_windows(height: int, width: int, *, tile: int, overlap: int) -> list[Window]:
+    """The ``(rows, cols)`` slices of every window of a ``height x width`` image, row-major.
+
+    All windows have the same size, ``min(tile, height) x min(tile, width)``. :func:`tiled_apply` calls this
+    on the image padded to a multiple of ``multiple_of``.
+    """
+    rows = axis_windows(height, tile=tile, overlap=overlap)
+    cols = axis_windows(width, tile=tile, overlap=overlap)
+    return [(slice(*r), slice(*c)) for r in rows for c in cols]
+
+
+def _ramp(length: int, dtype: torch.dtype, device: torch.device | None) -> Tensor:
+    """Raised-cosine ramp rising from near 0 to near 1 over ``length`` pixels, strictly inside (0, 1)."""
+    t = (torch.arange(length, dtype=torch.float64, device=device) + 0.5) / length
+    return torch.sin(0.5 * math.pi * t).square().to(dtype)
+
+
+def axis_weights(
+    size: int,
+    *,
+    tile: int,
+    overlap: int,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+) -> list[Tensor]:
+    """Normalised 1-D blending weights, one per window of :func:`axis_windows` (same order and lengths).
+
+    At every position the weights of the windows covering it sum to one (computed in float64).
+    """
+    windows = axis_windows(size, tile=tile, overlap=overlap)
+    raw = []
+    for k, (start, stop) in enumerate(windows):
+        w = torch.ones(stop - start, dtype=torch.float64, device=device)
+        left = windows[k - 1][1] - start if k > 0 else 0
+        if left > 0:  # ramp up over the overlap with the previous window
+            w[:left] *= _ramp(left, torch.float64, device)
+        right = stop - windows[k + 1][0] if k < len(windows) - 1 else 0
+        if right > 0:  # ramp down over the overlap with the next window
+            w[-right:] *= _ramp(right, torch.float64, device).flip(0)
+        raw.append(w)
+    total = torch.zeros(size, dtype=torch.float64, device=device)
+    for (start, stop), w in zip(windows, raw, strict=True):
+        total[start:stop] += w
+    return [(w / total[start:stop]).to(dtype) for (start, stop), w in zip(windows, raw, strict=True)]
+
+
+def blend_weights(
+    height: int,
+    width: int,
+    *,
+    tile: int,
+    overlap: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> Iterator[tuple[Window, Tensor]]:
+    """Yield ``(window, weight)`` for every window of :func:`tile_windows`, ``weight`` of shape ``(h, w)``.
+
+    The weights are separable (outer products of :func:`axis_weights`) and sum to one at every pixel of
+    the ``height x width`` image. They are generated lazily, one window at a time.
+    """
+    row_windows = axis_windows(height, tile=tile, overlap=overlap)
+    col_windows = axis_windows(width, tile=tile, overlap=overlap)
+    row_weights = axis_weights(height, tile=tile, overlap=overlap, device=device)
+    col_weights = axis_weights(width, tile=tile, overlap=overlap, device=device)
+    for rows, wy in zip(row_windows, row_weights, strict=True):
+        for cols, wx in zip(col_windows, col_weights, strict=True):
+            yield (slice(*rows), slice(*cols)), (wy[:, None] * wx[None, :]).to(dtype)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_to(image: Tensor, height: int, width: int) -> Tensor:
+    """Pad ``(1, C, H, W)`` at the bottom/right to ``height x width``: reflect, or replicate if too small."""
+    pad_h, pad_w = height - image.shape[-2], width - image.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return image
+    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _apply(fn: Callable[[Tensor], Tensor], tiles: Tensor) -> Tensor:
+    out = fn(tiles)
+    if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[0] != tiles.shape[0]:
+        raise ValueError(f"fn must map (B, C, h, w) to (B, C', h, w); got {getattr(out, 'shape', type(out))}")
+    if out.shape[-2:] != tiles.shape[-2:]:
+        raise ValueError(
+            f"fn must keep the spatial size: input tiles {tuple(tiles.shape)}, output {tuple(out.shape)}"
+        )
+    return out
+
+
+def tiled_apply(
+    fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    multiple_of: int = 8,
+    batch_size: int = 1,
+    progress: bool | Callable[[int, int], None] = False,
+) -> Tensor:
+    """Apply ``fn`` to ``image`` tile by tile and blend the tiles (see the module docstring).
+
+    Args:
+        fn: maps ``(B, C, h, w)`` to ``(B, C', h, w)``. It receives tiles on ``image``'s device and dtype, with
+            ``h`` and ``w`` multiples of ``multiple_of``; it may move them (e.g. to a GPU) itself.
+        image: ``(C, H, W)`` or ``(1, C, H, W)``, any ``H, W >= 1``.
+        tile: window side, a multiple of ``multiple_of``.
+        overlap: minimum overlap between neighbouring windows, ``0 <= overlap < tile``.
+        multiple_of: the image is padded (bottom/right, reflect or replicate) to a multiple of this.
+        batch_size: number of tiles passed to ``fn`` per call.
+        progress: ``True`` shows a tqdm bar; a callable is called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        ``(C', H, W)`` or ``(1, C', H, W)`` (matching ``image``), on ``fn``'s output device and dtype.
+        Accumulation is in that dtype, or float32 for lower-precision outputs. If the padded image fits in
+        one tile the result is exactly ``fn(padded)[..., :H, :W]``. Runs under :func:`torch.no_grad`.
+    """
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
+    _check_tile_overlap(tile, overlap)
+    if tile % multiple_of:
+        raise ValueError(f"tile={tile} must be a multiple of multiple_of={multiple_of}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    squeeze = image.ndim == 3
+    if squeeze:
+        image = image[None]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"image must be (C, H, W) or (1, C, H, W), got shape {tuple(image.shape)}")
+
+    height, width = image.shape[-2:]
+    padded_h, padded_w = _round_up(height, multiple_of), _round_up(width, multiple_of)
+    windows = tile_windows(padded_h, padded_w, tile=tile, overlap=overlap)
+    report = _progress_reporter(progress, len(windows))
+    with torch.no_grad():
+        padded = _pad_to(image, padded_h, padded_w)
+        if len(windows) == 1:
+            result = _apply(fn, padded)[..., :height, :width]
+            report(1)
+            return result[0] if squeeze else result
+
+        acc: Tensor | None = None
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            out = _apply(fn, torch.cat([padded[..., rows, cols] for rows, cols in batch]))
+            if acc is None:  # allocate where (and in what precision) fn's outputs live
+                out_dtype = out.dtype
+                acc_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+                acc = torch.zeros(1, out.shape[1], padded_h, padded_w, dtype=acc_dtype, device=out.device)
+                weights = blend_weights(
+                    padded_h, padded_w, tile=tile, overlap=overlap, dtype=acc_dtype, device=out.device
+                )
+            for window, tile_out in zip(batch, out, strict=True):
+                (rows, cols), weight = next(weights)
+                assert (rows, cols) == window  # blend_weights follows the order of tile_windows
+                acc[0, :, rows, cols].addcmul_(tile_out.to(acc_dtype), weight)
+            report(first + len(batch))
+        assert acc is not None
+        result = acc[..., :height, :width].to(out_dtype)  # no copy when unpadded and already out_dtype
+        result = result.contiguous()
+    return result[0] if squeeze else result
+
+
+def _progress_reporter(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """Turn the ``progress`` option into a ``report(done)`` callable."""
+    if callable(progress):
+        return lambda done: progress(done, total)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="tiles", unit="tile")
+
+        def report(done: int) -> None:
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return report
+    return lambda done: None

@@ -1,0 +1,140 @@
+"""Save and load models in the Hugging Face Hub layout: ``config.json`` + ``model.safetensors``.
+
+    model.save_pretrained("runs/x/best")          # writes exactly the two files
+    model = Restorer.from_pretrained("runs/x/best")  # rebuilds from config.json, loads safetensors
+
+Nothing is ever unpickled: the config is JSON, the weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedMixin", "check_state_dict"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous CPU copies where tensors share memory (safetensors refuses shared storage).
+
+    Tied weights are structural: loading copies the saved value into every tied name."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu()
+        storage = tensor.untyped_storage()
+        whole = (
+            tensor.is_contiguous()
+            and tensor.storage_offset() == 0
+            and storage.nbytes() == tensor.numel() * tensor.element_size()
+        )
+        if storage.data_ptr() in seen or not whole:
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        elif tensor.numel():
+            seen.add(storage.data_ptr())
+        out[name] = tensor
+    return out
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], *, source: str) -> None:
+    """Raise a ``ValueError`` naming ``source`` and the keys if ``state`` does not fit ``model``
+    exactly (missing, unexpected, or of the wrong shape)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if wrong:
+        problems.append(f"wrong shapes [{'; '.join(wrong)}]")
+    if problems:
+        raise ValueError(f"{source} does not match {type(model).__name__}: " + ", ".join(problems))
+
+
+def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> Path:
+    """A local file ``name_or_path/filename``, or the file downloaded from the Hub repo ``name_or_path``."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        path = local / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {local} is not a save_pretrained directory")
+        return path
+    repo_id = str(name_or_path)
+    if local.exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+        raise FileNotFoundError(f"{name_or_path} is neither a directory nor a Hub repo id 'owner/name'")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, revision=revision))
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` whose constructor takes
+    keyword arguments only and which keeps them, JSON-serialisable, as ``self.config_dict()``."""
+
+    META_KEYS: ClassVar[tuple[str, ...]] = ("architecture",)
+
+    def config_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        assert isinstance(self, nn.Module)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"architecture": type(self).__name__, **self.config_dict()}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(_unshared(self.state_dict()), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        **overrides: Any,
+    ) -> M:
+        """Rebuild from ``config.json`` (updated by ``overrides``, e.g. ``dispatch`` settings that
+        do not change parameter shapes) and load ``model.safetensors``; returned in eval mode.
+
+        ``name_or_path``: a ``save_pretrained`` directory or a Hub repo id ``owner/name``."""
+        config_path = _resolve(name_or_path, CONFIG_NAME, revision)
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path} is not valid JSON: {error}") from error
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+        architecture = config.pop("architecture", cls.__name__)
+        if architecture != cls.__name__:
+            raise ValueError(f"{config_path} describes a {architecture}, not a {cls.__name__}")
+        for key in cls.META_KEYS:
+            config.pop(key, None)
+        config.update(overrides)
+        try:
+            model = cls(**config)
+        except TypeError as error:
+            raise ValueError(f"{config_path}: cannot build {cls.__name__}: {error}") from error
+        weights_path = _resolve(name_or_path, WEIGHTS_NAME, revision)
+        state = load_file(str(weights_path), device="cpu")
+        check_state_dict(model, state, source=str(weights_path))
+        model.load_state_dict(state)
+        return model.to(device).eval()

@@ -1,0 +1,277 @@
+"""The all-in-one weather restoration network of the MoFME paper (the published architecture).
+
+    image (N, 3, H, W) in [0, 1]
+      -> scaled to [-1, 1], reflection-padded to a multiple of the patch size P
+      -> head: conv3x3 3->C, 2 ResBlocks(C)
+      -> patch embed: Conv2d(C->D, kernel P, stride P) + LayerNorm      tokens (N, H/P * W/P, D)
+      -> depth x [x + Attention(LN(x)); x + FFN(LN(x))]                   FFN: dense | moe | mofme
+      -> Linear(D -> P*P*4C), unpatchify to 4C channels at full resolution
+      -> tail: ResBlock(4C), conv3x3 4C->2C, ResBlock(2C), conv3x3 2C->3 -> logits
+      -> Sigmoid, cropped back to (H, W)                                  restored image in [0, 1]
+
+There is no position embedding (the published code allocates one but never adds it), so any
+input size works. There is no global residual by default: the published code adds the input to
+the Sigmoid output (``residual_learning``), which leaves [0, 1] (the input was already scaled to
+[-1, 1] there, so the sum lies in [-1, 2]). ``residual=True`` is the bounded form of the same idea:
+the tail predicts a correction in logit space, ``sigmoid(tail + logit(input))``, so the identity is
+the zero correction and the output stays in (0, 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import MoEOutput, build_ffn
+from .hub import PretrainedMixin
+
+__all__ = [
+    "PRESETS",
+    "Attention",
+    "PatchEmbed",
+    "ResBlock",
+    "Restorer",
+    "RestorerConfig",
+    "RestorerOutput",
+    "TransformerBlock",
+]
+
+_LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
+
+
+@dataclass(frozen=True)
+class RestorerConfig:
+    """Every constructor argument of :class:`Restorer` (``asdict(config)`` is ``config.json``)."""
+
+    channels: int = 32  # C, the width of the convolutional head; the tail runs at 4C and 2C
+    embed_dim: int = 384  # D, the token width
+    patch_size: int = 8  # P
+    depth: int = 2
+    num_heads: int = 8
+    head_dim: int = 64  # the attention inner width is num_heads * head_dim (need not equal D)
+    mlp_ratio: float = 4.0  # FFN hidden width = mlp_ratio * D
+    dropout: float = 0.1  # attention output and FFN dropout
+    ffn: str = "mofme"  # "dense" | "moe" | "mofme"
+    num_experts: int = 16
+    top_k: int = 2
+    router: str = "linear"  # "linear" | "uar"
+    modulation: str = "generator"  # "generator" | "static" (mofme only)
+    router_kwargs: dict[str, Any] | None = None
+    ffn_kwargs: dict[str, Any] | None = None  # more FFN layer arguments, e.g. {"dispatch": "dense"}
+    residual: bool = False  # sigmoid(tail + logit(input)) instead of sigmoid(tail)
+
+
+PRESETS: dict[str, RestorerConfig] = {
+    # the published network: C=32, D=384, P=8, depth 2, 8 heads x 64, MLP ratio 4, dropout 0.1
+    "paper": RestorerConfig(),
+    # CPU-sized networks for quick experiments and tests
+    "small": RestorerConfig(channels=16, embed_dim=128, patch_size=4, depth=2, num_heads=4, head_dim=32),
+    "tiny": RestorerConfig(channels=8, embed_dim=64, patch_size=4, depth=1, num_heads=2, head_dim=32),
+}
+
+
+class RestorerOutput(NamedTuple):
+    """``image`` (N, 3, H, W) in [0, 1]; ``aux_loss`` scalar (zero for dense FFNs), to add to the
+    training loss; ``routing``: per transformer layer ``(expert_indices, expert_weights)``, each
+    (N, h, w, k) over the token grid h = ceil(H / P), w = ceil(W / P) (``(None, None)`` for dense)."""
+
+    image: Tensor
+    aux_loss: Tensor
+    routing: list[tuple[Tensor | None, Tensor | None]]
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block ``x + conv3x3(ReLU(conv3x3(x)))``, (N, C, H, W) -> (N, C, H, W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv3x3(channels, channels), nn.ReLU(inplace=True), conv3x3(channels, channels)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class PatchEmbed(nn.Module):
+    """(N, C, H, W) -> tokens (N, H/P * W/P, D): Conv2d(kernel P, stride P), then LayerNorm."""
+
+    def __init__(self, *, in_channels: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention as in vit-pytorch: ``Linear(D, 3 * heads * head_dim, bias=False)``,
+    scaled dot product, ``Linear(heads * head_dim, D)``, Dropout. (N, L, D) -> (N, L, D)."""
+
+    def __init__(self, dim: int, *, num_heads: int, head_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.proj = nn.Linear(inner, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, head_dim)
+        return self.drop(self.proj(out.transpose(1, 2).reshape(n, length, -1)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block ``x + Attention(LN(x))`` then ``x + FFN(LN(x))``; (N, L, D) -> ((N, L, D), MoEOutput).
+
+    ``ffn`` is any layer of :mod:`mofme.nn` (it returns a :class:`~mofme.nn.MoEOutput`)."""
+
+    def __init__(
+        self, dim: int, *, num_heads: int, head_dim: int, ffn: nn.Module, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = ffn
+
+    def forward(self, x: Tensor) -> tuple[Tensor, MoEOutput]:
+        x = x + self.attn(self.norm1(x))
+        out = self.ffn(self.norm2(x))
+        return x + out.output, out
+
+
+class Restorer(PretrainedMixin, nn.Module):
+    """Weather restoration network; ``model(image)`` with image (N, 3, H, W) in [0, 1] -> :class:`RestorerOutput`.
+
+    Any H, W: inputs are reflection-padded to a multiple of ``patch_size`` and the output is
+    cropped back. The arguments are those of :class:`RestorerConfig` (keyword only); ``ffn`` picks
+    the FFN of every transformer layer through :func:`mofme.nn.build_ffn`. ``save_pretrained`` /
+    ``from_pretrained`` store them in ``config.json`` next to ``model.safetensors``.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int = 32,
+        embed_dim: int = 384,
+        patch_size: int = 8,
+        depth: int = 2,
+        num_heads: int = 8,
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        ffn: str = "mofme",
+        num_experts: int = 16,
+        top_k: int = 2,
+        router: str = "linear",
+        modulation: str = "generator",
+        router_kwargs: dict[str, Any] | None = None,
+        ffn_kwargs: dict[str, Any] | None = None,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = RestorerConfig(
+            channels=channels,
+            embed_dim=embed_dim,
+            patch_size=patch_size,
+            depth=depth,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
+            ffn=ffn,
+            num_experts=num_experts,
+            top_k=top_k,
+            router=router,
+            modulation=modulation,
+            router_kwargs=dict(router_kwargs) if router_kwargs else None,
+            ffn_kwargs=dict(ffn_kwargs) if ffn_kwargs else None,
+            residual=residual,
+        )
+        for name in ("channels", "embed_dim", "patch_size", "depth", "num_heads", "head_dim"):
+            if getattr(self.config, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self.config, name)}")
+        self.patch_size = patch_size
+        self.residual = residual
+        wide = 4 * channels
+        self.head = nn.Sequential(conv3x3(3, channels), ResBlock(channels), ResBlock(channels))
+        self.patch_embed = PatchEmbed(in_channels=channels, embed_dim=embed_dim, patch_size=patch_size)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                embed_dim, num_heads=num_heads, head_dim=head_dim, ffn=self._build_ffn(), dropout=dropout
+            )
+            for _ in range(depth)
+        )
+        self.to_pixels = nn.Linear(embed_dim, patch_size * patch_size * wide)
+        self.tail = nn.Sequential(
+            ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
+        )
+
+    def _build_ffn(self) -> nn.Module:
+        cfg = self.config
+        common = dict(dim=cfg.embed_dim, hidden_dim=int(cfg.mlp_ratio * cfg.embed_dim), dropout=cfg.dropout)
+        extra = cfg.ffn_kwargs or {}
+        if cfg.ffn == "dense":
+            return build_ffn("dense", **common, **extra)
+        if cfg.ffn == "mofme":
+            extra = {"modulation": cfg.modulation, **extra}
+        return build_ffn(
+            cfg.ffn,
+            num_experts=cfg.num_experts,
+            top_k=cfg.top_k,
+            router=cfg.router,
+            router_kwargs=cfg.router_kwargs,
+            **common,
+            **extra,
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def _pad(self, image: Tensor) -> Tensor:
+        height, width = image.shape[-2:]
+        pad_h, pad_w = -height % self.patch_size, -width % self.patch_size
+        if not pad_h and not pad_w:
+            return image
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+    def forward(self, image: Tensor) -> RestorerOutput:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        padded = self._pad(image)
+        grid = (padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size)
+        tokens = self.patch_embed(self.head(padded * 2 - 1))
+        aux = tokens.new_zeros((), dtype=torch.float32)
+        routing = []
+        for block in self.blocks:
+            tokens, out = block(tokens)
+            aux = aux + out.aux_loss.float()
+            if out.expert_indices is None:
+                routing.append((None, None))
+            else:
+                routing.append((out.expert_indices.unflatten(1, grid), out.expert_weights.unflatten(1, grid)))
+        feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
+        logits = self.tail(F.pixel_shuffle(feats, self.patch_size))
+        if self.residual:
+            logits = logits + torch.logit(padded.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
+        return RestorerOutput(torch.sigmoid(logits[..., :height, :width]), aux, routing)
+
+    @classmethod
+    def from_config(cls, config: RestorerConfig, **overrides: Any) -> Restorer:
+        """Build from a :class:`RestorerConfig` (e.g. ``PRESETS["small"]``), fields replaced by ``overrides``."""
+        return cls(**{**asdict(config), **overrides})
