@@ -1,0 +1,176 @@
+"""The built-in benchmark: photos shipped with scikit-image and scikit-learn plus the weather renderer.
+
+No download: the photos come from ``skimage.data`` and ``sklearn.datasets.load_sample_image``. The split
+is fixed (``BUILTIN_SPLITS``) so test photos are never trained on:
+
+    train: astronaut, chelsea (cat), coffee, motorcycle (stereo_motorcycle left view)
+    val:   flower
+    test:  rocket, china (outdoor scenes, where weather matters)
+
+Photos are float32 (H, W, 3) in [0, 1], resized so the long side is ``long_side`` (default 256) and
+rounded to the 8-bit grid (so a clean image written as 8-bit PNG is exact); each is loaded once per
+process and returned read-only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .datasets import weather_index
+from .transforms import AUGMENT_MODES, augment, pad_to, random_crop_box, to_tensor
+from .weather import SEVERITIES, WEATHER_TYPES, render_weather
+
+__all__ = ["BUILTIN_LONG_SIDE", "BUILTIN_SPLITS", "BuiltinWeatherDataset", "builtin_photos"]
+
+BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("astronaut", "chelsea", "coffee", "motorcycle"),
+    "val": ("flower",),
+    "test": ("rocket", "china"),
+}
+BUILTIN_LONG_SIDE = 256
+
+
+def _load_uint8(name: str) -> np.ndarray:
+    import skimage.data
+
+    loaders = {
+        "astronaut": skimage.data.astronaut,
+        "chelsea": skimage.data.chelsea,
+        "coffee": skimage.data.coffee,
+        "rocket": skimage.data.rocket,
+        "motorcycle": lambda: skimage.data.stereo_motorcycle()[0],
+    }
+    if name in loaders:
+        return loaders[name]()
+    from sklearn.datasets import load_sample_image
+
+    return load_sample_image(f"{name}.jpg")
+
+
+@functools.cache
+def _photo(name: str, long_side: int | None) -> np.ndarray:
+    image = np.asarray(_load_uint8(name), dtype=np.float32)[:, :, :3] / 255.0
+    if long_side is not None and max(image.shape[:2]) != long_side:
+        from skimage.transform import resize
+
+        factor = long_side / max(image.shape[:2])
+        shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
+        image = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+    image = (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+    image.setflags(write=False)
+    return image
+
+
+def builtin_photos(split: str, *, long_side: int | None = BUILTIN_LONG_SIDE) -> list[tuple[str, np.ndarray]]:
+    """The ``(name, image)`` photos of ``split`` ('train', 'val', 'test' or 'all'); images are read-only
+    float32 (H, W, 3) in [0, 1] with the long side resized to ``long_side`` (None: native size)."""
+    if split == "all":
+        names = tuple(n for s in ("train", "val", "test") for n in BUILTIN_SPLITS[s])
+    elif split in BUILTIN_SPLITS:
+        names = BUILTIN_SPLITS[split]
+    else:
+        raise ValueError(f"unknown split '{split}'; expected one of {(*BUILTIN_SPLITS, 'all')}")
+    return [(name, _photo(name, long_side)) for name in names]
+
+
+def _seed_int(*values: int) -> int:
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class BuiltinWeatherDataset(Dataset):
+    """Rendered (degraded, clean) pairs from the built-in photos.
+
+    Item: ``{"input": (3, h, w) float32 degraded, "target": (3, h, w) clean, "mask": (1, h, w)
+    degradation mask, "weather": index in WEATHER_TYPES, "severity": 1..3, "name": str}``, all in [0, 1].
+
+    * ``split="train"``: ``samples_per_epoch`` (default 1024) random crops of ``crop_size`` (mirror-padded
+      if a photo is smaller) with a random flip/rotation (``augment``), weather, severity and render seed,
+      rendered on the fly at the scale of the whole photo. Item ``i`` depends only on (seed, epoch, i);
+      call ``set_epoch`` every epoch before iterating (not seen by ``persistent_workers``).
+    * ``split="val"`` / ``"test"``: a fixed list, every photo x every weather in ``weathers`` at
+      ``eval_severity``, whole photos (long side ``long_side``; use batch size 1), rendered once at
+      construction from (seed, photo, weather): keep ``seed`` fixed for comparable numbers.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        *,
+        crop_size: int = 64,
+        samples_per_epoch: int | None = None,
+        severities: tuple[int, ...] = SEVERITIES,
+        weathers: tuple[str, ...] = WEATHER_TYPES,
+        seed: int = 0,
+        augment: bool = True,
+        eval_severity: int = 2,
+        long_side: int | None = BUILTIN_LONG_SIDE,
+    ) -> None:
+        if split not in BUILTIN_SPLITS:
+            raise ValueError(f"unknown split '{split}'; expected one of {tuple(BUILTIN_SPLITS)}")
+        bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
+        if bad or not weathers or not severities or eval_severity not in SEVERITIES:
+            raise ValueError(f"invalid weathers/severities: {bad or (weathers, severities, eval_severity)}")
+        if split != "train" and samples_per_epoch is not None:
+            raise ValueError("samples_per_epoch only applies to the train split (val/test are fixed lists)")
+        self.split = split
+        self.crop_size = int(crop_size)
+        self.samples_per_epoch = 1024 if samples_per_epoch is None else int(samples_per_epoch)
+        self.severities = tuple(severities)
+        self.weathers = tuple(weathers)
+        self.seed = int(seed)
+        self.augment = augment
+        self.eval_severity = int(eval_severity)
+        self.epoch = 0
+        self.photos = builtin_photos(split, long_side=long_side)
+        self._fixed: list[dict] | None = None
+        if split != "train":
+            self._fixed = [self._render_fixed(p, w) for p in range(len(self.photos)) for w in self.weathers]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random crops/renders of ``epoch`` for the train split (no effect on val/test)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self._fixed is None else len(self._fixed)
+
+    @staticmethod
+    def _item(sample, name: str) -> dict:
+        return {
+            "input": to_tensor(sample.degraded),
+            "target": to_tensor(sample.clean),
+            "mask": torch.from_numpy(np.ascontiguousarray(sample.mask[None], dtype=np.float32)),
+            "weather": weather_index(sample.weather),
+            "severity": sample.severity,
+            "name": name,
+        }
+
+    def _render_fixed(self, photo_index: int, weather: str) -> dict:
+        name, photo = self.photos[photo_index]
+        seed = _seed_int(self.seed, photo_index, WEATHER_TYPES.index(weather), self.eval_severity)
+        sample = render_weather(photo, weather, severity=self.eval_severity, seed=seed)
+        return self._item(sample, f"{name}_{weather}_s{self.eval_severity}")
+
+    def __getitem__(self, index: int) -> dict:
+        if self._fixed is not None:
+            item = self._fixed[index]
+            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        name, photo = self.photos[int(rng.integers(len(self.photos)))]
+        weather = self.weathers[int(rng.integers(len(self.weathers)))]
+        severity = self.severities[int(rng.integers(len(self.severities)))]
+        scale = max(photo.shape[:2]) / 512.0  # render the crop as if on the whole photo
+        size = (self.crop_size, self.crop_size)
+        padded = pad_to(photo, size)
+        y, x = random_crop_box(rng, padded.shape[:2], size)
+        crop = padded[y : y + size[0], x : x + size[1]]
+        if self.augment:
+            crop = augment(crop, int(rng.integers(AUGMENT_MODES)))
+        render_seed = int(rng.integers(2**63 - 1))
+        sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
+        return self._item(sample, f"{name}_{weather}_s{severity}_e{self.epoch}_{index}")

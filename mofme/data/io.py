@@ -1,0 +1,263 @@
+"""Image I/O that survives odd files.
+
+Convention everywhere in ``mofme.data``: an image is a float32 numpy array of shape (H, W, 3), RGB, values
+in [0, 1]. ``read_image`` turns whatever is on disk into that:
+
+* PNG / JPEG / BMP / TIFF / WebP (and anything else Pillow opens);
+* grayscale (L, 1, I;16, I, F) is replicated to 3 channels;
+* alpha (RGBA, LA, PA, P with transparency) is **composited on white** (``background=1.0``);
+* 8-bit is divided by 255, 16-bit (PNG and TIFF, gray or colour) by 65535, float data is clipped to [0, 1];
+* the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``; the TIFF Orientation tag too);
+* multi-frame files (TIFF pages, GIF) give their first frame.
+
+A file that cannot be decoded raises :class:`ImageReadError` (an ``OSError``) whose message names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ._png16 import decode_png16, encode_png16, is_png16_color
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_image", "write_image"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_TIFF = (".tif", ".tiff")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WRITE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+_PathLike = str | os.PathLike
+
+
+class ImageReadError(OSError):
+    """An image file could not be read; ``path`` and ``reason`` are kept as attributes."""
+
+    def __init__(self, path: _PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image '{self.path}': {reason}")
+
+    def __reduce__(self):  # keep picklable across DataLoader workers
+        return (type(self), (self.path, self.reason))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _to_float_rgb(
+    array: np.ndarray, *, alpha_last: bool, background: float, premultiplied: bool = False
+) -> np.ndarray:
+    """Integer/float HxW or HxWxC array -> float32 HxWx3 in [0, 1] (alpha composited on ``background``;
+    ``premultiplied``: the colour samples are already multiplied by alpha)."""
+    if array.dtype == np.bool_:
+        data = array.astype(np.float32)
+    elif array.dtype == np.uint8:
+        data = array.astype(np.float32) / 255.0
+    elif array.dtype in (np.uint16, np.int32, np.uint32, np.int64):
+        # Pillow's "I" mode holds 16-bit PNG samples; 16-bit is the only integer depth above 8 in the field.
+        data = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        data = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    else:
+        raise ValueError(f"unsupported sample type {array.dtype}")
+    data = np.clip(data, 0.0, 1.0)
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3 or data.shape[2] not in (1, 2, 3, 4) or data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"unsupported image shape {array.shape}")
+    channels = data.shape[2]
+    alpha = None
+    if alpha_last and channels in (2, 4):
+        alpha = data[:, :, -1:]
+        data = data[:, :, :-1]
+    elif channels in (2, 4):  # extra channel that is not alpha: drop it
+        data = data[:, :, : channels - 1]
+    if data.shape[2] == 1:
+        data = np.repeat(data, 3, axis=2)
+    if alpha is not None:
+        data = (data if premultiplied else data * alpha) + np.float32(background) * (1.0 - alpha)
+        data = np.clip(data, 0.0, 1.0)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+_ORIENTATIONS = {  # EXIF/TIFF orientation value -> transform of the stored (H, W) grid, as exif_transpose
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(np.rot90(a, 2), 0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation tag (1..8) to an HxW(xC) array; unknown values leave it as is."""
+    transform = _ORIENTATIONS.get(int(orientation))
+    return np.ascontiguousarray(transform(array)) if transform else array
+
+
+def _read_tiff(path: Path, background: float) -> np.ndarray:
+    """TIFF through tifffile (keeps 16-bit colour that Pillow truncates)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        array = page.asarray()
+        orientation = page.tags.get("Orientation")
+        extrasamples = [int(e) for e in page.extrasamples] if page.extrasamples else []
+        photometric = int(page.photometric)
+        planar = int(page.planarconfig) == 2 and array.ndim == 3  # separate planes: (C, H, W)
+    if planar:
+        array = np.moveaxis(array, 0, -1)
+    if photometric == 0 and np.issubdtype(array.dtype, np.integer):  # MINISWHITE
+        array = np.iinfo(array.dtype).max - array
+    if orientation is not None:
+        array = _apply_orientation(array, int(orientation.value))
+    # ExtraSamples 1 = associated (premultiplied) alpha, 2 = unassociated alpha, 0 = unspecified (dropped)
+    has_alpha = bool(extrasamples) and extrasamples[0] in (1, 2)
+    premultiplied = has_alpha and extrasamples[0] == 1
+    return _to_float_rgb(array, alpha_last=has_alpha, background=background, premultiplied=premultiplied)
+
+
+def _read_pil(path: Path, background: float) -> np.ndarray:
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        mode = image.mode
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            return _to_float_rgb(np.asarray(image), alpha_last=False, background=background)
+        has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        return _to_float_rgb(np.asarray(image), alpha_last=has_alpha, background=background)
+
+
+def read_image(path: _PathLike, *, background: float = 1.0) -> np.ndarray:
+    """Read an image file as float32 (H, W, 3) RGB in [0, 1].
+
+    Alpha is composited on a uniform ``background`` grey level (1.0 = white). Raises ``ImageReadError``
+    (naming the file) for a missing, empty, truncated or undecodable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(32)
+        if not header:
+            raise ImageReadError(path, "empty file")
+        if is_png16_color(header):
+            return _to_float_rgb(decode_png16(path), alpha_last=header[25] == 6, background=background)
+        if path.suffix.lower() in _TIFF or header[:4] in (b"II*\x00", b"MM\x00*"):
+            try:
+                return _read_tiff(path, background)
+            except Exception:  # tifffile missing or rejecting this TIFF flavour: let Pillow try
+                pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _read_pil(path, background)
+    except ImageReadError:
+        raise
+    except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, struct.error, zlib.error ...
+        reason = str(error) or type(error).__name__
+        raise ImageReadError(path, f"{type(error).__name__}: {reason}") from error
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
+    data = np.asarray(array)
+    if data.dtype == np.uint8:
+        data = data.astype(np.float32) / 255.0
+    elif data.dtype == np.uint16:
+        data = data.astype(np.float32) / 65535.0
+    data = np.nan_to_num(np.asarray(data, dtype=np.float64), nan=0.0)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 3)):
+        raise ValueError(f"write_image expects an (H, W, 3) or (H, W) array, got shape {np.shape(array)}")
+    top = 255 if bit_depth == 8 else 65535
+    return np.round(np.clip(data, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def write_image(path: _PathLike, array: np.ndarray, *, bit_depth: int = 8, quality: int = 95) -> Path:
+    """Write a float (H, W, 3) or (H, W) array in [0, 1] (clipped, rounded) to ``path``.
+
+    The format follows the extension: PNG and TIFF take ``bit_depth`` 8 or 16, JPEG (``quality``) and BMP
+    only 8. Parent folders are created; the file is written to a temporary name and renamed, so a crash
+    never leaves a half-written image. Returns the path.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    formats = _WRITE_FORMATS
+    if suffix not in formats:
+        raise ValueError(f"cannot choose an image format for '{path}' (known: {sorted(formats)})")
+    if bit_depth == 16 and formats[suffix] not in ("PNG", "TIFF"):
+        raise ValueError(f"16-bit output needs .png or .tif, not '{suffix}'")
+    data = _quantize(array, bit_depth)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if bit_depth == 16 and formats[suffix] == "PNG":
+            tmp.write_bytes(encode_png16(data))
+        elif bit_depth == 16:
+            import tifffile
+
+            tifffile.imwrite(tmp, data, photometric="rgb" if data.ndim == 3 else "minisblack")
+        else:
+            options = {"quality": quality} if formats[suffix] in ("JPEG", "WEBP") else {}
+            Image.fromarray(data).save(tmp, format=formats[suffix], **options)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- listing
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder_or_files: _PathLike | Iterable[_PathLike], *, recursive: bool = True) -> list[Path]:
+    """Expand a folder, a file, or an iterable of both into a list of image paths.
+
+    Folders are expanded to their image files (extension in ``IMAGE_EXTENSIONS``, case-insensitive; hidden
+    files such as macOS ``._x.png`` are skipped), sorted by relative path; ``recursive`` descends into
+    sub-folders (hidden folders skipped). Files named explicitly are kept as given, in order. A path that
+    does not exist raises ``FileNotFoundError``.
+    """
+    if isinstance(folder_or_files, str | os.PathLike):
+        folder_or_files = [folder_or_files]
+    found: list[Path] = []
+    for item in folder_or_files:
+        item = Path(item)
+        if item.is_dir():
+            if recursive:
+                candidates = [
+                    p
+                    for p in item.rglob("*")
+                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                ]
+            else:
+                candidates = [p for p in item.iterdir() if p.is_file()]
+            found.extend(
+                sorted((p for p in candidates if _is_image(p)), key=lambda p: p.relative_to(item).parts)
+            )
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"no such file or folder: '{item}'")
+    return found

@@ -1,0 +1,122 @@
+"""Write an Allweather-style synthetic dataset from clean photos (the body of ``mofme synth``).
+
+Layout under ``output_dir`` (or ``output_dir/<split>`` when ``split`` is given)::
+
+    input/<weather>/<name>_s<severity>.png    degraded, 8-bit RGB
+    gt/<weather>/<name>_s<severity>.png       clean, 8-bit RGB (the exact image that was degraded)
+    mask/<weather>/<name>_s<severity>.png     degradation mask, 8-bit grayscale (optional)
+    allweather.txt                            every `input/...` path, one per line
+    <weather>.txt                             the `input/...` paths of one weather
+    synth.json                                the parameters, for provenance
+
+``read_pair_list(dir / "allweather.txt")`` reads it back. Each image is rendered with a seed derived
+from (seed, name, weather, severity), so adding photos does not change the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import ImagePair, read_pair_list
+from .io import list_images, read_image, write_image
+from .weather import SEVERITIES, WEATHER_TYPES, render_weather
+
+__all__ = ["synthesize_dataset"]
+
+_PathLike = str | os.PathLike
+Photos = Sequence[tuple[str, np.ndarray]]
+
+
+def _resize_long_side(image: np.ndarray, long_side: int | None) -> np.ndarray:
+    if long_side is None or max(image.shape[:2]) <= long_side:
+        return image
+    from skimage.transform import resize
+
+    factor = long_side / max(image.shape[:2])
+    shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
+    return resize(image, shape, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
+def _named_sources(src_photos: _PathLike | Iterable[_PathLike] | Photos) -> list[tuple[str, object]]:
+    """(name, array-or-path) for every source; folder sources are named by their relative path."""
+    if isinstance(src_photos, str | os.PathLike):
+        src_photos = [src_photos]
+    sources: list[tuple[str, object]] = []
+    for item in src_photos:
+        if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[1], str | os.PathLike):
+            sources.append((str(item[0]), item[1]))
+        elif Path(item).is_dir():
+            folder = Path(item)
+            for path in list_images(folder):
+                sources.append(("__".join(path.relative_to(folder).with_suffix("").parts), path))
+        else:
+            sources.extend((path.stem, path) for path in list_images(item))
+    names = [name for name, _ in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"source photos share names {duplicates[:10]}; rename them or pass (name, array)")
+    if not sources:
+        raise ValueError("no source photos found")
+    return sources
+
+
+def _render_seed(seed: int, name: str, weather: str, severity: int) -> int:
+    entropy = [int(seed), zlib.crc32(name.encode()), WEATHER_TYPES.index(weather), int(severity)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+def synthesize_dataset(
+    src_photos: _PathLike | Iterable[_PathLike] | Photos,
+    output_dir: _PathLike,
+    *,
+    weathers: Sequence[str] = WEATHER_TYPES,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+    split: str | None = None,
+    long_side: int | None = None,
+    write_masks: bool = True,
+) -> list[ImagePair]:
+    """Render every photo x weather x severity and write the dataset described in the module docstring.
+
+    ``src_photos``: a folder, an image file, an iterable of those, or ``(name, float (H, W, 3) array)``
+    pairs (e.g. ``builtin_photos("test")``). ``long_side`` downsizes larger photos first. Returns the
+    written pairs, read back and validated through ``read_pair_list``.
+    """
+    bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
+    if bad or not weathers or not severities:
+        raise ValueError(f"invalid weathers/severities: {bad or (tuple(weathers), tuple(severities))}")
+    root = Path(output_dir) / split if split else Path(output_dir)
+    lines: dict[str, list[str]] = {w: [] for w in weathers}
+    for name, source in _named_sources(src_photos):
+        image = read_image(source) if isinstance(source, Path) else np.asarray(source, dtype=np.float32)
+        image = _resize_long_side(image, long_side)
+        clean = (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)  # what gt/ stores
+        for weather in weathers:
+            for severity in severities:
+                seed_i = _render_seed(seed, name, weather, severity)
+                sample = render_weather(clean, weather, severity=severity, seed=seed_i)
+                relative = f"{weather}/{name}_s{severity}.png"
+                write_image(root / "input" / relative, sample.degraded)
+                write_image(root / "gt" / relative, clean)
+                if write_masks:
+                    write_image(root / "mask" / relative, sample.mask)
+                lines[weather].append(f"input/{relative}")
+    for weather, entries in lines.items():
+        (root / f"{weather}.txt").write_text("".join(f"{e}\n" for e in entries))
+    (root / "allweather.txt").write_text("".join(f"{e}\n" for w in weathers for e in lines[w]))
+    config = {
+        "renderer": "mofme.data.weather.render_weather",
+        "weathers": list(weathers),
+        "severities": [int(s) for s in severities],
+        "seed": int(seed),
+        "long_side": long_side,
+        "count": sum(len(v) for v in lines.values()),
+    }
+    (root / "synth.json").write_text(json.dumps(config, indent=2) + "\n")
+    return read_pair_list(root / "allweather.txt", root)
