@@ -1,9 +1,9 @@
 """mofme: Mixture of Feature-Modulated Experts, and all-in-one adverse-weather restoration.
 
-    import mofme
-    layer = mofme.MoFME(dim=384, num_experts=128, top_k=4, router="uar")
-    out = layer(x)                       # MoEOutput(output, aux_loss, expert_indices, ...)
-    loss = task_loss(out.output) + out.aux_loss
+import mofme
+layer = mofme.MoFME(dim=384, num_experts=128, top_k=4, router="uar")
+out = layer(x)                       # MoEOutput(output, aux_loss, expert_indices, ...)
+loss = task_loss(out.output) + out.aux_loss
 """
 
 from .models import (

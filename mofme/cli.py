@@ -1,16 +1,179 @@
-"""The ``mofme`` command line."""
+"""The ``mofme`` command line: demo | train | eval | restore | synth | bench-layers."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mofme.demo import run_demo
+
+    result = run_demo(args.output, minutes=args.minutes, seed=args.seed, overrides=args.overrides)
+    gain = result.report.mean_over_weather.gain
+    print(f"mean PSNR gain over the degraded input on the held-out photos: {gain:+.2f} dB")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mofme.configs import recipe_path
+    from mofme.engine.config import load_config
+    from mofme.engine.trainer import train
+
+    config = load_config(recipe_path(args.config), args.overrides)
+    result = train(config, resume=args.resume)
+    best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a"
+    print(
+        f"trained {result.steps} steps in {result.minutes:.1f} min; best validation PSNR {best}; best model: {result.best_dir}"
+    )
+    return 0
+
+
+def _read_eval_data(location: str, root: str | None):
+    from mofme.data import paired_folder, read_pair_list
+
+    path = Path(location)
+    if path.is_dir():
+        return paired_folder(path)
+    return read_pair_list(path, root)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mofme.engine.evaluate import evaluate
+    from mofme.models import Restorer
+
+    model = Restorer.from_pretrained(args.checkpoint, device=args.device)
+    if args.data == "builtin":
+        from mofme.data import BuiltinWeatherDataset
+
+        data = BuiltinWeatherDataset("test")
+    else:
+        data = _read_eval_data(args.data, args.root)
+    report = evaluate(
+        model,
+        data,
+        y_channel=args.y_channel,
+        crop_border=args.crop_border,
+        tile=args.tile,
+        overlap=args.overlap,
+        save_images=args.save_images,
+    )
+    report.meta.update({"checkpoint": str(args.checkpoint), "data": args.data})
+    json_path, md_path = report.save(args.output)
+    print(report.to_markdown())
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from mofme.engine.restore import restore_paths
+    from mofme.models import Restorer
+
+    model = Restorer.from_pretrained(args.checkpoint, device=args.device)
+    result = restore_paths(model, args.inputs, args.output, tile=args.tile, overlap=args.overlap)
+    print(f"restored {len(result.written)} image(s) into {args.output}")
+    for path, reason in result.failed:
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from mofme.data import synthesize_dataset
+
+    pairs = synthesize_dataset(
+        args.source,
+        args.output,
+        weathers=tuple(args.weathers),
+        severities=tuple(args.severities),
+        seed=args.seed,
+    )
+    print(f"wrote {len(pairs)} pairs (Allweather layout, list files included) to {args.output}")
+    return 0
+
+
+def _bench_layers(args: argparse.Namespace) -> int:
+    from mofme.benchmarks.layers import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mofme", description="Mixture of Feature-Modulated Experts: restoration toolkit"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="train, evaluate and visualise a small restorer on the built-in data"
+    )
+    demo.add_argument("--output", default="mofme-demo", help="output folder (default: mofme-demo)")
+    demo.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.router=uar")
+    demo.set_defaults(func=_demo)
+
+    train = commands.add_parser("train", help="train a restorer from a YAML recipe")
+    train.add_argument("config", help="YAML file, or the name of a shipped recipe (e.g. demo_cpu)")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=2e-4")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.set_defaults(func=_train)
+
+    def tiled(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--checkpoint",
+            required=True,
+            help="a save_pretrained directory (config.json + model.safetensors)",
+        )
+        p.add_argument("--tile", type=int, default=256)
+        p.add_argument("--overlap", type=int, default=32)
+        p.add_argument("--device", default="cpu")
+
+    ev = commands.add_parser("eval", help="PSNR/SSIM per weather type on full-resolution test pairs")
+    tiled(ev)
+    ev.add_argument(
+        "--data",
+        required=True,
+        help="a list file (input/... lines), a folder with input/ and gt/, or 'builtin'",
+    )
+    ev.add_argument(
+        "--root", default=None, help="folder the list's paths are relative to (default: the list's folder)"
+    )
+    ev.add_argument("--output", default="eval", help="where metrics.json and metrics.md go")
+    ev.add_argument("--y-channel", action="store_true", help="metrics on BT.601 Y instead of RGB")
+    ev.add_argument("--crop-border", type=int, default=0)
+    ev.add_argument("--save-images", default=None, help="also write the restored images here")
+    ev.set_defaults(func=_eval)
+
+    restore = commands.add_parser("restore", help="restore your own photos (files or folders, any size)")
+    restore.add_argument("inputs", nargs="+")
+    restore.add_argument("--output", required=True)
+    tiled(restore)
+    restore.set_defaults(func=_restore)
+
+    synth = commands.add_parser(
+        "synth", help="render weather on your photos into an Allweather-style dataset"
+    )
+    synth.add_argument("source", help="folder of clean photos")
+    synth.add_argument("--output", required=True)
+    synth.add_argument("--weathers", nargs="+", default=["rain", "snow", "haze", "raindrop"])
+    synth.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3])
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_synth)
+
+    bench = commands.add_parser("bench-layers", help="layer benchmark (python -m mofme.benchmarks.layers)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark")
+    bench.set_defaults(func=_bench_layers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mofme", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
-    parser.parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, FileExistsError) as error:
+        print(f"mofme {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

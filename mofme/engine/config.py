@@ -1,0 +1,153 @@
+"""Training configuration: YAML files validated by pydantic, with ``key.sub=value`` overrides.
+
+    config = load_config("configs/demo_cpu.yaml", ["optim.lr=1e-3", "model.num_experts=8"])
+
+Every section names its components explicitly (``model.ffn``, ``data.type``, ``loss.*``) and
+the metric conventions (``eval.y_channel``, ``eval.crop_border``) are part of the recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    preset: str = "small"
+    ffn: Literal["dense", "moe", "mofme"] = "mofme"
+    num_experts: int = 16
+    top_k: int = 2
+    router: Literal["linear", "uar"] = "linear"
+    modulation: Literal["generator", "static"] = "generator"
+    router_kwargs: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="other RestorerConfig fields")
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`mofme.models.build_restorer`."""
+        kwargs = self.model_dump(exclude={"overrides"})
+        kwargs["router_kwargs"] = kwargs["router_kwargs"] or None
+        return {**kwargs, **self.overrides}
+
+
+class DataConfig(_Section):
+    type: Literal["builtin", "allweather", "paired"] = "builtin"
+    train: str | None = Field(None, description="allweather: list file; paired: folder with input/ and gt/")
+    val: str | None = Field(None, description="validation list/folder; default: val_fraction of train")
+    root: str | None = Field(None, description="allweather: folder the list paths are relative to")
+    val_fraction: float = 0.02
+    crop_size: int = 64
+    batch_size: int = 8
+    num_workers: int = 0
+    samples_per_epoch: int = 512  # builtin only
+    weathers: list[str] | None = None  # builtin only; default: all
+
+
+class OptimConfig(_Section):
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_epochs: float = 3.0
+    min_lr: float = 1e-6
+    grad_clip: float | None = 1.0
+
+
+class LossConfig(_Section):
+    smooth_l1_beta: float = 1.0
+    perceptual_weight: float = 0.0
+    vgg_weights: str | None = None
+
+
+class TrainConfig(_Section):
+    epochs: int = 10
+    max_minutes: float | None = Field(None, description="stop (and fit the schedule) within this budget")
+    eval_every: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    ema_decay: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs/default"
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    y_channel: bool = False
+    crop_border: int = 0
+    tile: int = 256
+    overlap: int = 32
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the field."""
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}``; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[leaf] = yaml.safe_load(value)
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or the defaults when ``path`` is None) and apply ``overrides``."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{source}: {problems}") from err

@@ -1,0 +1,61 @@
+"""Datasets from a :class:`DataConfig`: the training set and the validation split (never a test set)."""
+
+from __future__ import annotations
+
+import random
+
+from torch.utils.data import Dataset
+
+from mofme.data import (
+    WEATHER_TYPES,
+    BuiltinWeatherDataset,
+    ImagePair,
+    PairedImageDataset,
+    paired_folder,
+    read_pair_list,
+)
+
+from .config import ConfigError, DataConfig
+
+__all__ = ["build_datasets"]
+
+
+def _read_pairs(kind: str, location: str, root: str | None) -> list[ImagePair]:
+    if kind == "allweather":
+        return read_pair_list(location, root)
+    return paired_folder(location)
+
+
+def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets. Train items are random crops; val items are whole images.
+
+    ``builtin``: the rendered built-in photos (fixed train / val split of photos).
+    ``allweather`` / ``paired``: pairs read and validated up front; without ``data.val`` a
+    seeded ``val_fraction`` of the training pairs is held out for model selection.
+    """
+    if config.type == "builtin":
+        weathers = tuple(config.weathers or WEATHER_TYPES)
+        train = BuiltinWeatherDataset(
+            "train",
+            crop_size=config.crop_size,
+            samples_per_epoch=config.samples_per_epoch,
+            weathers=weathers,
+            seed=seed,
+        )
+        return train, BuiltinWeatherDataset("val", weathers=weathers, seed=seed)
+    if config.train is None:
+        raise ConfigError(f"data.train is required for data.type={config.type!r}")
+    train_pairs = _read_pairs(config.type, config.train, config.root)
+    if config.val is not None:
+        val_pairs = _read_pairs(config.type, config.val, config.root)
+    else:
+        shuffled = train_pairs[:]
+        random.Random(seed).shuffle(shuffled)
+        held_out = max(1, round(config.val_fraction * len(shuffled)))
+        if held_out >= len(shuffled):
+            raise ConfigError(
+                f"{config.train}: too few pairs ({len(shuffled)}) to hold out a validation split"
+            )
+        val_pairs, train_pairs = shuffled[:held_out], shuffled[held_out:]
+    train = PairedImageDataset(train_pairs, crop_size=config.crop_size, augment=True, seed=seed)
+    return train, PairedImageDataset(val_pairs)

@@ -1,0 +1,183 @@
+"""Training end to end on tiny settings: config handling, atomic checkpoints, resume after
+kill -9 (bit-identical final weights on CPU), DDP with two CPU processes."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mofme.engine.checkpoint import latest_checkpoint, save_checkpoint
+from mofme.engine.config import ConfigError, load_config, parse_overrides
+from mofme.engine.trainer import train, warmup_cosine
+from mofme.models import build_restorer
+
+TINY = {
+    "model": {"preset": "tiny", "ffn": "mofme", "num_experts": 4, "top_k": 2, "router": "uar"},
+    "data": {"type": "builtin", "crop_size": 32, "batch_size": 4, "samples_per_epoch": 16},
+    "optim": {"lr": 1e-3, "warmup_epochs": 1},
+    "train": {
+        "epochs": 4,
+        "checkpoint_every": 2,
+        "eval_every": 100,
+        "log_every": 1,
+        "ema_decay": 0.9,
+        "progress": False,
+    },
+}
+
+
+def _write_config(tmp_path: Path, output: Path, **train) -> Path:
+    config = {**TINY, "train": {**TINY["train"], "output_dir": str(output), **train}}
+    path = tmp_path / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _final_weights(output: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(output / "checkpoints") / "model.safetensors"))
+
+
+def test_overrides_are_parsed_as_yaml_and_bad_fields_are_named(tmp_path):
+    assert parse_overrides(["train.epochs=3", "model.router_kwargs={samples: 3}"]) == {
+        "train": {"epochs": 3},
+        "model": {"router_kwargs": {"samples": 3}},
+    }
+    assert load_config(None, ["optim.lr=2e-4", "optim.betas=[0.8, 0.9]"]).optim.lr == 2e-4
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: optim\.lr"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"model\.nonsense"):
+        load_config(None, ["model.nonsense=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_warmup_cosine_schedule_shape():
+    values = [warmup_cosine(s, warmup=10, total=110, min_ratio=0.01) for s in range(120)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(values[10:]))
+    assert values[110] == pytest.approx(0.01) and values[119] == pytest.approx(0.01)
+
+
+def test_perceptual_loss_without_weights_stops_at_start_up(tmp_path):
+    config = load_config(
+        _write_config(tmp_path, tmp_path / "run"),
+        ["loss.perceptual_weight=0.04", "loss.vgg_weights=/nowhere/vgg16.pth"],
+    )
+    with pytest.raises((FileNotFoundError, ValueError), match="vgg16"):
+        train(config)
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+def test_checkpoint_is_atomic_and_keeps_the_newest(tmp_path, monkeypatch):
+    model = build_restorer(preset="tiny", ffn="dense")
+    directory = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        save_checkpoint(directory, step=step, model=model, state={"step": step}, keep=2)
+    assert sorted(p.name for p in directory.glob("step-*")) == ["step-00000004", "step-00000006"]
+    assert latest_checkpoint(directory).name == "step-00000006"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(directory, step=8, model=model, state={"step": 8})
+    assert latest_checkpoint(directory).name == "step-00000006"  # the previous one is intact
+
+
+def test_train_writes_logs_checkpoints_and_a_best_model(tmp_path):
+    output = tmp_path / "run"
+    result = train(load_config(_write_config(tmp_path, output)))
+    assert result.steps == 16
+    assert (output / "config.yaml").is_file() and (output / "tb").is_dir()
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 17))
+    assert any(r["kind"] == "val" for r in records)
+    assert sorted(p.name for p in result.best_dir.iterdir()) == [
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
+    with pytest.raises(FileExistsError, match="resume"):
+        train(load_config(_write_config(tmp_path, output)))
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
+    straight = tmp_path / "straight"
+    cmd = [sys.executable, "-m", "mofme", "train"]
+    subprocess.run(
+        [*cmd, str(_write_config(tmp_path, straight))], check=True, env=_env(), capture_output=True
+    )
+
+    killed = tmp_path / "killed"
+    config = _write_config(tmp_path, killed)
+    process = subprocess.Popen(
+        [*cmd, str(config)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pointer = killed / "checkpoints" / "latest.json"
+        if pointer.is_file() and json.loads(pointer.read_text())["step"] >= 6:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    steps_at_kill = json.loads((killed / "checkpoints" / "latest.json").read_text())["step"]
+    assert steps_at_kill < 16, "the run finished before it could be killed"
+    subprocess.run([*cmd, str(config), "--resume"], check=True, env=_env(), capture_output=True)
+
+    expected, got = _final_weights(straight), _final_weights(killed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path):
+    output = tmp_path / "ddp"
+    config = _write_config(tmp_path, output, epochs=2)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "mofme",
+            "train",
+            str(config),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 16 samples per epoch, 2 processes x batch 4 -> 2 steps per epoch
+    assert json.loads((output / "checkpoints" / "latest.json").read_text())["step"] == 4
+    train_steps = [
+        json.loads(line)["step"]
+        for line in (output / "log.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    assert train_steps == [1, 2, 3, 4]  # logged once, by the main process

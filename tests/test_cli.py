@@ -1,0 +1,98 @@
+"""The command line end to end on tiny settings: demo, restore, eval, synth."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mofme.cli import main
+from mofme.data import read_image
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """A demo run shrunk to seconds: tiny model, few steps; it still writes every artefact."""
+    output = tmp_path_factory.mktemp("demo")
+    code = main(
+        [
+            "demo",
+            "--output",
+            str(output),
+            "--minutes",
+            "1.5",
+            "model.preset=tiny",
+            "model.num_experts=4",
+            "data.samples_per_epoch=16",
+            "data.batch_size=4",
+            "data.crop_size=32",
+            "train.epochs=2",
+            "train.eval_every=1",
+            "train.progress=false",
+        ]
+    )
+    assert code == 0
+    return output
+
+
+def test_demo_writes_metrics_figures_and_a_checkpoint(demo_dir):
+    names = {p.name for p in demo_dir.iterdir()}
+    assert {"metrics.json", "metrics.md", "comparison.png", "routing.png", "model"} <= names
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    assert set(metrics["per_weather"]) == {"rain", "snow", "haze", "raindrop"}
+    test_names = {row["name"].split("_")[0] for row in metrics["images"]}
+    assert test_names == {"rocket", "china"}  # the held-out photos, never the training ones
+    assert sorted(p.name for p in (demo_dir / "model").iterdir()) == ["config.json", "model.safetensors"]
+    usage = np.array(json.loads((demo_dir / "routing.json").read_text())["expert_usage"])
+    np.testing.assert_allclose(usage.sum(axis=-1), 1.0)
+
+
+def test_restore_cli_writes_good_files_and_reports_bad_ones(demo_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((37, 53), 120, np.uint8), "L").save(photos / "gray.png")
+    Image.fromarray(np.zeros((20, 30, 4), np.uint8), "RGBA").save(photos / "alpha.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    code = main(["restore", str(photos), "--output", str(out), "--checkpoint", str(demo_dir / "model")])
+    assert code == 1  # something failed, and the exit status says so
+    assert read_image(out / "gray.png").shape == (37, 53, 3)
+    assert read_image(out / "alpha.png").shape == (20, 30, 3)
+    assert not (out / "broken.jpg").exists()
+
+
+def test_synth_then_eval_on_the_written_dataset(demo_dir, tmp_path):
+    photos = tmp_path / "clean"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(photos / "noise.png")
+    data = tmp_path / "synth"
+    assert main(["synth", str(photos), "--output", str(data), "--severities", "2"]) == 0
+    assert (data / "allweather.txt").is_file()
+    report = tmp_path / "report"
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(demo_dir / "model"),
+            "--data",
+            str(data / "allweather.txt"),
+            "--output",
+            str(report),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["per_weather"]) == {"rain", "snow", "haze", "raindrop"}
+
+
+def test_errors_are_reported_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mofme", "train", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "missing.yaml" in result.stderr and "Traceback" not in result.stderr
