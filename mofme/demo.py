@@ -108,10 +108,7 @@ def run_demo(
     report = evaluate(
         model,
         test,
-        y_channel=conv.y_channel,
-        crop_border=conv.crop_border,
-        tile=conv.tile,
-        overlap=conv.overlap,
+        **conv.model_dump(),
         progress=progress,
     )
     report.meta.update(

@@ -82,6 +82,8 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Metric conventions and tiling: exactly the keyword options of :func:`mofme.engine.evaluate.evaluate`."""
+
     y_channel: bool = False
     crop_border: int = 0
     tile: int = 256

@@ -95,10 +95,7 @@ def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, fl
     report = evaluate(
         model,
         dataset,
-        y_channel=conv.y_channel,
-        crop_border=conv.crop_border,
-        tile=conv.tile,
-        overlap=conv.overlap,
+        **conv.model_dump(),
         progress=False,
     )
     model.train(was_training)
@@ -262,7 +259,7 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
                 (best_dir / "metrics.json").write_text(
                     json.dumps({"step": step, "val_psnr": scores}, indent=2)
                 )
-            progress.set_postfix(val_psnr=f"{scores['mean']:.2f}")
+            progress.set_postfix(val_psnr=f"{scores['mean']:.2f}", refresh=False)
         context.barrier()
 
     def out_of_time() -> bool:
@@ -315,7 +312,7 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
                 if grad_norm is not None:
                     values["grad_norm"] = float(grad_norm)
                 logger.log(step, "train", values)
-                progress.set_postfix(loss=f"{values['loss']:.4f}")
+                progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
             if cfg.max_minutes is not None and not resume:
                 # fit the cosine schedule into the time budget once the step time is known
                 if step == 5:

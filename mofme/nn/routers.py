@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -135,7 +134,9 @@ class UncertaintyAwareRouter(TopKRouter):
     Training, for each token x (dropout rate p, M samples, all M passes in one batched matmul):
 
     1. ``l_m = W drop_m(x) + b`` and ``P_m = softmax(l_m)`` for m = 1..M (inverted dropout, so
-       E[l_m] = W x + b).
+       E[l_m] = W x + b). Each pass draws one dropout mask over the D input units, shared by
+       the tokens of the pass (one sampled router per pass, Gal & Ghahramani's MC dropout), so
+       the M passes cost one (N, D) x (D, M E) matmul and M x D random numbers.
     2. ``mu = mean_m P_m`` and ``var = var_m P_m`` (unbiased), per expert.
     3. The k experts with the largest ``mu`` are chosen (selection by the MC mean, not by one
        noisy pass).
@@ -194,8 +195,7 @@ class UncertaintyAwareRouter(TopKRouter):
     def forward(self, x: Tensor) -> RouterOutput:
         if not self.training:
             return super().forward(x)
-        noisy = F.dropout(x.unsqueeze(0).expand(self.samples, *x.shape), self.dropout, training=True)
-        logits = self.logits(noisy)  # (M, N, E)
+        logits = self._sampled_logits(x)  # (M, N, E)
         sample_probs = logits.softmax(dim=-1)
         mean = sample_probs.mean(dim=0)
         var = sample_probs.var(dim=0)
@@ -209,6 +209,20 @@ class UncertaintyAwareRouter(TopKRouter):
                 mu = mu * square / (square + self.strength * spread).clamp_min(_TINY)
             weights = mu / mu.sum(dim=-1, keepdim=True).clamp_min(_TINY)
         return self._output(logits, mean, indices, weights.to(x.dtype), spread.sqrt())
+
+    def _sampled_logits(self, x: Tensor) -> Tensor:
+        """(M, N, E) float32 logits of M routers sampled by dropping input units (rows of W^T).
+
+        One dropout draw per pass, shared by the pass's tokens (one sampled network per pass, as
+        in Gal & Ghahramani's MC dropout): the M passes are one (N, D) x (D, M E) matmul and only
+        M x D random numbers are drawn.
+        """
+        keep = 1.0 - self.dropout
+        masks = torch.bernoulli(torch.full((self.samples, x.shape[-1]), keep, device=x.device)) / keep
+        weight = self.proj.weight.t()  # (D, E)
+        sampled = (masks.to(weight.dtype).unsqueeze(-1) * weight).permute(1, 0, 2).reshape(weight.shape[0], -1)
+        logits = torch.addmm(self.proj.bias.repeat(self.samples), x, sampled)  # (N, M E)
+        return logits.float().view(x.shape[0], self.samples, -1).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return (

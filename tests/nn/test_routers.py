@@ -107,3 +107,19 @@ def test_uar_validates_arguments():
         _uar(dropout=0.0)
     with pytest.raises(ValueError, match="calibration"):
         _uar(calibration="bogus")
+
+
+def test_uar_sampled_routers_are_unbiased_and_drop_whole_input_units():
+    router = UncertaintyAwareRouter(16, 8, 2, samples=4000, dropout=0.3).train()
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        sampled = router._sampled_logits(x)  # (M, N, E)
+        expected = router.proj(x)
+        w, b = router.proj.weight, router.proj.bias
+    assert sampled.shape == (4000, 5, 8)
+    assert ((sampled.mean(0) - expected).abs() <= 5 * sampled.std(0) / 4000**0.5 + 1e-5).all()
+    # a pass is (x * mask) W^T + b with ONE mask in {0, 1/keep}^D for all its tokens: solve for it
+    design = (x.unsqueeze(1) * w.unsqueeze(0)).reshape(-1, 16)  # (N E, D) coefficients of mask_d
+    for m in range(10):
+        mask = torch.linalg.lstsq(design, (sampled[m] - b).reshape(-1, 1)).solution.squeeze(1)
+        assert ((mask.abs() < 1e-3) | ((mask - 1 / 0.7).abs() < 1e-3)).all()

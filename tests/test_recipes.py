@@ -1,0 +1,35 @@
+"""Every shipped YAML recipe loads, and builds the model it describes."""
+
+import pytest
+import torch
+
+from mofme.configs import recipe_path, recipes
+from mofme.engine.config import load_config
+from mofme.models import build_restorer
+
+
+def test_recipes_are_shipped():
+    assert {"demo_cpu", "allweather_paper_dense", "allweather_paper_moe", "allweather_paper_mofme"} <= set(
+        recipes()
+    )
+
+
+@pytest.mark.parametrize("name", recipes())
+def test_recipe_loads_and_builds(name):
+    config = load_config(recipe_path(name))
+    with torch.device("meta"):
+        model = build_restorer(**config.model.build_kwargs())
+    assert model.config.ffn == config.model.ffn
+
+
+def test_paper_recipes_carry_the_published_optimisation():
+    for ffn in ("dense", "moe", "mofme"):
+        config = load_config(recipe_path(f"allweather_paper_{ffn}"))
+        assert (config.optim.lr, config.optim.weight_decay, config.optim.warmup_epochs) == (4e-4, 0.01, 3)
+        assert (config.data.crop_size, config.train.epochs, config.loss.perceptual_weight) == (240, 200, 0.04)
+        assert config.model.preset == "paper"
+
+
+def test_unknown_recipe_names_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="demo_cpu"):
+        recipe_path("no_such_recipe")
