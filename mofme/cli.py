@@ -1,4 +1,4 @@
-"""The ``mofme`` command line: demo | train | eval | restore | synth | bench-layers."""
+"""The ``mofme`` command line: demo | train | eval | restore | synth | bench | study | bench-layers."""
 
 from __future__ import annotations
 
@@ -92,6 +92,29 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from mofme.benchmarks.restorer import run
+
+    run(args)
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from mofme.study import run_study
+
+    command = "mofme study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else "mofme study"
+    run_study(
+        args.output,
+        minutes_per_run=args.minutes_per_run,
+        seeds=args.seeds,
+        variants=args.variants,
+        steps=args.steps,
+        overrides=args.overrides,
+        command=command.strip(),
+    )
+    return 0
+
+
 def _bench_layers(args: argparse.Namespace) -> int:
     from mofme.benchmarks.layers import main as bench_main
 
@@ -160,6 +183,32 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3])
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
+
+    from mofme.benchmarks.restorer import add_arguments as add_bench_arguments
+    from mofme.study import STUDY_VARIANTS
+
+    whole = commands.add_parser(
+        "bench", help="whole-restorer parameters, FLOPs, latency, memory, training step"
+    )
+    add_bench_arguments(whole)
+    whole.set_defaults(func=_bench)
+
+    study = commands.add_parser(
+        "study", help="dense vs MoE vs MoFME (linear, UaR) at an equal budget, with routing analysis"
+    )
+    study.add_argument("--output", default="mofme-study")
+    study.add_argument(
+        "--minutes-per-run", type=float, default=4.0, help="budget of the slowest variant's run"
+    )
+    study.add_argument("--seeds", type=int, default=3)
+    study.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS), choices=list(STUDY_VARIANTS))
+    study.add_argument(
+        "--steps", type=int, default=None, help="fix the steps instead of fitting them to the budget"
+    )
+    study.add_argument(
+        "overrides", nargs="*", help="recipe overrides for every run, e.g. model.num_experts=8"
+    )
+    study.set_defaults(func=_study)
 
     bench = commands.add_parser("bench-layers", help="layer benchmark (python -m mofme.benchmarks.layers)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark")

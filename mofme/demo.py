@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mofme.analysis import expert_counts
 from mofme.configs import recipe_path
 from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.engine.config import load_config
@@ -27,7 +28,7 @@ from mofme.engine.trainer import train
 from mofme.models import Restorer
 from mofme.plots import comparison_grid, routing_heatmaps
 
-__all__ = ["DemoResult", "expert_usage", "run_demo"]
+__all__ = ["DemoResult", "run_demo"]
 
 RECIPE = "demo_cpu"
 _RESERVE_MINUTES = 1.0  # start-up, evaluation and figures
@@ -39,21 +40,6 @@ class DemoResult:
     report: EvalReport
     minutes: float
     train_steps: int
-
-
-@torch.no_grad()
-def expert_usage(model: Restorer, dataset: BuiltinWeatherDataset) -> np.ndarray:
-    """(layers, weathers, experts): the share of each weather type's token assignments that
-    each expert receives, over ``dataset``."""
-    model.eval()
-    layers, experts = model.config.depth, model.config.num_experts
-    counts = np.zeros((layers, len(WEATHER_TYPES), experts))
-    for item in dataset:
-        routing = model(item["input"].unsqueeze(0)).routing
-        for layer, (indices, _) in enumerate(routing):
-            if indices is not None:
-                counts[layer, item["weather"]] += np.bincount(indices.flatten().numpy(), minlength=experts)
-    return counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
 
 
 def _comparison_rows(model: Restorer, dataset: BuiltinWeatherDataset) -> list[tuple]:
@@ -125,7 +111,8 @@ def run_demo(
     report.save(output)
     comparison_grid(_comparison_rows(model, test), output / "comparison.png")
     if config.model.ffn != "dense":
-        usage = expert_usage(model, test)
+        counts = expert_counts(model, test)
+        usage = counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
         routing_heatmaps(usage, WEATHER_TYPES, output / "routing.png")
         (output / "routing.json").write_text(
             json.dumps({"expert_usage": usage.tolist(), "weathers": list(WEATHER_TYPES)})

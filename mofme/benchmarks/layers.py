@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from mofme.nn import DenseFFN, MoFME, SparseMoE
+
+from .timing import count_gflops, machine, time_side_by_side
 
 
 @dataclass
@@ -38,33 +36,6 @@ class Row:
     gflops: float
     latency_ms: float
     vs_dense: float
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_side_by_side(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device) -> dict:
-    """Median seconds of each callable; the callables are interleaved repeat by repeat."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def count_gflops(fn: Callable[[], object]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
 
 
 def _params(module: nn.Module) -> int:
@@ -204,16 +175,6 @@ def markdown(rows: list[Row], router: dict | None, checks: list[dict]) -> str:
             for c in checks
         ]
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "processor": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

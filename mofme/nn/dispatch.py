@@ -54,31 +54,63 @@ def group_by_expert(indices: Tensor, num_experts: int, keep: Tensor | None = Non
     return Assignments(slot, torch.div(slot, top_k, rounding_mode="floor"), counts, flat.numel())
 
 
+class _GroupedLinear(torch.autograd.Function):
+    """``rows_e @ weight[e] + bias[e]`` for each block e of ``counts``; every result, input
+    gradient and weight gradient is written straight into one preallocated tensor (no
+    concatenation, no stacking of per-expert gradients)."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, weight: Tensor, bias: Tensor | None, counts: list[int]) -> Tensor:
+        out = rows.new_empty(rows.shape[0], weight.shape[-1])
+        for expert, (block, target) in enumerate(zip(rows.split(counts), out.split(counts), strict=True)):
+            if block.shape[0] == 0:
+                continue
+            if bias is None:
+                torch.mm(block, weight[expert], out=target)
+            else:
+                torch.addmm(bias[expert], block, weight[expert], out=target)
+        ctx.counts = counts
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(rows, weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        rows, weight = ctx.saved_tensors
+        counts = ctx.counts
+        grad_rows = grad_weight = grad_bias = None
+        blocks = list(zip(rows.split(counts), grad_out.split(counts), strict=True))
+        if ctx.needs_input_grad[0]:
+            grad_rows = torch.empty_like(rows)
+            for expert, ((_, grad), target) in enumerate(zip(blocks, grad_rows.split(counts), strict=True)):
+                if grad.shape[0]:
+                    torch.mm(grad, weight[expert].t(), out=target)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.empty_like(weight)
+            for expert, (block, grad) in enumerate(blocks):
+                if block.shape[0]:
+                    torch.mm(block.t(), grad, out=grad_weight[expert])
+                else:
+                    grad_weight[expert].zero_()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.new_zeros(weight.shape[0], weight.shape[-1])
+            for expert, (_, grad) in enumerate(blocks):
+                if grad.shape[0]:
+                    torch.sum(grad, dim=0, out=grad_bias[expert])
+        return grad_rows, grad_weight, grad_bias, None
+
+
 def grouped_linear(rows: Tensor, counts: list[int], weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Per-expert affine map on rows grouped by expert.
 
     ``rows`` (A, in) with expert e's rows in the e-th block of ``counts``; ``weight`` (E, in, out);
-    ``bias`` (E, out) or None. Returns (A, out): ``rows_e @ weight[e] + bias[e]`` block by block.
-    Without autograd the blocks are written straight into one output (no concatenation).
+    ``bias`` (E, out) or None. Returns (A, out): ``rows_e @ weight[e] + bias[e]`` block by block;
+    experts without rows cost nothing (and get zero gradient).
     """
-    weights = weight.unbind(0)
-    biases = bias.unbind(0) if bias is not None else None
-    blocks = rows.split(counts)
-    if not torch.is_grad_enabled() or not (rows.requires_grad or weight.requires_grad):
-        out = rows.new_empty(rows.shape[0], weight.shape[-1])
-        for expert, (block, target) in enumerate(zip(blocks, out.split(counts), strict=True)):
-            if block.shape[0]:
-                if biases is None:
-                    torch.mm(block, weights[expert], out=target)
-                else:
-                    torch.addmm(biases[expert], block, weights[expert], out=target)
-        return out
-    outputs = [
-        block @ weights[e] if biases is None else torch.addmm(biases[e], block, weights[e])
-        for e, block in enumerate(blocks)
-        if block.shape[0]
-    ]
-    return torch.cat(outputs) if outputs else rows.new_zeros(0, weight.shape[-1])
+    weight = weight.to(rows.dtype)  # under autocast the rows may be in lower precision
+    bias = None if bias is None else bias.to(rows.dtype)
+    return _GroupedLinear.apply(rows, weight, bias, counts)
 
 
 def slot_weights(groups: Assignments, weights: Tensor) -> Tensor:

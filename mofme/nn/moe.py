@@ -106,7 +106,7 @@ class SparseMoE(RoutedLayer):
         keep = self.keep_mask(routing.indices)
         if sparse:
             groups = group_by_expert(routing.indices, self.num_experts, keep)
-            out = self.experts.grouped(tokens[groups.token], groups.counts)
+            out = self.experts.grouped(tokens.index_select(0, groups.token), groups.counts)
             return scatter_tokens(
                 out * slot_weights(groups, routing.weights).to(out.dtype), groups, tokens.shape[0]
             )

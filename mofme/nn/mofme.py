@@ -81,7 +81,7 @@ class FeatureModulation(nn.Module):
         if self.kind == "generator" and sparse:
             # sum_e w_e (h G_e) = sum_e (w_e h) G_e: the weight scales the D-wide input, not the output
             groups = group_by_expert(routing.indices, self.num_experts)
-            rows = h[groups.token] * slot_weights(groups, routing.weights).to(h.dtype)
+            rows = h.index_select(0, groups.token) * slot_weights(groups, routing.weights).to(h.dtype)
             film = film + scatter_tokens(grouped_linear(rows, groups.counts, self.weight), groups, h.shape[0])
         elif self.kind == "generator":
             dense = dense_combine_weights(routing.indices, routing.weights, self.num_experts).to(h.dtype)

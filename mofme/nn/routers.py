@@ -198,7 +198,8 @@ class UncertaintyAwareRouter(TopKRouter):
         logits = self._sampled_logits(x)  # (M, N, E)
         sample_probs = logits.softmax(dim=-1)
         mean = sample_probs.mean(dim=0)
-        var = sample_probs.var(dim=0)
+        # unbiased variance over the M samples (written out: torch.var over the leading dim is slow on CPU)
+        var = (sample_probs - mean).square().sum(dim=0) / (self.samples - 1)
         mu, indices = mean.topk(self.top_k, dim=-1)
         spread = var.gather(-1, indices)
         if self.calibration == "whitening":
@@ -220,7 +221,9 @@ class UncertaintyAwareRouter(TopKRouter):
         keep = 1.0 - self.dropout
         masks = torch.bernoulli(torch.full((self.samples, x.shape[-1]), keep, device=x.device)) / keep
         weight = self.proj.weight.t()  # (D, E)
-        sampled = (masks.to(weight.dtype).unsqueeze(-1) * weight).permute(1, 0, 2).reshape(weight.shape[0], -1)
+        sampled = (
+            (masks.to(weight.dtype).unsqueeze(-1) * weight).permute(1, 0, 2).reshape(weight.shape[0], -1)
+        )
         logits = torch.addmm(self.proj.bias.repeat(self.samples), x, sampled)  # (N, M E)
         return logits.float().view(x.shape[0], self.samples, -1).transpose(0, 1)
 

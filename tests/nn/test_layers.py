@@ -143,3 +143,14 @@ def test_half_precision_inputs_keep_their_dtype(name):
     out = layer(torch.randn(6, DIM, dtype=torch.bfloat16))
     assert out.output.dtype == torch.bfloat16
     assert torch.isfinite(out.output.float()).all()
+
+
+@pytest.mark.parametrize("name", ROUTED)
+def test_autocast_bf16_forward_and_backward(name):
+    layer = build(name)
+    x = torch.randn(2, 6, DIM, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    (out.output.float().square().mean() + out.aux_loss).backward()
+    assert torch.isfinite(out.output.float()).all()
+    assert all(p.grad is not None for p in layer.parameters())

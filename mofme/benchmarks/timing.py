@@ -1,0 +1,83 @@
+"""Measurement helpers shared by the benchmarks: side-by-side medians, FLOPs, peak memory, machine."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_gflops", "machine", "peak_memory_mb", "time_side_by_side"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(
+    fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of each callable; the callables are interleaved repeat by repeat, so that
+    slow drifts of the machine hit all of them alike (synchronised on CUDA)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    """GFLOPs of one call (``torch.utils.flop_counter``: matmuls and convolutions, 2 per multiply-add)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory allocated during one call beyond what was live before it, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the running sum of the allocation events that
+    ``torch.profiler`` records (tensors only, not the Python heap)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.events() if e.cpu_memory_usage and e.name == "[memory]"),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for event in events:
+        live += event.cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d"),
+    }

@@ -1,0 +1,81 @@
+"""The benchmark scripts on tiny settings: every row present, FLOPs against closed forms, JSON and plot written."""
+
+import argparse
+import json
+
+import pytest
+
+from mofme.benchmarks import layers, restorer
+
+
+def test_layer_benchmark_rows_flops_and_json(tmp_path, capsys):
+    out = tmp_path / "layers.json"
+    dim, tokens = 16, 20
+    args = [
+        "--experts",
+        "4",
+        "--top-k",
+        "1",
+        "2",
+        "--dim",
+        str(dim),
+        "--tokens",
+        str(tokens),
+        "--repeats",
+        "1",
+    ]
+    args += ["--warmup", "0", "--router-experts", "4", "--router-top-k", "2", "--json", str(out)]
+    assert layers.main(args) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["layer"], r["top_k"]): r for r in result["rows"]}
+    hidden = 4 * dim
+    assert rows[("dense", 0)]["gflops"] == pytest.approx(2 * tokens * 2 * dim * hidden / 1e9)
+    # sparse MoE at k: k expert FFNs per token plus the router
+    router = 2 * tokens * dim * 4 / 1e9
+    assert rows[("moe", 2)]["gflops"] == pytest.approx(2 * rows[("dense", 0)]["gflops"] + router)
+    assert rows[("mofme-generator", 2)]["gflops"] < rows[("mofme-generator-reference", 2)]["gflops"]
+    assert rows[("moe", 1)]["gflops"] < rows[("moe", 2)]["gflops"]
+    assert result["router_training"]["uar_vs_linear"] > 0
+    assert "| mofme-static |" in capsys.readouterr().out
+
+
+def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
+    parser = argparse.ArgumentParser()
+    restorer.add_arguments(parser)
+    tiny = [
+        "--preset",
+        "tiny",
+        "--experts",
+        "2",
+        "4",
+        "--top-k",
+        "1",
+        "--size",
+        "32",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+    ]
+    files = ["--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]
+    args = parser.parse_args([*tiny, "--train-repeats", "1", "--device", "cpu", *files])
+    result = restorer.run(args)
+    rows = result["rows"]
+    assert [r["model"] for r in rows if r["experts"] in (0, 4)][:6] == [
+        "dense",
+        "moe",
+        "mofme-generator",
+        "mofme-static",
+        "moe-reference",
+        "mofme-generator-reference",
+    ]
+    by = {(r["model"], r["experts"]): r for r in rows}
+    assert by[("moe-reference", 4)]["params"] == by[("moe", 4)]["params"]
+    assert by[("moe-reference", 4)]["gflops"] > by[("moe", 4)]["gflops"]  # k=1 of 4 experts
+    assert by[("mofme-generator", 4)]["params"] < by[("moe", 4)]["params"]
+    assert all(
+        r["memory_mb"] > 0 and r["train_step_ms"] > 0 for r in rows if not r["model"].endswith("reference")
+    )
+    assert {t["target"].split(": ", 1)[1] for t in result["targets"]} >= {"params: MoFME generator / MoE"}
+    assert json.loads((tmp_path / "b.json").read_text())["rows"] == rows
+    assert (tmp_path / "b.png").stat().st_size > 0
