@@ -24,6 +24,7 @@ from torch import nn
 
 from mofme.nn import DenseFFN, MoFME, SparseMoE
 
+from .targets import target, targets_markdown
 from .timing import count_gflops, machine, time_side_by_side
 
 
@@ -129,7 +130,7 @@ def targets(rows: list[Row], router: dict | None) -> list[dict]:
 
     def check(name: str, value: float | None, limit: float) -> None:
         if value is not None:
-            checks.append({"target": name, "measured": round(value, 3), "limit": limit, "ok": value <= limit})
+            checks.append(target(name, value, limit))
 
     gen, static, moe = (find(n, 128, 4) for n in ("mofme-generator", "mofme-static", "moe"))
     if gen and static and moe:
@@ -168,12 +169,7 @@ def markdown(rows: list[Row], router: dict | None, checks: list[dict]) -> str:
             f"linear {router['linear_ms']:.1f} ms, UaR {router['uar_ms']:.1f} ms "
             f"(x{router['uar_vs_linear']:.3f})",
         ]
-    if checks:
-        lines += ["", "| target | measured | limit | ok |", "|---|---:|---:|:---:|"]
-        lines += [
-            f"| {c['target']} | {c['measured']} | {c['limit']} | {'yes' if c['ok'] else 'NO'} |"
-            for c in checks
-        ]
+    lines += targets_markdown(checks)
     return "\n".join(lines)
 
 

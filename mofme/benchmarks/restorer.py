@@ -5,7 +5,7 @@ side by side, interleaved repeat by repeat. The "reference" rows are the publish
 (every expert for every token), obtained by switching the same models to ``dispatch="dense"``.
 Latency: eval-mode forward under ``torch.no_grad()`` after warm-up, median (synchronised on CUDA).
 Training step: forward + backward + AdamW step on one batch. Memory: peak allocated during one
-forward beyond the parameters (see :func:`mofme.benchmarks.timing.peak_memory_mb`).
+forward, parameters included (see :func:`mofme.benchmarks.timing.peak_memory_mb`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from mofme.models import Restorer, build_restorer
 from mofme.nn import RoutedLayer
 
+from .targets import target, targets_markdown
 from .timing import count_gflops, machine, peak_memory_mb, time_side_by_side
 
 __all__ = ["main", "run"]
@@ -96,7 +97,9 @@ def bench_experts(
     forwards = {name: _forward(model, image, "sparse") for name, model in models.items()}
     forwards |= {ref: _forward(models[base], image, "dense") for ref, base in REFERENCES.items()}
     flops = {name: count_gflops(fn) for name, fn in forwards.items()}
-    memory = {name: peak_memory_mb(fn, device) for name, fn in forwards.items()}
+    memory = {
+        name: peak_memory_mb(fn, device, models[REFERENCES.get(name, name)]) for name, fn in forwards.items()
+    }
     latency = time_side_by_side(forwards, warmup=warmup, repeats=repeats, device=device)
     train_ms: dict[str, float] = {}
     if train_repeats:
@@ -146,10 +149,7 @@ def targets(group: list[Row], experts: int) -> list[dict]:
         checks.append(
             ("training step: MoFME generator / dense", gen.train_step_ms / dense.train_step_ms, 1.3)
         )
-    return [
-        {"target": f"E={experts}: {name}", "measured": round(value, 3), "limit": limit, "ok": value <= limit}
-        for name, value, limit in checks
-    ]
+    return [target(f"E={experts}: {name}", value, limit) for name, value, limit in checks]
 
 
 def markdown(rows: list[Row], checks: list[dict]) -> str:
@@ -163,12 +163,7 @@ def markdown(rows: list[Row], checks: list[dict]) -> str:
             f"| {r.model} | {r.experts or '-'} | {r.top_k or '-'} | {r.params:,} | {r.gflops:.1f} | {r.latency_ms:.1f} "
             f"| {r.vs_dense_latency:.2f} | {r.memory_mb:.0f} | {step} |"
         )
-    if checks:
-        lines += ["", "| target | measured | limit | ok |", "|---|---:|---:|:---:|"]
-        lines += [
-            f"| {c['target']} | {c['measured']} | {c['limit']} | {'yes' if c['ok'] else 'NO'} |"
-            for c in checks
-        ]
+    lines += targets_markdown(checks)
     return "\n".join(lines)
 
 

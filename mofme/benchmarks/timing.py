@@ -44,31 +44,24 @@ def count_gflops(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory allocated during one call beyond what was live before it, in MiB.
+def peak_memory_mb(fn: Callable[[], object], device: torch.device, module: torch.nn.Module) -> float:
+    """Peak memory of one call of ``fn``, parameters of ``module`` included, in MiB.
 
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the running sum of the allocation events that
-    ``torch.profiler`` records (tensors only, not the Python heap)."""
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: torch's ``MemTracker``, which follows every
+    tensor's storage (parameters, activations and temporaries; not the Python heap)."""
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
         fn()
         _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(module)
+    with tracker:
         fn()
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage and e.name == "[memory]"),
-        key=lambda e: e.time_range.start,
-    )
-    live = peak = 0
-    for event in events:
-        live += event.cpu_memory_usage
-        peak = max(peak, live)
-    return peak / 2**20
+    return tracker.get_tracker_snapshot("peak")[device]["Total"] / 2**20
 
 
 def machine() -> dict:
