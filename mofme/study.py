@@ -27,6 +27,7 @@ from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.engine.config import Config, load_config
 from mofme.engine.data import build_datasets
 from mofme.engine.evaluate import evaluate
+from mofme.engine.optim import adamw
 from mofme.engine.trainer import train
 from mofme.models import Restorer, build_restorer
 from mofme.nn import aux_loss
@@ -69,7 +70,7 @@ def _seconds_per_step(config: Config, steps: int = 6) -> float:
     """Median training-step time (forward, backward, AdamW) of ``config``'s model on its batches."""
     torch.manual_seed(0)
     model = build_restorer(**config.model.build_kwargs()).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = adamw(model.parameters(), lr=1e-6)
     train_set, _ = build_datasets(config.data, seed=0)
     batch = torch.stack([train_set[i]["input"] for i in range(config.data.batch_size)])
 

@@ -4,7 +4,7 @@ For each E the restorers are built once (dense, MoE, MoFME generator, MoFME stat
 side by side, interleaved repeat by repeat. The "reference" rows are the published computation
 (every expert for every token), obtained by switching the same models to ``dispatch="dense"``.
 Latency: eval-mode forward under ``torch.no_grad()`` after warm-up, median (synchronised on CUDA).
-Training step: forward + backward + AdamW step on one batch. Memory: peak allocated during one
+Training step: forward + backward + AdamW step (the trainer's, fused where available) on one batch. Memory: peak allocated during one
 forward, parameters included (see :func:`mofme.benchmarks.timing.peak_memory_mb`).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mofme.engine.optim import adamw
 from mofme.models import Restorer, build_restorer
 from mofme.nn import RoutedLayer
 
@@ -106,7 +107,7 @@ def bench_experts(
         for model in models.values():
             model.train()
         steps = {
-            name: _train_step(model, image, torch.optim.AdamW(model.parameters(), lr=1e-6))
+            name: _train_step(model, image, adamw(model.parameters(), lr=1e-6))
             for name, model in models.items()
         }
         train_ms = {

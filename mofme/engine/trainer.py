@@ -42,6 +42,7 @@ from .config import Config
 from .data import build_datasets
 from .distributed import setup_distributed
 from .evaluate import evaluate
+from .optim import adamw
 
 __all__ = ["TrainResult", "train", "validate"]
 
@@ -178,9 +179,7 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
         raise ValueError(f"data: {len(train_set)} training samples are fewer than one batch per process")
     total_steps = cfg.epochs * steps_per_epoch
     optim = config.optim
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-    )
+    optimizer = adamw(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     schedule = {"total": total_steps, "warmup": round(optim.warmup_epochs * steps_per_epoch)}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
