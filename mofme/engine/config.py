@@ -49,6 +49,9 @@ class DataConfig(_Section):
     num_workers: int = 0
     samples_per_epoch: int = 512  # builtin only
     weathers: list[str] | None = None  # builtin only; default: all
+    train_long_side: int | None = (
+        256  # builtin only: long side of the training photos (weather scales with it)
+    )
 
 
 class OptimConfig(_Section):

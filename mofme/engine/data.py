@@ -41,6 +41,7 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
             samples_per_epoch=config.samples_per_epoch,
             weathers=weathers,
             seed=seed,
+            long_side=config.train_long_side,
         )
         return train, BuiltinWeatherDataset("val", weathers=weathers, seed=seed)
     if config.train is None:

@@ -318,7 +318,7 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
                     timing_start = time.monotonic()
                 elif step == 25 and timing_start is not None:
                     per_step = (time.monotonic() - timing_start) / 20
-                    budget = 60 * cfg.max_minutes * 0.92 - (time.monotonic() - started)
+                    budget = 60 * cfg.max_minutes * 0.95 - (time.monotonic() - started)
                     fitted = step + int(budget / per_step)
                     if fitted < schedule["total"]:
                         schedule["total"] = max(fitted, step + 1)
