@@ -30,7 +30,6 @@ class Assignments(NamedTuple):
     slot: Tensor  # (A',) position of each kept assignment in the flattened (N, k) routing
     token: Tensor  # (A',) token index of each kept assignment (slot // k)
     counts: list[int]  # (E,) kept assignments per expert; sums to A'
-    num_slots: int  # N * k
 
 
 def capacity_mask(indices: Tensor, num_experts: int, capacity: int) -> Tensor:
@@ -51,7 +50,7 @@ def group_by_expert(indices: Tensor, num_experts: int, keep: Tensor | None = Non
     slot = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts].tolist()
     slot = slot[: sum(counts)]
-    return Assignments(slot, torch.div(slot, top_k, rounding_mode="floor"), counts, flat.numel())
+    return Assignments(slot, torch.div(slot, top_k, rounding_mode="floor"), counts)
 
 
 class _GroupedLinear(torch.autograd.Function):
