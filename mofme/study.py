@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from mofme.analysis import expert_counts, routing_nmi, uar_selection_change
-from mofme.benchmarks.timing import time_side_by_side
+from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path
 from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.engine.config import Config, load_config
@@ -214,8 +215,6 @@ def run_study(
             run_dir = output / "runs" / f"{variant}-seed{seed}"
             config = _config(variant, seed, run_dir, overrides, epochs)
             if run_dir.exists():
-                import shutil
-
                 shutil.rmtree(run_dir)
             result = train(config)
             model = Restorer.from_pretrained(result.best_dir)
@@ -259,11 +258,10 @@ def run_study(
     for run in runs:
         run["latency_ms"] = latency[run["variant"]] * 1e3
     summary = _summarise(runs, variants)
-    from mofme.benchmarks.timing import machine
-
+    host = machine()
     protocol = {
         "command": command,
-        "machine": f"{machine()['processor']}, {machine()['cpu_threads']} threads, torch {torch.__version__}",
+        "machine": f"{host['processor']}, {host['cpu_threads']} threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "minutes": (time.monotonic() - started) / 60,
         "steps": steps,

@@ -207,7 +207,7 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
             _set_rng_state(
                 state["rng"][context.rank] if context.rank < len(state["rng"]) else state["rng"][0]
             )
-    elif context.is_main and latest_checkpoint(checkpoints) is not None:
+    elif latest_checkpoint(checkpoints) is not None:  # every rank stops, none waits at a barrier
         raise FileExistsError(
             f"{checkpoints} already holds a run: pass --resume, or choose another output_dir"
         )
@@ -326,8 +326,6 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
             if step % cfg.checkpoint_every == 0:
                 checkpoint_now()
             if step >= schedule["total"] or out_of_time():
-                break
-            if step % steps_per_epoch == 0:
                 break
         if (
             step % steps_per_epoch == 0 and (step // steps_per_epoch) % cfg.eval_every == 0
