@@ -3,7 +3,8 @@
 No download: the photos come from ``skimage.data`` and ``sklearn.datasets.load_sample_image``. The split
 is fixed (``BUILTIN_SPLITS``) so test photos are never trained on:
 
-    train: astronaut, chelsea (cat), coffee, motorcycle (stereo_motorcycle left view)
+    train: astronaut, chelsea (cat), coffee, motorcycle (stereo_motorcycle left view), camera
+           (grayscale, repeated to 3 channels: the only outdoor scene with sky among them)
     val:   flower
     test:  rocket, china (outdoor scenes, where weather matters)
 
@@ -21,13 +22,13 @@ import torch
 from torch.utils.data import Dataset
 
 from .datasets import weather_index
-from .transforms import AUGMENT_MODES, augment, pad_to, random_crop_box, to_tensor
+from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
 from .weather import SEVERITIES, WEATHER_TYPES, render_weather
 
 __all__ = ["BUILTIN_LONG_SIDE", "BUILTIN_SPLITS", "BuiltinWeatherDataset", "builtin_photos"]
 
 BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("astronaut", "chelsea", "coffee", "motorcycle"),
+    "train": ("astronaut", "chelsea", "coffee", "motorcycle", "camera"),
     "val": ("flower",),
     "test": ("rocket", "china"),
 }
@@ -43,9 +44,11 @@ def _load_uint8(name: str) -> np.ndarray:
         "coffee": skimage.data.coffee,
         "rocket": skimage.data.rocket,
         "motorcycle": lambda: skimage.data.stereo_motorcycle()[0],
+        "camera": skimage.data.camera,  # grayscale; the one outdoor scene with sky in the training split
     }
     if name in loaders:
-        return loaders[name]()
+        image = loaders[name]()
+        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
     from sklearn.datasets import load_sample_image
 
     return load_sample_image(f"{name}.jpg")
@@ -77,6 +80,14 @@ def builtin_photos(split: str, *, long_side: int | None = BUILTIN_LONG_SIDE) -> 
     return [(name, _photo(name, long_side)) for name in names]
 
 
+def _zoomed_side(name: str, long_side: int | None, zoom: float) -> int | None:
+    """The long side of ``name`` at ``zoom`` x ``long_side``, capped at the native size (None: native)."""
+    if long_side is None or zoom == 1.0:
+        return long_side
+    side = round(long_side * zoom)
+    return None if side >= max(_photo(name, None).shape[:2]) else side
+
+
 def _seed_int(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -85,12 +96,19 @@ class BuiltinWeatherDataset(Dataset):
     """Rendered (degraded, clean) pairs from the built-in photos.
 
     Item: ``{"input": (3, h, w) float32 degraded, "target": (3, h, w) clean, "mask": (1, h, w)
-    degradation mask, "weather": index in WEATHER_TYPES, "severity": 1..3, "name": str}``, all in [0, 1].
+    degradation mask, "weather": index in WEATHER_TYPES (-1: clean), "severity": 1..3 (0: clean), "name": str}``,
+    images in [0, 1].
 
     * ``split="train"``: ``samples_per_epoch`` (default 1024) random crops of ``crop_size`` (mirror-padded
       if a photo is smaller) with a random flip/rotation (``augment``), weather, severity and render seed,
-      rendered on the fly at the scale of the whole photo. Item ``i`` depends only on (seed, epoch, i);
-      call ``set_epoch`` every epoch before iterating (not seen by ``persistent_workers``).
+      rendered on the fly at the scale of the whole photo. ``zoom`` adds content scales: each crop comes
+      from the photo resized to a random one of ``zoom x long_side`` (capped at its native size), while
+      the weather keeps the scale of a ``long_side`` photo, the size val/test photos have; ``color_jitter``
+      varies the clean content's colours first (:func:`~mofme.data.transforms.jitter_colors`);
+      ``clean_fraction`` of the items get no weather at all (input = target, weather index -1, zero
+      mask), so the model also learns to leave clean content alone. Item ``i``
+      depends only on (seed, epoch, i); call ``set_epoch`` every epoch before iterating (not seen by
+      ``persistent_workers``).
     * ``split="val"`` / ``"test"``: a fixed list, every photo x every weather in ``weathers`` at
       ``eval_severity``, whole photos (long side ``long_side``; use batch size 1), rendered once at
       construction from (seed, photo, weather): keep ``seed`` fixed for comparable numbers.
@@ -108,14 +126,25 @@ class BuiltinWeatherDataset(Dataset):
         augment: bool = True,
         eval_severity: int = 2,
         long_side: int | None = BUILTIN_LONG_SIDE,
+        zoom: tuple[float, ...] = (1.0,),
+        color_jitter: bool = False,
+        clean_fraction: float = 0.0,
     ) -> None:
         if split not in BUILTIN_SPLITS:
             raise ValueError(f"unknown split '{split}'; expected one of {tuple(BUILTIN_SPLITS)}")
         bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
         if bad or not weathers or not severities or eval_severity not in SEVERITIES:
             raise ValueError(f"invalid weathers/severities: {bad or (weathers, severities, eval_severity)}")
-        if split != "train" and samples_per_epoch is not None:
-            raise ValueError("samples_per_epoch only applies to the train split (val/test are fixed lists)")
+        train_only = samples_per_epoch is not None or tuple(zoom) != (1.0,) or color_jitter or clean_fraction
+        if split != "train" and train_only:
+            raise ValueError(
+                "samples_per_epoch, zoom, color_jitter and clean_fraction only apply to the train split "
+                "(val/test are fixed lists)"
+            )
+        if not 0.0 <= clean_fraction < 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        if not zoom or any(not z > 0 for z in zoom):
+            raise ValueError(f"zoom factors must be positive, got {tuple(zoom)}")
         self.split = split
         self.crop_size = int(crop_size)
         self.samples_per_epoch = 1024 if samples_per_epoch is None else int(samples_per_epoch)
@@ -125,7 +154,14 @@ class BuiltinWeatherDataset(Dataset):
         self.augment = augment
         self.eval_severity = int(eval_severity)
         self.epoch = 0
+        self.color_jitter = bool(color_jitter)
+        self.clean_fraction = float(clean_fraction)
         self.photos = builtin_photos(split, long_side=long_side)
+        # per photo: its versions at every zoom, and the weather scale of the unzoomed photo
+        self._zoomed = [
+            [_photo(name, _zoomed_side(name, long_side, z)) for z in zoom] for name, _ in self.photos
+        ]
+        self._weather_scale = [max(photo.shape[:2]) / 512.0 for _, photo in self.photos]
         self._fixed: list[dict] | None = None
         if split != "train":
             self._fixed = [self._render_fixed(p, w) for p in range(len(self.photos)) for w in self.weathers]
@@ -161,16 +197,32 @@ class BuiltinWeatherDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        name, photo = self.photos[int(rng.integers(len(self.photos)))]
+        photo_index = int(rng.integers(len(self.photos)))
+        name = self.photos[photo_index][0]
         weather = self.weathers[int(rng.integers(len(self.weathers)))]
         severity = self.severities[int(rng.integers(len(self.severities)))]
-        scale = max(photo.shape[:2]) / 512.0  # render the crop as if on the whole photo
+        versions = self._zoomed[photo_index]
+        photo = versions[int(rng.integers(len(versions)))] if len(versions) > 1 else versions[0]
+        scale = self._weather_scale[photo_index]  # render the crop as if on the whole (unzoomed) photo
         size = (self.crop_size, self.crop_size)
         padded = pad_to(photo, size)
         y, x = random_crop_box(rng, padded.shape[:2], size)
         crop = padded[y : y + size[0], x : x + size[1]]
         if self.augment:
             crop = augment(crop, int(rng.integers(AUGMENT_MODES)))
+        if self.color_jitter:
+            crop = jitter_colors(crop, rng)
+        if self.clean_fraction and rng.random() < self.clean_fraction:
+            image = to_tensor(crop)
+            name = f"{name}_clean_e{self.epoch}_{index}"
+            return {
+                "input": image,
+                "target": image.clone(),
+                "mask": torch.zeros_like(image[:1]),
+                "weather": -1,
+                "severity": 0,
+                "name": name,
+            }
         render_seed = int(rng.integers(2**63 - 1))
         sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
         return self._item(sample, f"{name}_{weather}_s{severity}_e{self.epoch}_{index}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["AUGMENT_MODES", "augment", "pad_to", "random_crop_box", "to_tensor"]
+__all__ = ["AUGMENT_MODES", "augment", "jitter_colors", "pad_to", "random_crop_box", "to_tensor"]
 
 AUGMENT_MODES = 8  # the dihedral group of the square: 4 rotations x optional flip
 
@@ -22,6 +22,19 @@ def augment(image: np.ndarray, mode: int) -> np.ndarray:
     if mode >= 4:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
+
+
+def jitter_colors(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random photometric variant of a clean (H, W, 3) float image in [0, 1]: the colour channels in a
+    random order, a white-balance gain U(0.8, 1.2) per channel (which also tints grey photos),
+    saturation scaled by U(0.5, 1.5) around the channel mean, and a gamma exp(U(-0.5, 0.5)) (darker or
+    brighter scenes). Applied to the clean content before weather is rendered, so rain, snow and haze
+    keep their own colours."""
+    out = image[..., rng.permutation(3)] * rng.uniform(0.8, 1.2, size=3).astype(np.float32)
+    gray = out.mean(axis=-1, keepdims=True)
+    out = np.clip(gray + rng.uniform(0.5, 1.5) * (out - gray), 0.0, 1.0)
+    out = out ** np.exp(rng.uniform(-0.5, 0.5))
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def random_crop_box(

@@ -52,6 +52,14 @@ class DataConfig(_Section):
     train_long_side: int | None = (
         256  # builtin only: long side of the training photos (weather scales with it)
     )
+    train_zoom: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="builtin only: content scales (x train_long_side) the training crops come from",
+    )
+    color_jitter: bool = False  # builtin only: random colour variants of the clean training content
+    clean_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="builtin only: share of weather-free crops"
+    )
 
 
 class OptimConfig(_Section):

@@ -42,6 +42,9 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
             weathers=weathers,
             seed=seed,
             long_side=config.train_long_side,
+            zoom=tuple(config.train_zoom),
+            color_jitter=config.color_jitter,
+            clean_fraction=config.clean_fraction,
         )
         return train, BuiltinWeatherDataset("val", weathers=weathers, seed=seed)
     if config.train is None:

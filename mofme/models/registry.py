@@ -76,7 +76,8 @@ def build_restorer(
 
 @register_model
 def restorer_paper(**overrides: Any) -> Restorer:
-    """The published network: C=32, D=384, P=8, depth 2, 8 heads x 64 (8.36M parameters dense)."""
+    """The published network: C=32, D=384, P=8, depth 2, 8 heads x 64, 30 x 30 position embedding
+    (8.71M parameters dense)."""
     return build_restorer(preset="paper", **overrides)
 
 

@@ -4,13 +4,17 @@
       -> scaled to [-1, 1], reflection-padded to a multiple of the patch size P
       -> head: conv3x3 3->C, 2 ResBlocks(C)
       -> patch embed: Conv2d(C->D, kernel P, stride P) + LayerNorm      tokens (N, H/P * W/P, D)
+      -> + position embedding (paper preset; resampled to the token grid)
       -> depth x [x + Attention(LN(x)); x + FFN(LN(x))]                   FFN: dense | moe | mofme
       -> Linear(D -> P*P*4C), unpatchify to 4C channels at full resolution
       -> tail: ResBlock(4C), conv3x3 4C->2C, ResBlock(2C), conv3x3 2C->3 -> logits
       -> Sigmoid, cropped back to (H, W)                                  restored image in [0, 1]
 
-There is no position embedding (the published code allocates one but never adds it), so any
-input size works. There is no global residual by default: the published code adds the input to
+``pos_embed_size`` (paper preset: 240) adds a learned absolute position embedding to the tokens,
+laid out for a ``pos_embed_size`` square image (a grid of side pos_embed_size / P, ViT-style, init
+N(0, 0.02)) and resampled bicubically for other token grids, so any input size still works. The
+published code allocates this 30 x 30 x 384 embedding (its parameter counts include it) but never
+adds it; here it is used. The small and tiny presets have none. There is no global residual by default: the published code adds the input to
 the Sigmoid output (``residual_learning``), which leaves [0, 1] (the input was already scaled to
 [-1, 1] there, so the sum lies in [-1, 2]). ``residual=True`` is the bounded form of the same idea:
 the tail predicts a correction in logit space, ``sigmoid(tail + logit(input))``, so the identity is
@@ -63,11 +67,13 @@ class RestorerConfig:
     router_kwargs: dict[str, Any] | None = None
     ffn_kwargs: dict[str, Any] | None = None  # more FFN layer arguments, e.g. {"dispatch": "dense"}
     residual: bool = False  # sigmoid(tail + logit(input)) instead of sigmoid(tail)
+    pos_embed_size: int | None = None  # image side of a learned position embedding; None: none
 
 
 PRESETS: dict[str, RestorerConfig] = {
-    # the published network: C=32, D=384, P=8, depth 2, 8 heads x 64, MLP ratio 4, dropout 0.1
-    "paper": RestorerConfig(),
+    # the published network: C=32, D=384, P=8, depth 2, 8 heads x 64, MLP ratio 4, dropout 0.1,
+    # a 30 x 30 position embedding (240 x 240 crops)
+    "paper": RestorerConfig(pos_embed_size=240),
     # CPU-sized networks for quick experiments and tests
     "small": RestorerConfig(channels=16, embed_dim=128, patch_size=4, depth=2, num_heads=4, head_dim=32),
     "tiny": RestorerConfig(channels=8, embed_dim=64, patch_size=4, depth=1, num_heads=2, head_dim=32),
@@ -181,6 +187,7 @@ class Restorer(PretrainedMixin, nn.Module):
         router_kwargs: dict[str, Any] | None = None,
         ffn_kwargs: dict[str, Any] | None = None,
         residual: bool = False,
+        pos_embed_size: int | None = None,
     ) -> None:
         super().__init__()
         self.config = RestorerConfig(
@@ -200,6 +207,7 @@ class Restorer(PretrainedMixin, nn.Module):
             router_kwargs=dict(router_kwargs) if router_kwargs else None,
             ffn_kwargs=dict(ffn_kwargs) if ffn_kwargs else None,
             residual=residual,
+            pos_embed_size=pos_embed_size,
         )
         for name in ("channels", "embed_dim", "patch_size", "depth", "num_heads", "head_dim"):
             if getattr(self.config, name) < 1:
@@ -209,6 +217,15 @@ class Restorer(PretrainedMixin, nn.Module):
         wide = 4 * channels
         self.head = nn.Sequential(conv3x3(3, channels), ResBlock(channels), ResBlock(channels))
         self.patch_embed = PatchEmbed(in_channels=channels, embed_dim=embed_dim, patch_size=patch_size)
+        self.pos_embed: nn.Parameter | None = None
+        if pos_embed_size is not None:
+            side = pos_embed_size // patch_size
+            if side < 1 or pos_embed_size % patch_size:
+                raise ValueError(
+                    f"pos_embed_size must be a positive multiple of patch_size={patch_size}, got {pos_embed_size}"
+                )
+            self.pos_embed = nn.Parameter(torch.empty(1, side, side, embed_dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 embed_dim, num_heads=num_heads, head_dim=head_dim, ffn=self._build_ffn(), dropout=dropout
@@ -241,6 +258,15 @@ class Restorer(PretrainedMixin, nn.Module):
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
 
+    def _position(self, grid: tuple[int, int]) -> Tensor:
+        """The position embedding for an (h, w) token grid, (1, h * w, D): bicubic resampling of the
+        learned grid when the sizes differ."""
+        pos = self.pos_embed
+        if tuple(pos.shape[1:3]) != grid:
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
+            pos = pos.permute(0, 2, 3, 1)
+        return pos.flatten(1, 2)
+
     def _pad(self, image: Tensor) -> Tensor:
         height, width = image.shape[-2:]
         pad_h, pad_w = -height % self.patch_size, -width % self.patch_size
@@ -256,6 +282,8 @@ class Restorer(PretrainedMixin, nn.Module):
         padded = self._pad(image)
         grid = (padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size)
         tokens = self.patch_embed(self.head(padded * 2 - 1))
+        if self.pos_embed is not None:
+            tokens = tokens + self._position(grid)
         aux = tokens.new_zeros((), dtype=torch.float32)
         routing = []
         for block in self.blocks:

@@ -16,6 +16,7 @@ from mofme.data import (
     synthesize_dataset,
     write_image,
 )
+from mofme.data.transforms import jitter_colors
 
 
 def test_split_is_fixed_and_disjoint():
@@ -95,6 +96,60 @@ def test_train_options_and_errors():
         BuiltinWeatherDataset("test", samples_per_epoch=10)
     with pytest.raises(ValueError):
         BuiltinWeatherDataset("holdout")
+
+
+def test_zoom_changes_content_scale_not_weather_scale():
+    kwargs = dict(crop_size=48, samples_per_epoch=6, weathers=("rain",), seed=3)
+    plain = BuiltinWeatherDataset("train", **kwargs)
+    zoomed = BuiltinWeatherDataset("train", zoom=(2.0,), **kwargs)
+    for versions in zoomed._zoomed:  # twice the long side, or the native photo if that is smaller
+        (photo,) = versions
+        assert max(photo.shape[:2]) == 512 or max(photo.shape[:2]) < 512
+        assert max(photo.shape[:2]) > 256
+    for i in range(len(plain)):
+        a, b = plain[i], zoomed[i]
+        assert not torch.equal(a["target"], b["target"])  # other content
+        assert torch.equal(a["mask"], b["mask"])  # the same streaks, at the same scale
+    mixed = BuiltinWeatherDataset("train", zoom=(0.75, 1.0, 1.5), **kwargs)
+    assert [len(v) for v in mixed._zoomed] == [3] * len(BUILTIN_SPLITS["train"])
+    with pytest.raises(ValueError, match="zoom"):
+        BuiltinWeatherDataset("train", zoom=(0.0,))
+    with pytest.raises(ValueError, match="train split"):
+        BuiltinWeatherDataset("val", zoom=(2.0,))
+
+
+def test_clean_fraction_and_color_jitter():
+    ds = BuiltinWeatherDataset(
+        "train", crop_size=16, samples_per_epoch=400, clean_fraction=0.25, color_jitter=True
+    )
+    items = [ds[i] for i in range(len(ds))]
+    clean = [it for it in items if it["weather"] == -1]
+    assert 60 <= len(clean) <= 140  # Binomial(400, 0.25): mean 100, sd 8.7
+    for it in clean:
+        assert torch.equal(it["input"], it["target"]) and not it["mask"].any() and "_clean_" in it["name"]
+    again = BuiltinWeatherDataset(
+        "train", crop_size=16, samples_per_epoch=400, clean_fraction=0.25, color_jitter=True
+    )
+    assert all(torch.equal(again[i]["input"], items[i]["input"]) for i in range(0, 400, 37))
+    with pytest.raises(ValueError, match="clean_fraction"):
+        BuiltinWeatherDataset("train", clean_fraction=1.0)
+    with pytest.raises(ValueError, match="train split"):
+        BuiltinWeatherDataset("test", color_jitter=True)
+
+
+def test_jitter_colors_keeps_range_and_tone_order():
+    rng = np.random.default_rng(0)
+    gray = np.repeat(np.linspace(0, 1, 50, dtype=np.float32)[None, :, None], 3, axis=2)
+    colour = rng.uniform(size=(8, 8, 3)).astype(np.float32)
+    for seed in range(5):
+        out = jitter_colors(gray, np.random.default_rng(seed))
+        assert out.shape == gray.shape and out.dtype == np.float32
+        assert np.all(np.diff(out[0], axis=0) >= 0)  # per channel a monotone tone curve
+        assert np.all(np.diff(out[0, :10], axis=0) > 0)  # (strictly, below the clip)
+        jittered = jitter_colors(colour, np.random.default_rng(seed))
+        assert jittered.min() >= 0 and jittered.max() <= 1
+        np.testing.assert_array_equal(jittered, jitter_colors(colour, np.random.default_rng(seed)))
+    assert not np.allclose(jitter_colors(colour, np.random.default_rng(0)), colour)
 
 
 def test_synthesize_builtin_photos_round_trip(tmp_path):

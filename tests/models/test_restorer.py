@@ -201,6 +201,23 @@ def test_residual_is_bounded_and_starts_from_the_identity():
     torch.testing.assert_close(model(x).image, x.clamp(1e-3, 1 - 1e-3))
 
 
+def test_position_embedding_is_used_and_resampled():
+    model = build_restorer(preset="tiny", ffn="dense", pos_embed_size=16).eval()  # a 4 x 4 token grid
+    assert model.pos_embed.shape == (1, 4, 4, model.config.embed_dim)
+    native, other = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 12, 28)  # grids 4 x 4 and 3 x 7
+    before = [model(x).image for x in (native, other)]
+    with torch.no_grad():
+        model.pos_embed.add_(torch.randn_like(model.pos_embed))
+    for x, old in zip((native, other), before, strict=True):
+        assert not torch.allclose(model(x).image, old)  # not a dead parameter, at any grid
+    with torch.no_grad():
+        model.pos_embed.fill_(0.5)
+    torch.testing.assert_close(model._position((3, 7)), torch.full((1, 21, model.config.embed_dim), 0.5))
+    assert torch.equal(model._position((4, 4)), model.pos_embed.flatten(1, 2))  # no resampling at 4 x 4
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        build_restorer(preset="tiny", pos_embed_size=18)
+
+
 def test_rejects_bad_input():
     model = build("restorer_tiny", "dense")
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
@@ -275,8 +292,10 @@ def test_load_a_path_that_does_not_exist(tmp_path):
 # ----------------------------------------------------------------------------- parameter counts
 
 
-def closed_form(ffn: str, experts: int, *, c=32, d=384, p=8, depth=2, heads=8, head_dim=64, ratio=4) -> int:
-    """Parameters of the restorer, from the architecture alone."""
+def closed_form(
+    ffn: str, experts: int, *, c=32, d=384, p=8, depth=2, heads=8, head_dim=64, ratio=4, image=240
+) -> int:
+    """Parameters of the restorer, from the architecture alone (position embedding for ``image``)."""
 
     def conv(cin, cout, k):
         return cin * cout * k * k + cout
@@ -295,7 +314,7 @@ def closed_form(ffn: str, experts: int, *, c=32, d=384, p=8, depth=2, heads=8, h
     attention = d * 3 * inner + inner * d + d
     block = norm + attention + norm + layer
     head = conv(3, c, 3) + 2 * res(c)
-    embed = conv(c, d, p) + norm
+    embed = conv(c, d, p) + norm + (image // p) ** 2 * d
     tail = (
         (d * p * p * 4 * c + p * p * 4 * c)
         + res(4 * c)
@@ -306,13 +325,11 @@ def closed_form(ffn: str, experts: int, *, c=32, d=384, p=8, depth=2, heads=8, h
     return head + embed + depth * block + tail
 
 
-def published_extras(ffn: str, experts: int, *, d=384, depth=2, image=240, p=8) -> int:
-    """Parameters the published code allocates and never uses, which its counts include:
-    a position embedding (num_tokens x D, never added), and per-expert LayerNorms (MoE: every
-    expert is a PreNorm FFN, with no shared norm in front; MoFME: one unused LayerNorm per expert)."""
-    position = (image // p) ** 2 * d
-    norms = {"dense": 0, "moe": depth * (experts - 1) * 2 * d, "mofme": depth * experts * 2 * d}[ffn]
-    return position + norms
+def published_extras(ffn: str, experts: int, *, d=384, depth=2) -> int:
+    """Parameters the published code allocates and never uses, which its counts include: per-expert
+    LayerNorms (MoE: every expert is a PreNorm FFN, with no shared norm in front; MoFME: one unused
+    LayerNorm per expert). Its position embedding, also never used there, is used here."""
+    return {"dense": 0, "moe": depth * (experts - 1) * 2 * d, "mofme": depth * experts * 2 * d}[ffn]
 
 
 PUBLISHED = {  # whole model at 240x240, k=4; exact for E=128, to 0.01M for E=16 and 64
@@ -335,9 +352,8 @@ def test_paper_parameter_counts(ffn, experts):
     published = PUBLISHED[(ffn, experts)]
     tolerance = 0 if experts == 128 else 5_000  # the E=16/64 numbers are rounded to 0.01M
     assert abs(count + published_extras(ffn, experts) - published) <= tolerance
-    # ours has no unused tensors; at E=128 it is within 1% of the published MoE and MoFME counts
-    # (the unused 900 x 384 position embedding alone is 4.0% of the dense model, 2.0% of MoFME E=16)
+    # ours has no unused tensors; at E=128 it is within 1% of every published count
     if experts == 128:
-        assert abs(count - published) / published < (0.04 if ffn == "dense" else 0.01)
+        assert abs(count - published) / published < 0.01
     if ffn == "mofme" and experts == 128:
-        assert count + published_extras("dense", 128) == 85_093_379  # published, less its unused norms
+        assert count == 85_093_379  # published, less its unused per-expert norms
