@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from .datasets import weather_index
 from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
-from .weather import SEVERITIES, WEATHER_TYPES, render_weather
+from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, render_weather
 
 __all__ = ["BUILTIN_LONG_SIDE", "BUILTIN_SPLITS", "BuiltinWeatherDataset", "builtin_photos"]
 
@@ -213,16 +213,8 @@ class BuiltinWeatherDataset(Dataset):
         if self.color_jitter:
             crop = jitter_colors(crop, rng)
         if self.clean_fraction and rng.random() < self.clean_fraction:
-            image = to_tensor(crop)
-            name = f"{name}_clean_e{self.epoch}_{index}"
-            return {
-                "input": image,
-                "target": image.clone(),
-                "mask": torch.zeros_like(image[:1]),
-                "weather": -1,
-                "severity": 0,
-                "name": name,
-            }
+            sample = WeatherSample(crop, crop, np.zeros(crop.shape[:2], np.float32), "clean", 0)
+            return self._item(sample, f"{name}_clean_e{self.epoch}_{index}")
         render_seed = int(rng.integers(2**63 - 1))
         sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
         return self._item(sample, f"{name}_{weather}_s{severity}_e{self.epoch}_{index}")

@@ -14,9 +14,11 @@
 laid out for a ``pos_embed_size`` square image (a grid of side pos_embed_size / P, ViT-style, init
 N(0, 0.02)) and resampled bicubically for other token grids, so any input size still works. The
 published code allocates this 30 x 30 x 384 embedding (its parameter counts include it) but never
-adds it; here it is used. The small and tiny presets have none. There is no global residual by default: the published code adds the input to
-the Sigmoid output (``residual_learning``), which leaves [0, 1] (the input was already scaled to
-[-1, 1] there, so the sum lies in [-1, 2]). ``residual=True`` is the bounded form of the same idea:
+adds it; here it is used. The small and tiny presets have none.
+
+There is no global residual by default: the published code adds the input to the Sigmoid output
+(``residual_learning``), which leaves [0, 1] (the input was already scaled to [-1, 1] there, so the
+sum lies in [-1, 2]). ``residual=True`` is the bounded form of the same idea:
 the tail predicts a correction in logit space, ``sigmoid(tail + logit(input))``, so the identity is
 the zero correction and the output stays in (0, 1).
 """
