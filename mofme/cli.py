@@ -41,9 +41,9 @@ def _read_eval_data(location: str, root: str | None):
 
 def _eval(args: argparse.Namespace) -> int:
     from mofme.engine.evaluate import evaluate
-    from mofme.models import Restorer
+    from mofme.models import load_restorer
 
-    model = Restorer.from_pretrained(args.checkpoint, device=args.device)
+    model = load_restorer(args.checkpoint, device=args.device)
     if args.data == "builtin":
         from mofme.data import BuiltinWeatherDataset
 
@@ -68,9 +68,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from mofme.engine.restore import restore_paths
-    from mofme.models import Restorer
+    from mofme.models import load_restorer
 
-    model = Restorer.from_pretrained(args.checkpoint, device=args.device)
+    model = load_restorer(args.checkpoint, device=args.device)
     result = restore_paths(model, args.inputs, args.output, tile=args.tile, overlap=args.overlap)
     print(f"restored {len(result.written)} image(s) into {args.output}")
     for path, reason in result.failed:

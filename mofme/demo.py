@@ -25,7 +25,7 @@ from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.engine.config import load_config
 from mofme.engine.evaluate import EvalReport, evaluate
 from mofme.engine.trainer import train
-from mofme.models import Restorer
+from mofme.models import Restorer, load_restorer
 from mofme.plots import comparison_grid, routing_heatmaps
 
 __all__ = ["DemoResult", "run_demo"]
@@ -87,7 +87,7 @@ def run_demo(
         f"[mofme demo] training a {config.model.ffn} restorer ({config.model.preset}) for up to {train_minutes:.1f} min"
     )
     result = train(config)
-    model = Restorer.from_pretrained(result.best_dir)
+    model = load_restorer(result.best_dir)
     model.save_pretrained(output / "model")
     test = BuiltinWeatherDataset("test", weathers=tuple(config.data.weathers or WEATHER_TYPES), seed=seed)
     conv = config.eval

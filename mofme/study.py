@@ -30,7 +30,7 @@ from mofme.engine.data import build_datasets
 from mofme.engine.evaluate import evaluate
 from mofme.engine.optim import adamw
 from mofme.engine.trainer import train
-from mofme.models import Restorer, build_restorer
+from mofme.models import Restorer, build_restorer, load_restorer
 from mofme.nn import aux_loss
 from mofme.plots import routing_heatmaps
 
@@ -217,7 +217,7 @@ def run_study(
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             result = train(config)
-            model = Restorer.from_pretrained(result.best_dir)
+            model = load_restorer(result.best_dir)
             report = evaluate(model, test, **config.eval.model_dump(), progress=False)
             metrics = {w: g.to_dict() for w, g in report.per_weather.items()}
             metrics["mean"] = report.mean_over_weather.to_dict()

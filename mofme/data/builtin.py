@@ -21,11 +21,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .datasets import weather_index
-from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
-from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, render_weather
+from .photos import PhotoSource, render_crop, resize_long_side, weather_item
+from .weather import SEVERITIES, WEATHER_TYPES, render_weather
 
-__all__ = ["BUILTIN_LONG_SIDE", "BUILTIN_SPLITS", "BuiltinWeatherDataset", "builtin_photos"]
+__all__ = [
+    "BUILTIN_LONG_SIDE",
+    "BUILTIN_SPLITS",
+    "BuiltinWeatherDataset",
+    "builtin_photos",
+    "builtin_sources",
+]
 
 BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("astronaut", "chelsea", "coffee", "motorcycle", "camera"),
@@ -57,15 +62,7 @@ def _load_uint8(name: str) -> np.ndarray:
 @functools.cache
 def _photo(name: str, long_side: int | None) -> np.ndarray:
     image = np.asarray(_load_uint8(name), dtype=np.float32)[:, :, :3] / 255.0
-    if long_side is not None and max(image.shape[:2]) != long_side:
-        from skimage.transform import resize
-
-        factor = long_side / max(image.shape[:2])
-        shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
-        image = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
-    image = (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
-    image.setflags(write=False)
-    return image
+    return resize_long_side(image, long_side or max(image.shape[:2]))
 
 
 def builtin_photos(split: str, *, long_side: int | None = BUILTIN_LONG_SIDE) -> list[tuple[str, np.ndarray]]:
@@ -86,6 +83,20 @@ def _zoomed_side(name: str, long_side: int | None, zoom: float) -> int | None:
         return long_side
     side = round(long_side * zoom)
     return None if side >= max(_photo(name, None).shape[:2]) else side
+
+
+def builtin_sources(
+    split: str = "train", *, long_side: int | None = BUILTIN_LONG_SIDE, zoom: tuple[float, ...] = (1.0,)
+) -> list[PhotoSource]:
+    """The photos of ``split`` as :class:`~mofme.data.photos.PhotoSource`: one version per content
+    ``zoom`` (x ``long_side``, capped at the native size), all rendered with the weather scale of the
+    unzoomed ``long_side`` photo (the size the val/test photos have)."""
+    sources = []
+    for name, photo in builtin_photos(split, long_side=long_side):
+        versions = tuple(_photo(name, _zoomed_side(name, long_side, z)) for z in zoom)
+        scale = max(photo.shape[:2]) / 512.0
+        sources.append(PhotoSource(name, versions, (scale,) * len(versions)))
+    return sources
 
 
 def _seed_int(*values: int) -> int:
@@ -109,9 +120,11 @@ class BuiltinWeatherDataset(Dataset):
       mask), so the model also learns to leave clean content alone. Item ``i``
       depends only on (seed, epoch, i); call ``set_epoch`` every epoch before iterating (not seen by
       ``persistent_workers``).
-    * ``split="val"`` / ``"test"``: a fixed list, every photo x every weather in ``weathers`` at
-      ``eval_severity``, whole photos (long side ``long_side``; use batch size 1), rendered once at
-      construction from (seed, photo, weather): keep ``seed`` fixed for comparable numbers.
+    * ``split="val"`` / ``"test"``: a fixed list, every photo x weather in ``weathers`` x severity in
+      ``severities`` x ``renders`` independent renders (default: 4 for test, 1 for val), whole photos
+      (long side ``long_side``; use batch size 1), rendered once at construction from (seed, photo,
+      weather, severity, render): keep ``seed`` fixed for comparable numbers. The test split's 96
+      images (2 photos x 4 weathers x 3 severities x 4 renders) give a mean with a standard error.
     """
 
     def __init__(
@@ -124,7 +137,7 @@ class BuiltinWeatherDataset(Dataset):
         weathers: tuple[str, ...] = WEATHER_TYPES,
         seed: int = 0,
         augment: bool = True,
-        eval_severity: int = 2,
+        renders: int | None = None,
         long_side: int | None = BUILTIN_LONG_SIDE,
         zoom: tuple[float, ...] = (1.0,),
         color_jitter: bool = False,
@@ -133,8 +146,11 @@ class BuiltinWeatherDataset(Dataset):
         if split not in BUILTIN_SPLITS:
             raise ValueError(f"unknown split '{split}'; expected one of {tuple(BUILTIN_SPLITS)}")
         bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
-        if bad or not weathers or not severities or eval_severity not in SEVERITIES:
-            raise ValueError(f"invalid weathers/severities: {bad or (weathers, severities, eval_severity)}")
+        if bad or not weathers or not severities:
+            raise ValueError(f"invalid weathers/severities: {bad or (weathers, severities)}")
+        renders = (4 if split == "test" else 1) if renders is None else int(renders)
+        if renders < 1 or (split == "train" and renders != 1):
+            raise ValueError(f"renders must be >= 1 and applies to val/test only, got {renders}")
         train_only = samples_per_epoch is not None or tuple(zoom) != (1.0,) or color_jitter or clean_fraction
         if split != "train" and train_only:
             raise ValueError(
@@ -152,19 +168,21 @@ class BuiltinWeatherDataset(Dataset):
         self.weathers = tuple(weathers)
         self.seed = int(seed)
         self.augment = augment
-        self.eval_severity = int(eval_severity)
+        self.renders = renders
         self.epoch = 0
         self.color_jitter = bool(color_jitter)
         self.clean_fraction = float(clean_fraction)
         self.photos = builtin_photos(split, long_side=long_side)
-        # per photo: its versions at every zoom, and the weather scale of the unzoomed photo
-        self._zoomed = [
-            [_photo(name, _zoomed_side(name, long_side, z)) for z in zoom] for name, _ in self.photos
-        ]
-        self._weather_scale = [max(photo.shape[:2]) / 512.0 for _, photo in self.photos]
+        self._sources = builtin_sources(split, long_side=long_side, zoom=tuple(zoom))
         self._fixed: list[dict] | None = None
         if split != "train":
-            self._fixed = [self._render_fixed(p, w) for p in range(len(self.photos)) for w in self.weathers]
+            self._fixed = [
+                self._render_fixed(p, w, s, r)
+                for p in range(len(self.photos))
+                for w in self.weathers
+                for s in self.severities
+                for r in range(renders)
+            ]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random crops/renders of ``epoch`` for the train split (no effect on val/test)."""
@@ -173,22 +191,11 @@ class BuiltinWeatherDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch if self._fixed is None else len(self._fixed)
 
-    @staticmethod
-    def _item(sample, name: str) -> dict:
-        return {
-            "input": to_tensor(sample.degraded),
-            "target": to_tensor(sample.clean),
-            "mask": torch.from_numpy(np.ascontiguousarray(sample.mask[None], dtype=np.float32)),
-            "weather": weather_index(sample.weather),
-            "severity": sample.severity,
-            "name": name,
-        }
-
-    def _render_fixed(self, photo_index: int, weather: str) -> dict:
+    def _render_fixed(self, photo_index: int, weather: str, severity: int, render: int) -> dict:
         name, photo = self.photos[photo_index]
-        seed = _seed_int(self.seed, photo_index, WEATHER_TYPES.index(weather), self.eval_severity)
-        sample = render_weather(photo, weather, severity=self.eval_severity, seed=seed)
-        return self._item(sample, f"{name}_{weather}_s{self.eval_severity}")
+        seed = _seed_int(self.seed, photo_index, WEATHER_TYPES.index(weather), severity, render)
+        sample = render_weather(photo, weather, severity=severity, seed=seed)
+        return weather_item(sample, f"{name}_{weather}_s{severity}_r{render}")
 
     def __getitem__(self, index: int) -> dict:
         if self._fixed is not None:
@@ -197,24 +204,15 @@ class BuiltinWeatherDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        photo_index = int(rng.integers(len(self.photos)))
-        name = self.photos[photo_index][0]
-        weather = self.weathers[int(rng.integers(len(self.weathers)))]
-        severity = self.severities[int(rng.integers(len(self.severities)))]
-        versions = self._zoomed[photo_index]
-        photo = versions[int(rng.integers(len(versions)))] if len(versions) > 1 else versions[0]
-        scale = self._weather_scale[photo_index]  # render the crop as if on the whole (unzoomed) photo
-        size = (self.crop_size, self.crop_size)
-        padded = pad_to(photo, size)
-        y, x = random_crop_box(rng, padded.shape[:2], size)
-        crop = padded[y : y + size[0], x : x + size[1]]
-        if self.augment:
-            crop = augment(crop, int(rng.integers(AUGMENT_MODES)))
-        if self.color_jitter:
-            crop = jitter_colors(crop, rng)
-        if self.clean_fraction and rng.random() < self.clean_fraction:
-            sample = WeatherSample(crop, crop, np.zeros(crop.shape[:2], np.float32), "clean", 0)
-            return self._item(sample, f"{name}_clean_e{self.epoch}_{index}")
-        render_seed = int(rng.integers(2**63 - 1))
-        sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
-        return self._item(sample, f"{name}_{weather}_s{severity}_e{self.epoch}_{index}")
+        source = self._sources[int(rng.integers(len(self._sources)))]
+        return render_crop(
+            rng,
+            source,
+            crop_size=self.crop_size,
+            weathers=self.weathers,
+            severities=self.severities,
+            augment_crop=self.augment,
+            color_jitter=self.color_jitter,
+            clean_fraction=self.clean_fraction,
+            tag=f"_e{self.epoch}_{index}",
+        )

@@ -38,8 +38,25 @@ class ModelConfig(_Section):
         return {**kwargs, **self.overrides}
 
 
+class FolderSource(_Section):
+    """A folder of clean photos (searched recursively) and its share of the training items."""
+
+    path: str
+    weight: float = Field(1.0, gt=0.0)
+
+
 class DataConfig(_Section):
-    type: Literal["builtin", "allweather", "paired"] = "builtin"
+    type: Literal["builtin", "folder", "allweather", "paired"] = "builtin"
+    folders: list[FolderSource] = Field(
+        default_factory=list, description="folder only: clean photo folders, weather rendered on the fly"
+    )
+    builtin_weight: float = Field(
+        0.0, ge=0.0, description="folder only: weight of the built-in training photos in the mix (0: none)"
+    )
+    long_sides: list[int] = Field(
+        default_factory=lambda: [256],
+        description="folder only: long sides the photos are used at; the weather scales with them",
+    )
     train: str | None = Field(None, description="allweather: list file; paired: folder with input/ and gt/")
     val: str | None = Field(None, description="validation list/folder; default: val_fraction of train")
     root: str | None = Field(None, description="allweather: folder the list paths are relative to")
@@ -47,8 +64,8 @@ class DataConfig(_Section):
     crop_size: int = 64
     batch_size: int = 8
     num_workers: int = 0
-    samples_per_epoch: int = 512  # builtin only
-    weathers: list[str] | None = None  # builtin only; default: all
+    samples_per_epoch: int = 512  # builtin and folder
+    weathers: list[str] | None = None  # builtin and folder; default: all
     train_long_side: int | None = (
         256  # builtin only: long side of the training photos (weather scales with it)
     )
@@ -56,9 +73,9 @@ class DataConfig(_Section):
         default_factory=lambda: [1.0],
         description="builtin only: content scales (x train_long_side) the training crops come from",
     )
-    color_jitter: bool = False  # builtin only: random colour variants of the clean training content
+    color_jitter: bool = False  # builtin and folder: random colour variants of the clean content
     clean_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="builtin only: share of weather-free crops"
+        0.0, ge=0.0, lt=1.0, description="builtin and folder: share of weather-free crops"
     )
 
 

@@ -14,6 +14,8 @@ from mofme.data import (
     paired_folder,
     read_pair_list,
 )
+from mofme.data.builtin import builtin_sources
+from mofme.data.photos import RenderedWeatherDataset, folder_photos
 
 from .config import ConfigError, DataConfig
 
@@ -30,6 +32,8 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     """(train, val) datasets. Train items are random crops; val items are whole images.
 
     ``builtin``: the rendered built-in photos (fixed train / val split of photos).
+    ``folder``: weather rendered on the fly on the photos of ``data.folders`` (and the built-in
+    training photos with ``data.builtin_weight``), mixed by weight; validated on the built-in val photos.
     ``allweather`` / ``paired``: pairs read and validated up front; without ``data.val`` a
     seeded ``val_fraction`` of the training pairs is held out for model selection.
     """
@@ -47,6 +51,10 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
             clean_fraction=config.clean_fraction,
         )
         return train, BuiltinWeatherDataset("val", weathers=weathers, seed=seed)
+    if config.type == "folder":
+        return _folder_training_set(config, seed=seed), BuiltinWeatherDataset(
+            "val", weathers=tuple(config.weathers or WEATHER_TYPES), seed=seed
+        )
     if config.train is None:
         raise ConfigError(f"data.train is required for data.type={config.type!r}")
     train_pairs = _read_pairs(config.type, config.train, config.root)
@@ -63,3 +71,30 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
         val_pairs, train_pairs = shuffled[:held_out], shuffled[held_out:]
     train = PairedImageDataset(train_pairs, crop_size=config.crop_size, augment=True, seed=seed)
     return train, PairedImageDataset(val_pairs)
+
+
+def _folder_training_set(config: DataConfig, *, seed: int) -> RenderedWeatherDataset:
+    if not config.folders:
+        raise ConfigError("data.folders must name at least one photo folder for data.type='folder'")
+    groups, weights = [], []
+    for index, source in enumerate(config.folders):
+        try:
+            groups.append(folder_photos(source.path, long_sides=config.long_sides))
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"data.folders[{index}]: {error}") from error
+        weights.append(source.weight)
+    if config.builtin_weight > 0:
+        groups.append(
+            builtin_sources("train", long_side=config.train_long_side, zoom=tuple(config.train_zoom))
+        )
+        weights.append(config.builtin_weight)
+    return RenderedWeatherDataset(
+        groups,
+        weights=weights,
+        crop_size=config.crop_size,
+        samples_per_epoch=config.samples_per_epoch,
+        weathers=tuple(config.weathers or WEATHER_TYPES),
+        seed=seed,
+        color_jitter=config.color_jitter,
+        clean_fraction=config.clean_fraction,
+    )

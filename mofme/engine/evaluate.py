@@ -62,17 +62,20 @@ class ImageMetrics:
     input_ssim: float
     psnr: float
     ssim: float
+    severity: int = 0  # 1..3 for rendered weather; 0 when unknown or clean
 
 
 @dataclass(frozen=True)
 class GroupMetrics:
-    """Mean metrics of a group of images; ``gain`` = restored PSNR - input PSNR (dB)."""
+    """Mean metrics of a group of images; ``gain`` = restored PSNR - input PSNR (dB) and ``gain_se``
+    its standard error (sample standard deviation of the per-image gains / sqrt(n); nan for n < 2)."""
 
     images: int
     input_psnr: float
     input_ssim: float
     psnr: float
     ssim: float
+    gain_se: float = math.nan
 
     @property
     def gain(self) -> float:
@@ -89,12 +92,23 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def _standard_error(values: list[float]) -> float:
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+
+
 def _group(rows: list[ImageMetrics]) -> GroupMetrics:
-    return GroupMetrics(len(rows), *(_mean([getattr(r, m) for r in rows]) for m in _METRICS))
+    means = (_mean([getattr(r, m) for r in rows]) for m in _METRICS)
+    return GroupMetrics(len(rows), *means, gain_se=_standard_error([r.psnr - r.input_psnr for r in rows]))
 
 
 def _weather_order(name: str) -> tuple[int, str]:
     return (WEATHER_TYPES.index(name) if name in WEATHER_TYPES else len(WEATHER_TYPES), name)
+
+
+_TABLE_HEAD = (
+    "| weather | images | input PSNR | input SSIM | restored PSNR | restored SSIM | gain dB (± s.e.) |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+)
 
 
 def _finite_or_str(value: Any) -> Any:
@@ -129,11 +143,22 @@ class EvalReport:
         return {w: _group(groups[w]) for w in sorted(groups, key=_weather_order)}
 
     @property
+    def per_weather_severity(self) -> dict[tuple[str, int], GroupMetrics]:
+        """Mean metrics per (weather type, severity), in ``WEATHER_TYPES`` then severity order."""
+        groups: dict[tuple[str, int], list[ImageMetrics]] = {}
+        for row in self.images:
+            groups.setdefault((row.weather, row.severity), []).append(row)
+        order = sorted(groups, key=lambda key: (*_weather_order(key[0]), key[1]))
+        return {key: _group(groups[key]) for key in order}
+
+    @property
     def mean_over_weather(self) -> GroupMetrics:
-        """The mean of the per-weather means (``images``: the total number of images)."""
+        """The mean of the per-weather means (``images``: the total number of images); its ``gain_se``
+        combines the per-weather standard errors, sqrt(sum se_w^2) / W."""
         groups = list(self.per_weather.values())
         means = (_mean([getattr(g, m) for g in groups]) for m in _METRICS)
-        return GroupMetrics(len(self.images), *means)
+        se = math.sqrt(sum(g.gain_se**2 for g in groups)) / len(groups) if groups else math.nan
+        return GroupMetrics(len(self.images), *means, gain_se=se)
 
     @property
     def per_image_mean(self) -> GroupMetrics:
@@ -145,6 +170,9 @@ class EvalReport:
             "conventions": self.conventions,
             "meta": self.meta,
             "per_weather": {w: g.to_dict() for w, g in self.per_weather.items()},
+            "per_weather_severity": {
+                f"{w}/s{sev}": g.to_dict() for (w, sev), g in self.per_weather_severity.items()
+            },
             "mean_over_weather": self.mean_over_weather.to_dict(),
             "per_image_mean": self.per_image_mean.to_dict(),
             "images": [asdict(row) for row in self.images],
@@ -169,19 +197,23 @@ class EvalReport:
             f"full resolution (no resizing); tiled inference {tiling.get('tile')}px tiles, "
             f"{tiling.get('overlap')}px overlap.",
             "",
-            "| weather | images | input PSNR | input SSIM | restored PSNR | restored SSIM | gain dB |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            *_TABLE_HEAD,
         ]
 
         def row(label: str, g: GroupMetrics) -> str:
+            se = f" ± {g.gain_se:.2f}" if math.isfinite(g.gain_se) else ""
             return (
                 f"| {label} | {g.images} | {g.input_psnr:.2f} | {g.input_ssim:.4f} | "
-                f"{g.psnr:.2f} | {g.ssim:.4f} | {g.gain:+.2f} |"
+                f"{g.psnr:.2f} | {g.ssim:.4f} | {g.gain:+.2f}{se} |"
             )
 
         lines += [row(w, g) for w, g in self.per_weather.items()]
         lines.append(row("**mean over weather types**", self.mean_over_weather))
         lines.append(row("mean over images", self.per_image_mean))
+        severities = self.per_weather_severity
+        if len(severities) > len(self.per_weather):
+            lines += ["", "Per weather type and severity:", "", *_TABLE_HEAD]
+            lines += [row(f"{w} s{sev}" if sev else w, g) for (w, sev), g in severities.items()]
         return "\n".join(lines) + "\n"
 
     def save(self, directory: _PathLike) -> tuple[Path, Path]:
@@ -215,8 +247,9 @@ def _weather_name(weather: Any) -> str:
     return str(weather)
 
 
-def _samples(source: Any) -> Iterator[tuple[Tensor, Tensor, str, str, Path | None]]:
-    """Yield ``(input, target, weather, name, target_path)`` one at a time (files read lazily)."""
+def _samples(source: Any) -> Iterator[tuple[Tensor, Tensor, str, str, Path | None, int]]:
+    """Yield ``(input, target, weather, name, target_path, severity)`` one at a time (files read lazily;
+    severity 0 where the source gives none)."""
     pairs = getattr(source, "pairs", None)
     items = pairs if isinstance(pairs, list) else source
     for index, item in enumerate(items):
@@ -227,7 +260,7 @@ def _samples(source: Any) -> Iterator[tuple[Tensor, Tensor, str, str, Path | Non
             inp_path, tgt_path, weather = Path(item[0]), Path(item[1]), item[2]
             name = str(inp_path)
             inp, tgt = read_image(inp_path), read_image(tgt_path)
-            yield _as_chw(inp, "input", name), _as_chw(tgt, "target", name), str(weather), name, tgt_path
+            yield _as_chw(inp, "input", name), _as_chw(tgt, "target", name), str(weather), name, tgt_path, 0
             continue
         elif isinstance(item, tuple | list) and len(item) == 4:
             inp, tgt, weather, name = item
@@ -237,7 +270,15 @@ def _samples(source: Any) -> Iterator[tuple[Tensor, Tensor, str, str, Path | Non
                 f"item {index}: expected an ImagePair, (input, target, weather, name) or a dataset item dict, "
                 f"got {type(item).__name__}"
             )
-        yield _as_chw(inp, "input", name), _as_chw(tgt, "target", name), _weather_name(weather), name, None
+        severity = int(item.get("severity", 0)) if isinstance(item, dict) else 0
+        yield (
+            _as_chw(inp, "input", name),
+            _as_chw(tgt, "target", name),
+            _weather_name(weather),
+            name,
+            None,
+            severity,
+        )
 
 
 def _output_name(name: str, weather: str, used: set[str]) -> str:
@@ -297,7 +338,7 @@ def evaluate(
     start = time.perf_counter()
     total = len(pairs_or_dataset) if hasattr(pairs_or_dataset, "__len__") else None
     with _eval_mode(model), tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
-        for inp, tgt, weather, name, tgt_path in _samples(pairs_or_dataset):
+        for inp, tgt, weather, name, tgt_path, severity in _samples(pairs_or_dataset):
             if inp.shape != tgt.shape:
                 where = f" (target '{tgt_path}')" if tgt_path is not None else ""
                 raise ValueError(
@@ -315,7 +356,9 @@ def evaluate(
                 p, s = psnr(both, targets, **opts).tolist(), ssim(both, targets, **opts).tolist()
             except ValueError as error:
                 raise ValueError(f"pair '{name}': {error}") from error
-            rows.append(ImageMetrics(name, weather, inp.shape[1], inp.shape[2], p[0], s[0], p[1], s[1]))
+            rows.append(
+                ImageMetrics(name, weather, inp.shape[1], inp.shape[2], p[0], s[0], p[1], s[1], severity)
+            )
             if save_images is not None:
                 out = Path(save_images) / _output_name(name, weather, used)
                 write_image(out, restored[0].permute(1, 2, 0).cpu().numpy())

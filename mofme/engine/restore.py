@@ -47,8 +47,9 @@ class RestoreResult(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------- one image
 def model_patch_size(model: nn.Module) -> int:
-    """The spatial multiple the model needs: ``model.patch_size``, else ``model.config.patch_size``, else 1."""
-    size = getattr(model, "patch_size", None)
+    """The spatial multiple the model needs: ``model.size_multiple``, else ``model.patch_size``, else
+    ``model.config.patch_size``, else 1."""
+    size = getattr(model, "size_multiple", None) or getattr(model, "patch_size", None)
     if size is None:
         size = getattr(getattr(model, "config", None), "patch_size", None)
     return int(size) if size else 1

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.losses import RestorationLoss
-from mofme.models import Restorer, build_restorer
+from mofme.models import build_restorer, load_restorer
 from mofme.nn import aux_loss
 
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -195,7 +195,7 @@ def train(config: Config, *, resume: bool = False) -> TrainResult:
         checkpoint = latest_checkpoint(checkpoints)
         if checkpoint is not None:
             state = load_training_state(checkpoint, device)
-            model.load_state_dict(Restorer.from_pretrained(checkpoint).state_dict())
+            model.load_state_dict(load_restorer(checkpoint).state_dict())
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             schedule.update(state["schedule"])

@@ -1,20 +1,36 @@
 """Models built from the layers of :mod:`mofme.nn`: the restoration network, its presets, one
 registry of named models, and save / load in the Hugging Face Hub layout."""
 
-from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin
-from .registry import build_restorer, create_model, list_models, register_model
+from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, shipped_weights
+from .registry import (
+    ARCHITECTURES,
+    RESTORER_PRESETS,
+    build_restorer,
+    create_model,
+    list_models,
+    load_restorer,
+    register_model,
+)
 from .restorer import PRESETS, Restorer, RestorerConfig, RestorerOutput
+from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
 __all__ = [
+    "ARCHITECTURES",
     "CONFIG_NAME",
     "PRESETS",
+    "RESTORER_PRESETS",
+    "UNET_PRESETS",
     "WEIGHTS_NAME",
     "PretrainedMixin",
     "Restorer",
     "RestorerConfig",
     "RestorerOutput",
+    "UNetConfig",
+    "UNetRestorer",
     "build_restorer",
     "create_model",
     "list_models",
+    "load_restorer",
     "register_model",
+    "shipped_weights",
 ]

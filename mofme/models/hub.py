@@ -2,6 +2,10 @@
 
     model.save_pretrained("runs/x/best")          # writes exactly the two files
     model = Restorer.from_pretrained("runs/x/best")  # rebuilds from config.json, loads safetensors
+    model = UNetRestorer.from_pretrained("mofme-unet-weather")  # weights shipped in mofme/weights/
+
+A name is looked up as a local directory first, then among the weights shipped inside the package
+(``shipped_weights()``), then as a Hub repo id ``owner/name``.
 
 Nothing is ever unpickled: the config is JSON, the weights are safetensors.
 """
@@ -16,10 +20,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedMixin", "check_state_dict"]
+__all__ = [
+    "CONFIG_NAME",
+    "SHIPPED_WEIGHTS_DIR",
+    "WEIGHTS_NAME",
+    "PretrainedMixin",
+    "check_state_dict",
+    "read_config",
+    "shipped_weights",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -68,9 +81,19 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], *, source: str)
         raise ValueError(f"{source} does not match {type(model).__name__}: " + ", ".join(problems))
 
 
+def shipped_weights() -> list[str]:
+    """Names of the pretrained models shipped inside the package (``mofme/weights/<name>/``)."""
+    if not SHIPPED_WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_WEIGHTS_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
 def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> Path:
-    """A local file ``name_or_path/filename``, or the file downloaded from the Hub repo ``name_or_path``."""
+    """``name_or_path/filename`` for a local directory, else for a shipped model name, else the file
+    downloaded from the Hub repo ``name_or_path``."""
     local = Path(name_or_path)
+    if not local.is_dir() and str(name_or_path) in shipped_weights():
+        local = SHIPPED_WEIGHTS_DIR / str(name_or_path)
     if local.is_dir():
         path = local / filename
         if not path.is_file():
@@ -78,10 +101,25 @@ def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> P
         return path
     repo_id = str(name_or_path)
     if local.exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
-        raise FileNotFoundError(f"{name_or_path} is neither a directory nor a Hub repo id 'owner/name'")
+        raise FileNotFoundError(
+            f"{name_or_path} is neither a directory, nor a shipped model {shipped_weights()}, "
+            "nor a Hub repo id 'owner/name'"
+        )
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(repo_id, filename, revision=revision))
+
+
+def read_config(name_or_path: str | Path, *, revision: str | None = None) -> tuple[dict[str, Any], Path]:
+    """The JSON object in ``config.json`` of a saved model, and the file's path."""
+    config_path = _resolve(name_or_path, CONFIG_NAME, revision)
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    return config, config_path
 
 
 class PretrainedMixin:
@@ -115,14 +153,8 @@ class PretrainedMixin:
         """Rebuild from ``config.json`` (updated by ``overrides``, e.g. ``dispatch`` settings that
         do not change parameter shapes) and load ``model.safetensors``; returned in eval mode.
 
-        ``name_or_path``: a ``save_pretrained`` directory or a Hub repo id ``owner/name``."""
-        config_path = _resolve(name_or_path, CONFIG_NAME, revision)
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path} is not valid JSON: {error}") from error
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+        ``name_or_path``: a ``save_pretrained`` directory, a shipped model name or a Hub repo id."""
+        config, config_path = read_config(name_or_path, revision=revision)
         architecture = config.pop("architecture", cls.__name__)
         if architecture != cls.__name__:
             raise ValueError(f"{config_path} describes a {architecture}, not a {cls.__name__}")

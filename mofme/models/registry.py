@@ -1,8 +1,9 @@
 """One registry of named models (timm style) and the ``build_*`` factories.
 
-    list_models()                                  # ['restorer_paper', 'restorer_small', 'restorer_tiny']
+    list_models()                                  # ['restorer_paper', 'restorer_small', 'restorer_tiny', 'restorer_unet']
     model = create_model("restorer_small", ffn="moe", num_experts=8)
     model = build_restorer(preset="paper", ffn="mofme", num_experts=128, top_k=4)
+    model = load_restorer("runs/x/best")           # any saved restorer, whatever its architecture
 
 A function decorated with :func:`register_model` takes keyword overrides and returns a module;
 its name is the model name. Tests run over every registered name, so a new variant is tested
@@ -14,13 +15,30 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from .restorer import PRESETS, Restorer
+from .hub import PretrainedMixin, read_config
+from .restorer import PRESETS, Restorer, RestorerConfig
+from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
-__all__ = ["build_restorer", "create_model", "list_models", "register_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "RESTORER_PRESETS",
+    "build_restorer",
+    "create_model",
+    "list_models",
+    "load_restorer",
+    "register_model",
+]
+
+ARCHITECTURES: dict[str, type[PretrainedMixin]] = {"Restorer": Restorer, "UNetRestorer": UNetRestorer}
+# every restorer preset: the single-scale published network (PRESETS) and the multi-scale U-Net
+RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
+_CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -57,12 +75,14 @@ def build_restorer(
     router_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Restorer:
-    """A :class:`Restorer` of size ``preset`` (``"paper"``, ``"small"``, ``"tiny"``) with the given
-    FFN method; ``overrides`` replace any other :class:`RestorerConfig` field (e.g. ``depth=4``)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    """The restorer ``preset`` with the given FFN method: a :class:`Restorer` (``"paper"``,
+    ``"small"``, ``"tiny"``) or a :class:`UNetRestorer` (``"unet"``); ``overrides`` replace any
+    other field of the preset's config (e.g. ``depth=4``)."""
+    if preset not in RESTORER_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(RESTORER_PRESETS)}")
+    base = RESTORER_PRESETS[preset]
     config = {
-        **asdict(PRESETS[preset]),
+        **asdict(base),
         "ffn": ffn,
         "num_experts": num_experts,
         "top_k": top_k,
@@ -71,7 +91,19 @@ def build_restorer(
         "router_kwargs": router_kwargs,
         **overrides,
     }
-    return Restorer(**config)
+    return _CLASSES[type(base)](**config)
+
+
+def load_restorer(
+    name_or_path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
+) -> nn.Module:
+    """Any restorer saved by ``save_pretrained`` (the class is read from ``config.json``'s
+    ``architecture``), in eval mode; ``overrides`` as in ``from_pretrained``."""
+    config, path = read_config(name_or_path)
+    architecture = config.get("architecture", "Restorer")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture].from_pretrained(name_or_path, device=device, **overrides)
 
 
 @register_model
@@ -91,3 +123,10 @@ def restorer_small(**overrides: Any) -> Restorer:
 def restorer_tiny(**overrides: Any) -> Restorer:
     """C=8, D=64, P=4, depth 1, 2 heads x 32: smoke tests and CPU training on small crops."""
     return build_restorer(preset="tiny", **overrides)
+
+
+@register_model
+def restorer_unet(**overrides: Any) -> UNetRestorer:
+    """Multi-scale U-Net, MoFME in the transformer blocks of its two coarsest levels (C=24, depths
+    1/1/2/2, E=16, k=2): the shipped CPU restorer's architecture."""
+    return build_restorer(preset="unet", **overrides)

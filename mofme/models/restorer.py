@@ -96,6 +96,37 @@ def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
 
+def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
+    """Pad (N, C, H, W) at the bottom and right to multiples of ``multiple``: reflection where the
+    image is large enough, replication otherwise."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def ffn_from_config(cfg: Any, dim: int) -> nn.Module:
+    """The FFN layer a model config names (``ffn``, ``num_experts``, ``top_k``, ``router``,
+    ``router_kwargs``, ``modulation``, ``mlp_ratio``, ``dropout``, ``ffn_kwargs``) for width ``dim``."""
+    common = {"dim": dim, "hidden_dim": int(cfg.mlp_ratio * dim), "dropout": cfg.dropout}
+    extra = dict(cfg.ffn_kwargs or {})
+    if cfg.ffn == "dense":
+        return build_ffn("dense", **common, **extra)
+    if cfg.ffn == "mofme":
+        extra = {"modulation": cfg.modulation, **extra}
+    return build_ffn(
+        cfg.ffn,
+        num_experts=cfg.num_experts,
+        top_k=cfg.top_k,
+        router=cfg.router,
+        router_kwargs=cfg.router_kwargs,
+        **common,
+        **extra,
+    )
+
+
 class ResBlock(nn.Module):
     """EDSR residual block ``x + conv3x3(ReLU(conv3x3(x)))``, (N, C, H, W) -> (N, C, H, W)."""
 
@@ -230,7 +261,11 @@ class Restorer(PretrainedMixin, nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                embed_dim, num_heads=num_heads, head_dim=head_dim, ffn=self._build_ffn(), dropout=dropout
+                embed_dim,
+                num_heads=num_heads,
+                head_dim=head_dim,
+                ffn=ffn_from_config(self.config, embed_dim),
+                dropout=dropout,
             )
             for _ in range(depth)
         )
@@ -239,26 +274,18 @@ class Restorer(PretrainedMixin, nn.Module):
             ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
         )
 
-    def _build_ffn(self) -> nn.Module:
-        cfg = self.config
-        common = dict(dim=cfg.embed_dim, hidden_dim=int(cfg.mlp_ratio * cfg.embed_dim), dropout=cfg.dropout)
-        extra = cfg.ffn_kwargs or {}
-        if cfg.ffn == "dense":
-            return build_ffn("dense", **common, **extra)
-        if cfg.ffn == "mofme":
-            extra = {"modulation": cfg.modulation, **extra}
-        return build_ffn(
-            cfg.ffn,
-            num_experts=cfg.num_experts,
-            top_k=cfg.top_k,
-            router=cfg.router,
-            router_kwargs=cfg.router_kwargs,
-            **common,
-            **extra,
-        )
-
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (the patch size)."""
+        return self.patch_size
+
+    def token_grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The (h, w) token grid of each entry of ``routing`` for an H x W input."""
+        grid = (-(-height // self.patch_size), -(-width // self.patch_size))
+        return [grid] * self.config.depth
 
     def _position(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for an (h, w) token grid, (1, h * w, D): bicubic resampling of the
@@ -269,19 +296,11 @@ class Restorer(PretrainedMixin, nn.Module):
             pos = pos.permute(0, 2, 3, 1)
         return pos.flatten(1, 2)
 
-    def _pad(self, image: Tensor) -> Tensor:
-        height, width = image.shape[-2:]
-        pad_h, pad_w = -height % self.patch_size, -width % self.patch_size
-        if not pad_h and not pad_w:
-            return image
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-
     def forward(self, image: Tensor) -> RestorerOutput:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[-2:]
-        padded = self._pad(image)
+        padded = pad_to_multiple(image, self.patch_size)
         grid = (padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size)
         tokens = self.patch_embed(self.head(padded * 2 - 1))
         if self.pos_embed is not None:

@@ -66,8 +66,14 @@ def test_aggregates_and_reports(pairs, tmp_path):
     assert set(data["per_weather"]) == {"rain", "snow"} and len(data["images"]) == 3
     assert data["mean_over_weather"]["gain"] == pytest.approx(report.mean_over_weather.gain)
     markdown = md_path.read_text()
-    header = "| weather | images | input PSNR | input SSIM | restored PSNR | restored SSIM | gain dB |"
+    header = (
+        "| weather | images | input PSNR | input SSIM | restored PSNR | restored SSIM | gain dB (± s.e.) |"
+    )
     assert header in markdown
+    gains = [row.psnr - row.input_psnr for row in snow]  # standard error: sample sd / sqrt(n)
+    assert report.per_weather["snow"].gain_se == pytest.approx(abs(gains[0] - gains[1]) / 2)
+    assert math.isnan(report.per_weather["rain"].gain_se)  # one image: no standard error
+    assert f"± {report.per_weather['snow'].gain_se:.2f} |" in markdown
     assert "| snow | 2 |" in markdown and "mean over weather types" in markdown and "Y (BT.601)" in markdown
 
 
@@ -118,5 +124,11 @@ def test_builtin_benchmark_in_memory():
     dataset = BuiltinWeatherDataset("test", weathers=("rain", "snow"), long_side=64)
     report = evaluate(StandIn(), dataset, progress=False)
     assert isinstance(report, EvalReport)
-    assert list(report.per_weather) == ["rain", "snow"] and len(report.images) == len(dataset) == 4
+    assert (
+        list(report.per_weather) == ["rain", "snow"] and len(report.images) == len(dataset) == 2 * 2 * 3 * 4
+    )
+    by_severity = report.per_weather_severity
+    assert list(by_severity) == [(w, s) for w in ("rain", "snow") for s in (1, 2, 3)]
+    assert all(group.images == 2 * 4 for group in by_severity.values())
+    assert "| snow s3 | 8 |" in report.to_markdown()
     assert report.mean_over_weather.gain == 0.0

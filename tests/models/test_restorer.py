@@ -15,11 +15,15 @@ from safetensors.torch import load_file, save_file
 import mofme.models.hub
 from mofme.models import (
     PRESETS,
+    RESTORER_PRESETS,
     Restorer,
     RestorerConfig,
+    UNetConfig,
+    UNetRestorer,
     build_restorer,
     create_model,
     list_models,
+    load_restorer,
     register_model,
 )
 from mofme.nn import FFN_LAYERS, aux_loss
@@ -35,12 +39,18 @@ def build(name: str, ffn: str, **overrides) -> Restorer:
 
 
 def images(model: Restorer, height_patches: int = 2, width_patches: int = 2, extra: tuple[int, int] = (0, 0)):
-    p = model.patch_size
+    p = model.size_multiple
     return torch.rand(BATCH, 3, height_patches * p + extra[0], width_patches * p + extra[1])
 
 
+def ffn_names(model) -> list[str]:
+    """Module names of the FFN layers, in the order the forward pass runs (and reports) them."""
+    return [name for name, m in model.named_modules() if isinstance(m, tuple(FFN_LAYERS.values()))]
+
+
 def test_registry_lists_the_presets():
-    assert {f"restorer_{preset}" for preset in PRESETS} <= set(MODELS)
+    assert {f"restorer_{preset}" for preset in RESTORER_PRESETS} <= set(MODELS)
+    assert isinstance(create_model("restorer_unet", num_experts=2), UNetRestorer)
     assert list_models("restorer_t*") == ["restorer_tiny"]
     model = create_model("restorer_small", ffn="dense")
     assert asdict(model.config) == {**asdict(PRESETS["small"]), "ffn": "dense"}
@@ -57,10 +67,11 @@ def test_registry_lists_the_presets():
         build_restorer(preset="huge")
 
 
-def test_config_mirrors_the_constructor():
-    params = inspect.signature(Restorer.__init__).parameters
+@pytest.mark.parametrize(("cls", "config"), [(Restorer, RestorerConfig), (UNetRestorer, UNetConfig)])
+def test_config_mirrors_the_constructor(cls, config):
+    params = inspect.signature(cls.__init__).parameters
     kwargs = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY}
-    assert kwargs == {f.name: f.default for f in fields(RestorerConfig)}
+    assert kwargs == {f.name: f.default for f in fields(config)}
     assert all(p.kind is not p.POSITIONAL_OR_KEYWORD for name, p in params.items() if name != "self")
 
 
@@ -71,12 +82,13 @@ def test_shape_range_and_routing(name, ffn):
     out = model(x)
     assert out.image.shape == x.shape
     assert out.image.min() >= 0 and out.image.max() <= 1
-    assert len(out.routing) == model.config.depth
-    for indices, weights in out.routing:
+    grids = model.token_grids(*x.shape[-2:])
+    assert len(out.routing) == len(grids) == len(ffn_names(model)) > 0
+    for (indices, weights), grid in zip(out.routing, grids, strict=True):
         if ffn == "dense":
             assert indices is None and weights is None
         else:
-            assert indices.shape == weights.shape == (BATCH, 2, 2, TOP_K)
+            assert indices.shape == weights.shape == (BATCH, *grid, TOP_K)
             assert torch.allclose(weights.sum(-1), torch.ones(()))
 
 
@@ -87,8 +99,10 @@ def test_any_input_size(name, ffn):
     out = model(x)
     assert out.image.shape == x.shape
     assert out.image.min() >= 0 and out.image.max() <= 1
-    if ffn != "dense":
-        assert out.routing[0][0].shape[1:3] == (3, 2)  # the padded token grid
+    if ffn != "dense":  # the padded token grids: 3 x 2 patches of the size multiple, then halvings
+        assert [i.shape[1:3] for i, _ in out.routing] == model.token_grids(*x.shape[-2:])
+        level = [m for m in (1, 2, 4, 8) if out.routing[0][0].shape[1:3] == (3 * m, 2 * m)]
+        assert level, out.routing[0][0].shape
     tiny = torch.rand(1, 3, 2, 3)  # smaller than a patch: replicate padding
     assert model(tiny).image.shape == tiny.shape
 
@@ -117,6 +131,8 @@ def _expert_params(model: Restorer) -> dict[str, torch.nn.Parameter]:
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)
 def test_backward_reaches_every_parameter(name, ffn):
     model = build(name, ffn).train()
+    if isinstance(model, UNetRestorer):  # its output conv starts at zero, which stops every gradient
+        torch.nn.init.normal_(model.outro.weight, std=0.1)
     out = model(images(model))
     (out.image.square().mean() + out.aux_loss).backward()
     experts = _expert_params(model)
@@ -125,10 +141,11 @@ def test_backward_reaches_every_parameter(name, ffn):
         assert torch.isfinite(p.grad).all(), pname
         if pname not in experts:
             assert p.grad.abs().sum() > 0, pname
+    layers = ffn_names(model)
     for layer, (indices, _) in enumerate(out.routing):  # sparse: unchosen experts get zero gradient
         chosen = [] if indices is None else indices.unique().tolist()
         for pname, p in experts.items():
-            if pname.startswith(f"blocks.{layer}."):
+            if pname.startswith(f"{layers[layer]}."):
                 used = p.grad.flatten(1).abs().sum(1) > 0
                 assert used.nonzero().flatten().tolist() == chosen, pname
 
@@ -141,13 +158,13 @@ def test_save_load_round_trip(name, ffn, tmp_path):
     model.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config == {"architecture": "Restorer", **asdict(model.config)}
-    loaded = Restorer.from_pretrained(tmp_path)
-    assert not loaded.training
-    assert loaded.config == model.config
-    got = loaded(x)
-    assert torch.equal(got.image, expected.image)
-    assert torch.equal(got.aux_loss, expected.aux_loss)
+    assert config == json.loads(json.dumps({"architecture": type(model).__name__, **asdict(model.config)}))
+    for loaded in (type(model).from_pretrained(tmp_path), load_restorer(tmp_path)):
+        assert not loaded.training and type(loaded) is type(model)
+        assert loaded.config == model.config
+        got = loaded(x)
+        assert torch.equal(got.image, expected.image)
+        assert torch.equal(got.aux_loss, expected.aux_loss)
 
 
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)
@@ -285,7 +302,7 @@ def test_load_bad_config(saved):
 
 
 def test_load_a_path_that_does_not_exist(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a directory nor a Hub repo id"):
+    with pytest.raises(FileNotFoundError, match="neither a directory, nor a shipped model"):
         Restorer.from_pretrained(tmp_path / "missing")
 
 
@@ -357,3 +374,23 @@ def test_paper_parameter_counts(ffn, experts):
         assert abs(count - published) / published < 0.01
     if ffn == "mofme" and experts == 128:
         assert count == 85_093_379  # published, less its unused per-expert norms
+
+
+def test_unet_starts_as_the_identity_and_clamps_in_eval():
+    model = build("restorer_unet", "mofme")
+    x = torch.rand(BATCH, 3, 20, 13)
+    torch.testing.assert_close(model.train()(x).image, x)  # zero-initialised output conv
+    with torch.no_grad():
+        model.outro.bias.fill_(1.0)
+    assert model.train()(x).image.max() > 1  # the training loss sees the unclamped output
+    assert model.eval()(x).image.max() == 1
+
+
+def test_load_restorer_names_the_architecture(tmp_path):
+    build("restorer_unet", "dense").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="describes a UNetRestorer, not a Restorer"):
+        Restorer.from_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architecture": "Pix2Pix"}))
+    with pytest.raises(ValueError, match="unknown architecture 'Pix2Pix'"):
+        load_restorer(tmp_path)

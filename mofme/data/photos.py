@@ -1,0 +1,187 @@
+"""Training pairs rendered on the fly from clean photos: folders of the user's photos, mixed with weights.
+
+    sources = [folder_photos("data/photos", long_sides=(256, 512, 768)), builtin_sources()]
+    train = RenderedWeatherDataset(sources, weights=(3.0, 1.0), crop_size=128, samples_per_epoch=4096)
+
+A :class:`PhotoSource` is one clean photo at several sizes ("versions"), each with the weather scale
+it is rendered at. A folder photo's versions are the photo resized to each long side, with weather
+at the scale of a whole photo of that size (``long_side / 512``, see
+:func:`~mofme.data.weather.render_weather`): streaks, flakes and drops get the pixel sizes they have
+in photos of that resolution. Each item picks a group by weight, a photo of it uniformly, then a
+version, crop, flip/rotation, colour variant, weather, severity and render seed, all from
+``np.random.default_rng([seed, epoch, index])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .datasets import weather_index
+from .io import list_images, read_image
+from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
+from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, render_weather
+
+__all__ = ["PhotoSource", "RenderedWeatherDataset", "folder_photos", "render_crop", "resize_long_side"]
+
+_REFERENCE_SIDE = 512.0  # render_weather's reference image size (scale 1)
+
+
+class PhotoSource(NamedTuple):
+    """A clean photo: ``versions`` float32 (H, W, 3) arrays in [0, 1] (the photo at several sizes)
+    and, per version, the ``weather_scales`` the weather is rendered at."""
+
+    name: str
+    versions: tuple[np.ndarray, ...]
+    weather_scales: tuple[float, ...]
+
+
+def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """``image`` (H, W, 3) resized (anti-aliased) so that its long side is ``long_side``, rounded to
+    the 8-bit grid, read-only float32."""
+    from skimage.transform import resize
+
+    factor = long_side / max(image.shape[:2])
+    if factor != 1.0:
+        shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
+        image = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+    image = (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+    image.setflags(write=False)
+    return image
+
+
+def folder_photos(folder: str | Path, *, long_sides: Sequence[int] = (256,)) -> list[PhotoSource]:
+    """Every image under ``folder`` (recursively, the formats :func:`~mofme.data.read_image` reads)
+    at each of ``long_sides`` (sides above a photo's native size are left out; a photo smaller than
+    all of them is used at its native size). Raises naming the folder if it holds no image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"photo folder {folder} does not exist")
+    paths = list_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"photo folder {folder} holds no image")
+    if not long_sides or min(long_sides) < 8:
+        raise ValueError(f"long_sides must be sizes of at least 8 pixels, got {tuple(long_sides)}")
+    sources = []
+    for path in paths:
+        photo = read_image(path)[..., :3]
+        native = max(photo.shape[:2])
+        sides = sorted({s for s in long_sides if s <= native}) or [native]
+        versions = tuple(resize_long_side(photo, side) for side in sides)
+        scales = tuple(side / _REFERENCE_SIDE for side in sides)
+        sources.append(PhotoSource(str(path.relative_to(folder).with_suffix("")), versions, scales))
+    return sources
+
+
+def weather_item(sample: WeatherSample, name: str) -> dict:
+    """The dataset item of a render: ``{"input", "target", "mask", "weather", "severity", "name"}``."""
+    return {
+        "input": to_tensor(sample.degraded),
+        "target": to_tensor(sample.clean),
+        "mask": torch.from_numpy(np.ascontiguousarray(sample.mask[None], dtype=np.float32)),
+        "weather": weather_index(sample.weather),
+        "severity": sample.severity,
+        "name": name,
+    }
+
+
+def render_crop(
+    rng: np.random.Generator,
+    source: PhotoSource,
+    *,
+    crop_size: int,
+    weathers: Sequence[str],
+    severities: Sequence[int],
+    augment_crop: bool = True,
+    color_jitter: bool = False,
+    clean_fraction: float = 0.0,
+    tag: str = "",
+) -> dict:
+    """One random training item from ``source``: weather, severity, version, crop (mirror-padded if
+    the photo is smaller), flip/rotation, colour variant, then weather rendered at the version's scale
+    (``clean_fraction`` of the items stay weather-free: input = target, weather index -1)."""
+    weather = weathers[int(rng.integers(len(weathers)))]
+    severity = severities[int(rng.integers(len(severities)))]
+    version = int(rng.integers(len(source.versions))) if len(source.versions) > 1 else 0
+    size = (crop_size, crop_size)
+    padded = pad_to(source.versions[version], size)
+    y, x = random_crop_box(rng, padded.shape[:2], size)
+    crop = padded[y : y + size[0], x : x + size[1]]
+    if augment_crop:
+        crop = augment(crop, int(rng.integers(AUGMENT_MODES)))
+    if color_jitter:
+        crop = jitter_colors(crop, rng)
+    if clean_fraction and rng.random() < clean_fraction:
+        sample = WeatherSample(crop, crop, np.zeros(crop.shape[:2], np.float32), "clean", 0)
+        return weather_item(sample, f"{source.name}_clean{tag}")
+    render_seed = int(rng.integers(2**63 - 1))
+    scale = source.weather_scales[version]
+    sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
+    return weather_item(sample, f"{source.name}_{weather}_s{severity}{tag}")
+
+
+class RenderedWeatherDataset(Dataset):
+    """Random crops of clean photos with weather rendered on the fly, from weighted groups of photos.
+
+    ``groups``: one list of :class:`PhotoSource` per group (e.g. a folder, the built-in photos);
+    ``weights``: the share of items drawn from each group (normalised; default equal). Items as
+    :class:`~mofme.data.BuiltinWeatherDataset`'s train split; item ``i`` depends only on
+    (seed, epoch, i): call ``set_epoch`` every epoch."""
+
+    def __init__(
+        self,
+        groups: Sequence[Sequence[PhotoSource]],
+        *,
+        weights: Sequence[float] | None = None,
+        crop_size: int = 128,
+        samples_per_epoch: int = 1024,
+        weathers: Sequence[str] = WEATHER_TYPES,
+        severities: Sequence[int] = SEVERITIES,
+        seed: int = 0,
+        augment: bool = True,
+        color_jitter: bool = False,
+        clean_fraction: float = 0.0,
+    ) -> None:
+        weights = [1.0] * len(groups) if weights is None else [float(w) for w in weights]
+        if not groups or any(not g for g in groups) or len(weights) != len(groups):
+            raise ValueError("need at least one non-empty photo group and one weight per group")
+        if any(not w > 0 for w in weights):
+            raise ValueError(f"group weights must be positive, got {weights}")
+        bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
+        if bad or not weathers or not severities:
+            raise ValueError(f"invalid weathers/severities: {bad or (tuple(weathers), tuple(severities))}")
+        if not 0.0 <= clean_fraction < 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        self.groups = [list(g) for g in groups]
+        self.probabilities = np.asarray(weights) / sum(weights)
+        self.crop_size = int(crop_size)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.options = {
+            "crop_size": self.crop_size,
+            "weathers": tuple(weathers),
+            "severities": tuple(severities),
+            "augment_crop": augment,
+            "color_jitter": color_jitter,
+            "clean_fraction": float(clean_fraction),
+        }
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        group = self.groups[int(rng.choice(len(self.groups), p=self.probabilities))]
+        source = group[int(rng.integers(len(group)))]
+        return render_crop(rng, source, **self.options, tag=f"_e{self.epoch}_{index}")

@@ -1,0 +1,113 @@
+"""Folders of clean photos with weather rendered on the fly, mixed by weight (data.type: folder)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mofme.data.photos as photos
+from mofme.data import BUILTIN_SPLITS, write_image
+from mofme.data.photos import RenderedWeatherDataset, folder_photos
+from mofme.engine.config import ConfigError, load_config
+from mofme.engine.data import build_datasets
+
+
+def _photo(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([y, x, 0.5 * (x + y)], axis=-1) + 0.1 * rng.random((height, width, 3))
+    return np.clip(base, 0, 1).astype(np.float32)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three photos in nested folders, PNG and JPEG, long sides 120, 90 and 40."""
+    write_image(tmp_path / "a.png", _photo(80, 120, 0))
+    write_image(tmp_path / "sub" / "b.jpg", _photo(90, 60, 1))
+    write_image(tmp_path / "sub" / "deeper" / "c.png", _photo(40, 30, 2))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    return tmp_path
+
+
+def test_folder_photos_sizes_and_weather_scales(folder):
+    sources = {s.name: s for s in folder_photos(folder, long_sides=(32, 64, 100))}
+    assert sorted(sources) == ["a", "sub/b", "sub/deeper/c"]
+    assert [max(v.shape[:2]) for v in sources["a"].versions] == [32, 64, 100]
+    assert [max(v.shape[:2]) for v in sources["sub/b"].versions] == [32, 64]  # 100 > its native 90
+    assert sources["a"].weather_scales == (32 / 512, 64 / 512, 100 / 512)
+    assert [v.shape[:2] for v in sources["sub/deeper/c"].versions] == [(32, 24)]
+    only_native = folder_photos(folder, long_sides=(500,))
+    assert [max(s.versions[0].shape[:2]) for s in only_native] == [120, 90, 40]
+    for source in only_native:
+        assert not source.versions[0].flags.writeable and source.versions[0].dtype == np.float32
+
+
+def test_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder_photos(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty holds no image"):
+        folder_photos(tmp_path / "empty")
+
+
+def test_items_are_deterministic_and_render_at_the_version_scale(folder, monkeypatch):
+    sources = folder_photos(folder, long_sides=(64, 100))
+    kwargs = dict(crop_size=48, samples_per_epoch=24, seed=3, color_jitter=True)
+    a, b = RenderedWeatherDataset([sources], **kwargs), RenderedWeatherDataset([sources], **kwargs)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert x["name"] == y["name"] and torch.equal(x["input"], y["input"])
+        assert x["input"].shape == (3, 48, 48) and x["mask"].shape == (1, 48, 48)
+    a.set_epoch(1)
+    assert not all(torch.equal(a[i]["input"], b[i]["input"]) for i in range(len(a)))
+    scales = []
+    real = photos.render_weather
+    monkeypatch.setattr(
+        photos, "render_weather", lambda *args, **kw: scales.append(kw["scale"]) or real(*args, **kw)
+    )
+    for i in range(len(a)):
+        a[i]
+    assert set(scales) == {64 / 512, 100 / 512, 40 / 512}  # c (long side 40) only at its native size
+
+
+def test_group_weights_and_clean_fraction(folder):
+    first = folder_photos(folder, long_sides=(64,))[:1]
+    second = folder_photos(folder, long_sides=(64,))[1:]
+    dataset = RenderedWeatherDataset(
+        [first, second], weights=(9.0, 1.0), crop_size=16, samples_per_epoch=400, clean_fraction=0.25
+    )
+    items = [dataset[i] for i in range(len(dataset))]
+    share = np.mean([item["name"].startswith("a_") for item in items])
+    assert 0.84 < share < 0.95  # 0.9 expected; 400 draws give a standard error of 0.015
+    clean = [item for item in items if item["weather"] == -1]
+    assert 0.18 < len(clean) / len(items) < 0.32
+    assert all(torch.equal(item["input"], item["target"]) and item["mask"].sum() == 0 for item in clean)
+    rendered = [(item["input"] - item["target"]).abs().mean() > 0 for item in items if item["weather"] >= 0]
+    assert np.mean(rendered) > 0.8  # a 16-pixel crop can miss every drop or flake of a light render
+    with pytest.raises(ValueError, match="positive"):
+        RenderedWeatherDataset([first], weights=(0.0,))
+
+
+def test_folder_recipe_mixes_the_builtin_photos(folder, tmp_path):
+    config = load_config(
+        None,
+        [
+            "data.type=folder",
+            f"data.folders=[{{path: {folder}, weight: 1}}]",
+            "data.builtin_weight=1",
+            "data.long_sides=[64]",
+            "data.crop_size=32",
+            "data.samples_per_epoch=60",
+        ],
+    )
+    train, val = build_datasets(config.data, seed=0)
+    names = {train[i]["name"].split("_")[0] for i in range(len(train))}
+    assert names & set(BUILTIN_SPLITS["train"]) and names & {"a", "sub/b", "sub/deeper/c"}
+    assert not names & (set(BUILTIN_SPLITS["test"]) | set(BUILTIN_SPLITS["val"]))
+    assert {val[i]["name"].split("_")[0] for i in range(len(val))} == set(BUILTIN_SPLITS["val"])
+    missing = load_config(None, ["data.type=folder", f"data.folders=[{{path: {tmp_path / 'nope'}}}]"])
+    with pytest.raises(ConfigError, match=r"data.folders\[0\].*nope does not exist"):
+        build_datasets(missing.data, seed=0)
+    with pytest.raises(ConfigError, match=r"data\.folders must name"):
+        build_datasets(load_config(None, ["data.type=folder"]).data, seed=0)
