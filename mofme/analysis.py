@@ -8,27 +8,31 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
 
 from mofme.data import WEATHER_TYPES
-from mofme.models import Restorer
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter
 
 __all__ = ["expert_counts", "routing_nmi", "uar_selection_change"]
 
 
 @torch.no_grad()
-def expert_counts(model: Restorer, items: Iterable[dict]) -> np.ndarray:
-    """(layers, weathers, experts) counts of token assignments, over dataset items
-    ``{"input": (3, H, W), "weather": index}``; the model runs in eval mode."""
+def expert_counts(model: nn.Module, items: Iterable[dict]) -> np.ndarray:
+    """(routed layers, weathers, experts) counts of token assignments, in the order of the model's
+    ``routing`` output, over dataset items ``{"input": (3, H, W), "weather": index}`` (items without
+    weather, index -1, are skipped); the model runs in eval mode. No routed layer: shape (0, W, E)."""
     model.eval()
-    layers, experts = model.config.depth, model.config.num_experts
-    counts = np.zeros((layers, len(WEATHER_TYPES), experts), dtype=np.int64)
+    experts = model.config.num_experts
+    counts: np.ndarray | None = None
     for item in items:
-        routing = model(item["input"].unsqueeze(0)).routing
-        for layer, (indices, _) in enumerate(routing):
-            if indices is not None:
-                counts[layer, item["weather"]] += np.bincount(indices.flatten().numpy(), minlength=experts)
-    return counts
+        if item["weather"] < 0:
+            continue
+        routing = [i for i, _ in model(item["input"].unsqueeze(0)).routing if i is not None]
+        if counts is None:
+            counts = np.zeros((len(routing), len(WEATHER_TYPES), experts), dtype=np.int64)
+        for layer, indices in enumerate(routing):
+            counts[layer, item["weather"]] += np.bincount(indices.flatten().numpy(), minlength=experts)
+    return counts if counts is not None else np.zeros((0, len(WEATHER_TYPES), experts), dtype=np.int64)
 
 
 def routing_nmi(counts: np.ndarray) -> list[float]:
@@ -45,7 +49,7 @@ def routing_nmi(counts: np.ndarray) -> list[float]:
 
 
 @torch.no_grad()
-def uar_selection_change(model: Restorer, items: Iterable[dict], *, seed: int = 0) -> list[float]:
+def uar_selection_change(model: nn.Module, items: Iterable[dict], *, seed: int = 0) -> list[float]:
     """Per routed layer with a UaR, the fraction of tokens whose top-k set chosen from the MC mean
     (training-mode routing) differs from the deterministic eval-mode choice, on the eval-mode
     inputs of that layer. Empty when the model has no UaR."""

@@ -6,11 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+DEFAULT_WEIGHTS = (
+    "mofme-unet-weather"  # = mofme.models.DEFAULT_WEIGHTS; the CLI starts without importing torch
+)
+
 
 def _demo(args: argparse.Namespace) -> int:
     from mofme.demo import run_demo
 
-    result = run_demo(args.output, minutes=args.minutes, seed=args.seed, overrides=args.overrides)
+    result = run_demo(
+        args.output, checkpoint=args.checkpoint, train=args.train, seed=args.seed, overrides=args.overrides
+    )
     gain = result.report.mean_over_weather.gain
     print(f"mean PSNR gain over the degraded input on the held-out photos: {gain:+.2f} dB")
     return 0
@@ -128,12 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="train, evaluate and visualise a small restorer on the built-in data"
+        "demo", help="restore and score the built-in test split with the shipped weights (or --train)"
     )
     demo.add_argument("--output", default="mofme-demo", help="output folder (default: mofme-demo)")
-    demo.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.router=uar")
+    demo.add_argument("--checkpoint", default=None, help="a saved model instead of the shipped weights")
+    demo.add_argument(
+        "--train", action="store_true", help="first train a small restorer from scratch (fixed step count)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="training seed (with --train)")
+    demo.add_argument("overrides", nargs="*", help="recipe overrides with --train, e.g. model.router=uar")
     demo.set_defaults(func=_demo)
 
     train = commands.add_parser("train", help="train a restorer from a YAML recipe")
@@ -145,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     def tiled(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--checkpoint",
-            required=True,
-            help="a save_pretrained directory (config.json + model.safetensors)",
+            default=DEFAULT_WEIGHTS,
+            help=f"a save_pretrained directory (config.json + model.safetensors) or a shipped model "
+            f"(default: {DEFAULT_WEIGHTS}, the weights in the package)",
         )
         p.add_argument("--tile", type=int, default=256)
         p.add_argument("--overlap", type=int, default=32)

@@ -10,43 +10,68 @@ from PIL import Image
 
 from mofme.cli import main
 from mofme.data import read_image
+from mofme.demo import run_demo
+
+TINY_TRAINING = [
+    "model.preset=tiny",
+    "model.num_experts=4",
+    "data.samples_per_epoch=16",
+    "data.batch_size=4",
+    "data.crop_size=32",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.progress=false",
+]
+
+
+def _demo(output, **kwargs) -> dict:
+    """``mofme demo`` on 64-pixel test photos (the split itself: 96 renders), without progress bars."""
+    run_demo(output, progress=False, test_size=64, **kwargs)
+    return json.loads((output / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    """A demo run shrunk to seconds: tiny model, few steps; it still writes every artefact."""
+    """``mofme demo --train`` shrunk to seconds: tiny model, 8 steps; it still writes every artefact."""
     output = tmp_path_factory.mktemp("demo")
-    code = main(
-        [
-            "demo",
-            "--output",
-            str(output),
-            "--minutes",
-            "1.5",
-            "model.preset=tiny",
-            "model.num_experts=4",
-            "data.samples_per_epoch=16",
-            "data.batch_size=4",
-            "data.crop_size=32",
-            "train.epochs=2",
-            "train.eval_every=1",
-            "train.progress=false",
-        ]
-    )
-    assert code == 0
+    _demo(output, train=True, overrides=TINY_TRAINING)
     return output
 
 
-def test_demo_writes_metrics_figures_and_a_checkpoint(demo_dir):
+def test_demo_train_writes_metrics_figures_and_a_checkpoint(demo_dir, capsys):
     names = {p.name for p in demo_dir.iterdir()}
     assert {"metrics.json", "metrics.md", "comparison.png", "routing.png", "model"} <= names
     metrics = json.loads((demo_dir / "metrics.json").read_text())
     assert set(metrics["per_weather"]) == {"rain", "snow", "haze", "raindrop"}
+    assert set(metrics["per_weather_severity"]) == {
+        f"{w}/s{s}" for w in metrics["per_weather"] for s in (1, 2, 3)
+    }
+    assert len(metrics["images"]) == 2 * 4 * 3 * 4
     test_names = {row["name"].split("_")[0] for row in metrics["images"]}
     assert test_names == {"rocket", "china"}  # the held-out photos, never the training ones
+    assert metrics["meta"]["train_steps"] == 2 * 16 // 4  # a step count, not a time budget
+    assert set(metrics["meta"]["clean_psnr"]) == {"rocket", "china"}
     assert sorted(p.name for p in (demo_dir / "model").iterdir()) == ["config.json", "model.safetensors"]
     usage = np.array(json.loads((demo_dir / "routing.json").read_text())["expert_usage"])
     np.testing.assert_allclose(usage.sum(axis=-1), 1.0)
+
+
+def test_demo_gives_the_same_numbers_every_run(demo_dir, tmp_path):
+    """Without --train the demo only restores: two runs write identical metrics; --train with the same
+    seed trains to the same weights and metrics (a step count, whatever the speed of the machine)."""
+    checkpoint = demo_dir / "model"
+    first = _demo(tmp_path / "a", checkpoint=checkpoint)
+    second = _demo(tmp_path / "b", checkpoint=checkpoint)
+    assert first == second and first["meta"]["train_steps"] == 0
+    assert (tmp_path / "a" / "comparison.png").is_file() and not (tmp_path / "a" / "model").exists()
+    retrained = _demo(tmp_path / "c", train=True, overrides=TINY_TRAINING)
+    original = json.loads((demo_dir / "metrics.json").read_text())
+    assert retrained["images"] == original["images"]
+
+
+def test_demo_cli_refuses_overrides_without_train(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path), "model.preset=tiny"]) == 2
+    assert "only apply with --train" in capsys.readouterr().err
 
 
 def test_restore_cli_writes_good_files_and_reports_bad_ones(demo_dir, tmp_path):

@@ -4,6 +4,8 @@ registry of named models, and save / load in the Hugging Face Hub layout."""
 from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, shipped_weights
 from .registry import (
     ARCHITECTURES,
+    DEFAULT_WEIGHTS,
+    PRETRAINED,
     RESTORER_PRESETS,
     build_restorer,
     create_model,
@@ -17,7 +19,9 @@ from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 __all__ = [
     "ARCHITECTURES",
     "CONFIG_NAME",
+    "DEFAULT_WEIGHTS",
     "PRESETS",
+    "PRETRAINED",
     "RESTORER_PRESETS",
     "UNET_PRESETS",
     "WEIGHTS_NAME",

@@ -27,6 +27,8 @@ from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_WEIGHTS",
+    "PRETRAINED",
     "RESTORER_PRESETS",
     "build_restorer",
     "create_model",
@@ -39,6 +41,8 @@ ARCHITECTURES: dict[str, type[PretrainedMixin]] = {"Restorer": Restorer, "UNetRe
 # every restorer preset: the single-scale published network (PRESETS) and the multi-scale U-Net
 RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
 _CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
+DEFAULT_WEIGHTS = "mofme-unet-weather"  # what `mofme restore` and `mofme demo` use without --checkpoint
+PRETRAINED: dict[str, str] = {"restorer_unet": DEFAULT_WEIGHTS}  # model name -> shipped weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -57,11 +61,17 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """The registered model ``name``, built with ``overrides`` (constructor keyword arguments)."""
+def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """The registered model ``name``, built with ``overrides`` (constructor keyword arguments); with
+    ``pretrained``, its shipped weights (:data:`PRETRAINED`) in eval mode, ``overrides`` being those
+    ``from_pretrained`` takes (ones that keep the parameter shapes)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {list_models()}")
-    return _MODELS[name](**overrides)
+    if not pretrained:
+        return _MODELS[name](**overrides)
+    if name not in PRETRAINED:
+        raise ValueError(f"no pretrained weights ship for {name!r}; these have some: {sorted(PRETRAINED)}")
+    return load_restorer(PRETRAINED[name], **overrides)
 
 
 def build_restorer(

@@ -1,0 +1,68 @@
+"""The weights shipped inside the package: found by name, built as their recipe says, and restoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mofme.cli
+from mofme.cli import main
+from mofme.configs import recipe_path
+from mofme.data import builtin_photos, read_image, render_weather, write_image
+from mofme.engine.config import load_config
+from mofme.metrics import psnr
+from mofme.models import (
+    DEFAULT_WEIGHTS,
+    PRETRAINED,
+    UNetRestorer,
+    build_restorer,
+    create_model,
+    load_restorer,
+    shipped_weights,
+)
+from mofme.models.hub import SHIPPED_WEIGHTS_DIR, WEIGHTS_NAME
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("restorer_unet", pretrained=True)
+
+
+def test_the_default_weights_ship_small_enough():
+    assert DEFAULT_WEIGHTS in shipped_weights() and set(PRETRAINED.values()) <= set(shipped_weights())
+    assert (SHIPPED_WEIGHTS_DIR / DEFAULT_WEIGHTS / WEIGHTS_NAME).stat().st_size < 25 * 2**20
+    assert mofme.cli.DEFAULT_WEIGHTS == DEFAULT_WEIGHTS  # the CLI's copy of the name
+
+
+def test_weights_are_what_the_recipe_builds(model):
+    assert isinstance(model, UNetRestorer) and not model.training
+    recipe = load_config(recipe_path("pretrained_unet"))
+    assert build_restorer(**recipe.model.build_kwargs()).config == model.config
+    assert load_restorer(DEFAULT_WEIGHTS).config == model.config
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_model("restorer_tiny", pretrained=True)
+
+
+def _crop(size: int = 128) -> np.ndarray:
+    (photo,) = [p for name, p in builtin_photos("test") if name == "china"]  # a held-out photo
+    return np.ascontiguousarray(photo[:size, -size:])
+
+
+@torch.no_grad()
+def test_removes_rain_and_keeps_a_clean_photo(model):
+    clean = _crop()
+    rainy = render_weather(clean, "rain", severity=2, seed=123, scale=0.5).degraded
+    as_tensor = lambda a: torch.from_numpy(a.transpose(2, 0, 1).copy())[None]  # noqa: E731
+    before = psnr(as_tensor(rainy), as_tensor(clean)).item()
+    after = psnr(model(as_tensor(rainy)).image, as_tensor(clean)).item()
+    assert after > before + 2.0, (before, after)
+    assert psnr(model(as_tensor(clean)).image, as_tensor(clean)).item() > 30.0
+
+
+def test_restore_cli_uses_the_shipped_weights_by_default(tmp_path):
+    clean = _crop(96)
+    write_image(tmp_path / "photo.png", render_weather(clean, "snow", severity=2, seed=5, scale=0.5).degraded)
+    assert main(["restore", str(tmp_path / "photo.png"), "--output", str(tmp_path / "out")]) == 0
+    restored = read_image(tmp_path / "out" / "photo.png")
+    assert restored.shape == clean.shape and not np.array_equal(restored, read_image(tmp_path / "photo.png"))
