@@ -2,7 +2,7 @@
 
     model.save_pretrained("runs/x/best")          # writes exactly the two files
     model = Restorer.from_pretrained("runs/x/best")  # rebuilds from config.json, loads safetensors
-    model = UNetRestorer.from_pretrained("mofme-unet-weather")  # weights shipped in mofme/weights/
+    model = Restorer.from_pretrained("mofme-small-weather")  # weights shipped in mofme/weights/
 
 A name is looked up as a local directory first, then among the weights shipped inside the package
 (``shipped_weights()``), then as a Hub repo id ``owner/name``.

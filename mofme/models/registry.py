@@ -41,8 +41,8 @@ ARCHITECTURES: dict[str, type[PretrainedMixin]] = {"Restorer": Restorer, "UNetRe
 # every restorer preset: the single-scale published network (PRESETS) and the multi-scale U-Net
 RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
 _CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
-DEFAULT_WEIGHTS = "mofme-unet-weather"  # what `mofme restore` and `mofme demo` use without --checkpoint
-PRETRAINED: dict[str, str] = {"restorer_unet": DEFAULT_WEIGHTS}  # model name -> shipped weights
+DEFAULT_WEIGHTS = "mofme-small-weather"  # what `mofme restore` and `mofme demo` use without --checkpoint
+PRETRAINED: dict[str, str] = {"restorer_small": DEFAULT_WEIGHTS}  # model name -> shipped weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -125,7 +125,8 @@ def restorer_paper(**overrides: Any) -> Restorer:
 
 @register_model
 def restorer_small(**overrides: Any) -> Restorer:
-    """C=16, D=128, P=4, depth 2, 4 heads x 32: CPU experiments."""
+    """C=16, D=128, P=4, depth 2, 4 heads x 32: CPU experiments; ``pretrained=True`` loads the
+    shipped weights (MoFME E=16, k=2, residual)."""
     return build_restorer(preset="small", **overrides)
 
 
@@ -138,5 +139,5 @@ def restorer_tiny(**overrides: Any) -> Restorer:
 @register_model
 def restorer_unet(**overrides: Any) -> UNetRestorer:
     """Multi-scale U-Net, MoFME in the transformer blocks of its two coarsest levels (C=24, depths
-    1/1/2/2, E=16, k=2): the shipped CPU restorer's architecture."""
+    1/1/2/2, E=16, k=2)."""
     return build_restorer(preset="unet", **overrides)

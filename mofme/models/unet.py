@@ -55,7 +55,7 @@ class UNetConfig:
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
-    # the shipped CPU restorer: conv levels at 1 and 1/2, MoFME transformer levels at 1/4 and 1/8
+    # conv levels at 1 and 1/2, MoFME transformer levels at 1/4 and 1/8; 5.17M parameters at E=16
     "unet": UNetConfig(),
 }
 

@@ -15,7 +15,7 @@ from mofme.metrics import psnr
 from mofme.models import (
     DEFAULT_WEIGHTS,
     PRETRAINED,
-    UNetRestorer,
+    Restorer,
     build_restorer,
     create_model,
     load_restorer,
@@ -26,7 +26,7 @@ from mofme.models.hub import SHIPPED_WEIGHTS_DIR, WEIGHTS_NAME
 
 @pytest.fixture(scope="module")
 def model():
-    return create_model("restorer_unet", pretrained=True)
+    return create_model("restorer_small", pretrained=True)
 
 
 def test_the_default_weights_ship_small_enough():
@@ -36,8 +36,8 @@ def test_the_default_weights_ship_small_enough():
 
 
 def test_weights_are_what_the_recipe_builds(model):
-    assert isinstance(model, UNetRestorer) and not model.training
-    recipe = load_config(recipe_path("pretrained_unet"))
+    assert isinstance(model, Restorer) and not model.training
+    recipe = load_config(recipe_path("demo_cpu"))  # `mofme demo --train` reproduces the weights
     assert build_restorer(**recipe.model.build_kwargs()).config == model.config
     assert load_restorer(DEFAULT_WEIGHTS).config == model.config
     with pytest.raises(ValueError, match="no pretrained weights"):
