@@ -137,19 +137,21 @@ class EvalReport:
     @property
     def per_weather(self) -> dict[str, GroupMetrics]:
         """Mean metrics per weather type, in ``WEATHER_TYPES`` order (other labels after, sorted)."""
-        groups: dict[str, list[ImageMetrics]] = {}
-        for row in self.images:
-            groups.setdefault(row.weather, []).append(row)
-        return {w: _group(groups[w]) for w in sorted(groups, key=_weather_order)}
+        grouped = self._grouped(lambda row: (row.weather, 0))
+        return {weather: group for (weather, _), group in grouped.items()}
 
     @property
     def per_weather_severity(self) -> dict[tuple[str, int], GroupMetrics]:
         """Mean metrics per (weather type, severity), in ``WEATHER_TYPES`` then severity order."""
+        return self._grouped(lambda row: (row.weather, row.severity))
+
+    def _grouped(self, key) -> dict[tuple[str, int], GroupMetrics]:
+        """Mean metrics per ``key(row)`` = (weather, severity), ordered by weather then severity."""
         groups: dict[tuple[str, int], list[ImageMetrics]] = {}
         for row in self.images:
-            groups.setdefault((row.weather, row.severity), []).append(row)
-        order = sorted(groups, key=lambda key: (*_weather_order(key[0]), key[1]))
-        return {key: _group(groups[key]) for key in order}
+            groups.setdefault(key(row), []).append(row)
+        order = sorted(groups, key=lambda k: (*_weather_order(k[0]), k[1]))
+        return {k: _group(groups[k]) for k in order}
 
     @property
     def mean_over_weather(self) -> GroupMetrics:

@@ -84,7 +84,7 @@ def build_restorer(
     modulation: str = "generator",
     router_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
-) -> Restorer:
+) -> Restorer | UNetRestorer:
     """The restorer ``preset`` with the given FFN method: a :class:`Restorer` (``"paper"``,
     ``"small"``, ``"tiny"``) or a :class:`UNetRestorer` (``"unet"``); ``overrides`` replace any
     other field of the preset's config (e.g. ``depth=4``)."""

@@ -169,7 +169,7 @@ class UNetRestorer(PretrainedMixin, nn.Module):
             ffn_kwargs=dict(ffn_kwargs) if ffn_kwargs else None,
         )
         levels = len(depths)
-        self.multiple = 2 ** (levels - 1)
+        self.size_multiple = 2 ** (levels - 1)  # inputs are padded to a multiple of this
         widths = [channels * 2**level for level in range(levels)]
         self.intro = conv3x3(3, channels)
         self.encoder = nn.ModuleList(self._blocks(level, widths[level]) for level in range(levels - 1))
@@ -200,14 +200,9 @@ class UNetRestorer(PretrainedMixin, nn.Module):
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
 
-    @property
-    def size_multiple(self) -> int:
-        """Inputs are padded to a multiple of this (2^(levels - 1))."""
-        return self.multiple
-
     def token_grids(self, height: int, width: int) -> list[tuple[int, int]]:
         """The (h, w) grid of each entry of ``routing`` for an H x W input, in forward order."""
-        cfg, m = self.config, self.multiple
+        cfg, m = self.config, self.size_multiple
         padded = (-(-height // m) * m, -(-width // m) * m)
         levels = len(cfg.depths)
         order = [*range(levels - 1), levels - 1, *range(levels - 2, -1, -1)]
@@ -231,7 +226,7 @@ class UNetRestorer(PretrainedMixin, nn.Module):
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[-2:]
-        padded = pad_to_multiple(image, self.multiple)
+        padded = pad_to_multiple(image, self.size_multiple)
         aux: list[Tensor] = []
         routing: list = []
         x = self.intro(padded * 2 - 1)
