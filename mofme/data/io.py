@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..atomic import atomic_file
 from ._png16 import decode_png16, encode_png16, is_png16_color
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_image", "write_image"]
@@ -207,9 +208,7 @@ def write_image(path: _PathLike, array: np.ndarray, *, bit_depth: int = 8, quali
     if bit_depth == 16 and formats[suffix] not in ("PNG", "TIFF"):
         raise ValueError(f"16-bit output needs .png or .tif, not '{suffix}'")
     data = _quantize(array, bit_depth)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         if bit_depth == 16 and formats[suffix] == "PNG":
             tmp.write_bytes(encode_png16(data))
         elif bit_depth == 16:
@@ -219,10 +218,6 @@ def write_image(path: _PathLike, array: np.ndarray, *, bit_depth: int = 8, quali
         else:
             options = {"quality": quality} if formats[suffix] in ("JPEG", "WEBP") else {}
             Image.fromarray(data).save(tmp, format=formats[suffix], **options)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -15,13 +15,13 @@ Training state is loaded with ``torch.load(weights_only=True)``, which refuses a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..atomic import staged_directory, write_text_atomic
 
 __all__ = ["latest_checkpoint", "load_training_state", "save_checkpoint"]
 
@@ -29,29 +29,16 @@ STATE_FILE = "training_state.pt"
 LATEST = "latest.json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     directory: Path, *, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2
 ) -> Path:
     """Write ``model`` (``save_pretrained``) and ``state`` as checkpoint ``step``; keep the newest ``keep``."""
-    directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = directory / name
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{name}."))
-    model.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_atomic(directory / LATEST, json.dumps({"step": step, "path": name}))
+    with staged_directory(final) as stage:
+        model.save_pretrained(stage)
+        torch.save(state, stage / STATE_FILE)
+    write_text_atomic(directory / LATEST, json.dumps({"step": step, "path": name}))
     old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p.name != name)
     for stale in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(stale, ignore_errors=True)

@@ -29,6 +29,14 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def from_main(self, value: float, device: torch.device) -> float:
+        """Rank 0's ``value`` on every rank (a decision all ranks must share, e.g. to stop)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        dist.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -37,6 +37,7 @@ from mofme.losses import RestorationLoss
 from mofme.models import build_restorer, load_restorer
 from mofme.nn import aux_loss
 
+from ..atomic import staged_directory
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import Config
 from .data import build_datasets
@@ -145,203 +146,294 @@ class _Logger:
             self.jsonl.close()
 
 
-def train(config: Config, *, resume: bool = False) -> TrainResult:
-    """Train a restorer as ``config`` says; with ``resume``, continue from the latest checkpoint."""
-    started = time.monotonic()
-    cfg = config.train
-    context, device = setup_distributed(cfg.device)
-    output_dir = Path(cfg.output_dir)
-    checkpoints = output_dir / "checkpoints"
-    if context.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(config.to_yaml())
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+STEP_TIMING = (5, 25)  # train.max_minutes: the time per step is measured between these steps
+BUDGET_SHARE = 0.95  # ... and the cosine schedule is fitted to end at this share of the budget
 
-    model: nn.Module = build_restorer(**config.model.build_kwargs()).to(device)
-    train_set, val_set = build_datasets(config.data, seed=cfg.seed)
-    criterion = RestorationLoss(
-        beta=config.loss.smooth_l1_beta,
-        perceptual_weight=config.loss.perceptual_weight,
-        vgg_weights=config.loss.vgg_weights,
-    ).to(device)
-    sampler = DistributedSampler(
-        train_set,
-        num_replicas=context.world_size,
-        rank=context.rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
-    )
-    batch_size = config.data.batch_size
-    steps_per_epoch = len(sampler) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"data: {len(train_set)} training samples are fewer than one batch per process")
-    total_steps = cfg.epochs * steps_per_epoch
-    optim = config.optim
-    optimizer = adamw(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-    schedule = {"total": total_steps, "warmup": round(optim.warmup_epochs * steps_per_epoch)}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: warmup_cosine(
-            s, warmup=schedule["warmup"], total=schedule["total"], min_ratio=optim.min_lr / optim.lr
-        ),
-    )
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
-    autocast, scaler = _autocast(cfg.amp, device)
 
-    step, best_psnr = 0, None
-    if resume:
-        checkpoint = latest_checkpoint(checkpoints)
-        if checkpoint is not None:
-            state = load_training_state(checkpoint, device)
-            model.load_state_dict(load_restorer(checkpoint).state_dict())
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            schedule.update(state["schedule"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            if scaler is not None and "scaler" in state:
-                scaler.load_state_dict(state["scaler"])
-            step, best_psnr = state["step"], state["best_psnr"]
-            _set_rng_state(
-                state["rng"][context.rank] if context.rank < len(state["rng"]) else state["rng"][0]
+class TrainingRecipe:
+    """One training run, split as torchtune's recipes are: :meth:`setup` builds the model, data,
+    loss and optimiser (and resumes), :meth:`train` runs the loop; :meth:`save_checkpoint`,
+    :meth:`validate` and :meth:`out_of_time` are its parts. A task supplies its model
+    (``_setup_model``), data (``_setup_data``), loss (``_setup_loss``, ``_loss``) and
+    validation score (``_scores``); the loop, resume, DDP, AMP, EMA and logging stay one.
+
+    Decisions every process must share (the time budget, the fitted schedule) are taken on rank 0
+    and broadcast, so no process stops at another step than the others.
+    """
+
+    def __init__(self, config: Config, *, resume: bool = False) -> None:
+        self.config, self.cfg, self.resume = config, config.train, resume
+        self.started = time.monotonic()
+        self.context, self.device = setup_distributed(self.cfg.device)
+        self.output_dir = Path(self.cfg.output_dir)
+        self.checkpoints = self.output_dir / "checkpoints"
+        self.best_dir = self.output_dir / "best"
+        self.step, self.best_psnr, self.validated_step = 0, None, None
+        self._timing_start = 0.0
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self) -> TrainingRecipe:
+        if not self.resume and latest_checkpoint(self.checkpoints) is not None:  # refuse, write nothing
+            raise FileExistsError(
+                f"{self.checkpoints} already holds a run: pass --resume, or choose another output_dir"
             )
-    elif latest_checkpoint(checkpoints) is not None:  # every rank stops, none waits at a barrier
-        raise FileExistsError(
-            f"{checkpoints} already holds a run: pass --resume, or choose another output_dir"
+        if self.context.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        self.model = self._setup_model()
+        self._setup_data()
+        self.criterion = self._setup_loss()
+        self._setup_optimizer()
+        if self.resume:
+            self.load_checkpoint()
+        self.net = DistributedDataParallel(self.model) if self.context.enabled else self.model
+        self.logger = _Logger(self.output_dir, self.context.is_main)
+        self.progress = tqdm(
+            total=self.schedule["total"],
+            initial=self.step,
+            desc="train",
+            disable=not (self.cfg.progress and self.context.is_main),
+            dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
         )
+        return self
 
-    net = DistributedDataParallel(model) if context.enabled else model
-    logger = _Logger(output_dir, context.is_main)
-    best_dir = output_dir / "best"
-    progress = tqdm(
-        total=schedule["total"],
-        initial=step,
-        desc="train",
-        disable=not (cfg.progress and context.is_main),
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-    )
+    def _setup_model(self) -> nn.Module:
+        return build_restorer(**self.config.model.build_kwargs()).to(self.device)
 
-    def checkpoint_now() -> None:
+    def _setup_data(self) -> None:
+        self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)
+
+    def _setup_loss(self) -> nn.Module:
+        loss = self.config.loss
+        return RestorationLoss(
+            beta=loss.smooth_l1_beta, perceptual_weight=loss.perceptual_weight, vgg_weights=loss.vgg_weights
+        ).to(self.device)
+
+    def _setup_optimizer(self) -> None:
+        context, optim, batch_size = self.context, self.config.optim, self.config.data.batch_size
+        self.sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=context.world_size,
+            rank=context.rank,
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=True,
+        )
+        self.steps_per_epoch = len(self.sampler) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"data: {len(self.train_set)} training samples are fewer than one batch per process"
+            )
+        self.optimizer = adamw(
+            self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+        )
+        total = self.cfg.epochs * self.steps_per_epoch
+        self.schedule = {"total": total, "warmup": round(optim.warmup_epochs * self.steps_per_epoch)}
+        min_ratio = optim.min_lr / optim.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: warmup_cosine(
+                s, warmup=self.schedule["warmup"], total=self.schedule["total"], min_ratio=min_ratio
+            ),
+        )
+        decay = self.cfg.ema_decay
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
+        self.autocast, self.scaler = _autocast(self.cfg.amp, self.device)
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def load_checkpoint(self) -> None:
+        """Continue from the latest checkpoint, if there is one: weights, optimiser, schedule, EMA,
+        scaler, step, best score, validation history and RNG."""
+        checkpoint = latest_checkpoint(self.checkpoints)
+        if checkpoint is None:
+            return
+        state = load_training_state(checkpoint, self.device)
+        self.model.load_state_dict(load_restorer(checkpoint).state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.schedule.update(state["schedule"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_psnr = state["step"], state["best_psnr"]
+        self.validated_step = state.get("validated_step")
+        rank, saved = self.context.rank, state["rng"]
+        _set_rng_state(saved[rank] if rank < len(saved) else saved[0])
+
+    def save_checkpoint(self) -> None:
         rng = [_rng_state()]
-        if context.enabled:
-            gathered: list[Any] = [None] * context.world_size
+        if self.context.enabled:
+            gathered: list[Any] = [None] * self.context.world_size
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
-        if context.is_main:
+        if self.context.is_main:
             state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "schedule": dict(schedule),
-                "step": step,
-                "best_psnr": best_psnr,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "schedule": dict(self.schedule),
+                "step": self.step,
+                "best_psnr": self.best_psnr,
+                "validated_step": self.validated_step,
                 "rng": rng,
             }
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            save_checkpoint(checkpoints, step=step, model=model, state=state, keep=cfg.keep_checkpoints)
-        context.barrier()
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+            save_checkpoint(
+                self.checkpoints,
+                step=self.step,
+                model=self.model,
+                state=state,
+                keep=self.cfg.keep_checkpoints,
+            )
+        self.context.barrier()
 
-    def run_validation() -> None:
-        nonlocal best_psnr
-        if context.is_main:
-            evaluated = ema.module if ema is not None else model
-            scores = validate(evaluated, val_set, config)
-            logger.log(step, "val", {f"psnr_{k}": v for k, v in scores.items()})
-            if best_psnr is None or scores["mean"] > best_psnr:
-                best_psnr = scores["mean"]
-                evaluated.save_pretrained(best_dir)
-                (best_dir / "metrics.json").write_text(
-                    json.dumps({"step": step, "val_psnr": scores}, indent=2)
-                )
-            progress.set_postfix(val_psnr=f"{scores['mean']:.2f}", refresh=False)
-        context.barrier()
+    # -------------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Score the (EMA) model on the validation split once per step; keep it as ``best/`` when
+        it beats every earlier score (the folder is replaced whole, never half-written)."""
+        if self.validated_step == self.step:
+            return
+        self.validated_step = self.step
+        if self.context.is_main:
+            evaluated = self.ema.module if self.ema is not None else self.model
+            scores = self._scores(evaluated)
+            self.logger.log(self.step, "val", {f"psnr_{k}": v for k, v in scores.items()})
+            if self.best_psnr is None or scores["mean"] > self.best_psnr:
+                self.best_psnr = scores["mean"]
+                with staged_directory(self.best_dir) as stage:
+                    evaluated.save_pretrained(stage)
+                    metrics = {"step": self.step, "val_psnr": scores}
+                    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            self.progress.set_postfix(val_psnr=f"{scores['mean']:.2f}", refresh=False)
+        self.context.barrier()
 
-    def out_of_time() -> bool:
-        return cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
+    def _scores(self, model: nn.Module) -> dict[str, float]:
+        return validate(model, self.val_set, self.config)
 
-    timing_start = None
-    model.train()
-    while step < schedule["total"] and not out_of_time():
-        epoch, position = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        loader = DataLoader(
-            train_set,
+    # ------------------------------------------------------------------------------------ budget
+    def out_of_time(self) -> bool:
+        """Whether ``train.max_minutes`` is spent, as rank 0's clock says (shared by every rank)."""
+        if self.cfg.max_minutes is None:
+            return False
+        spent = time.monotonic() - self.started > 60 * self.cfg.max_minutes
+        return bool(self.context.from_main(spent, self.device))
+
+    def _fit_schedule(self) -> None:
+        """With ``train.max_minutes`` (fresh runs only), fit the cosine schedule into the budget once
+        the time per step is known; rank 0 measures, every rank uses its figure."""
+        if self.cfg.max_minutes is None or self.resume or self.step not in STEP_TIMING:
+            return
+        if self.step == STEP_TIMING[0]:
+            self._timing_start = time.monotonic()
+            return
+        per_step = (time.monotonic() - self._timing_start) / (STEP_TIMING[1] - STEP_TIMING[0])
+        budget = 60 * self.cfg.max_minutes * BUDGET_SHARE - (time.monotonic() - self.started)
+        fitted = int(self.context.from_main(self.step + int(budget / per_step), self.device))
+        if fitted < self.schedule["total"]:
+            self.schedule["total"] = max(fitted, self.step + 1)
+            self.progress.total = self.schedule["total"]
+
+    # -------------------------------------------------------------------------------------- loop
+    def _loader(self, epoch: int, position: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        batch_size = self.config.data.batch_size
+        return DataLoader(
+            self.train_set,
             batch_size=batch_size,
-            sampler=_SkipSampler(sampler, position * batch_size),
-            num_workers=config.data.num_workers,
+            sampler=_SkipSampler(self.sampler, position * batch_size),
+            num_workers=self.config.data.num_workers,
             drop_last=True,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),  # leaves the global RNG alone
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),  # leaves the global RNG alone
             persistent_workers=False,
         )
-        for batch in loader:
-            inputs, targets = batch["input"].to(device), batch["target"].to(device)
-            with autocast:
-                restored = net(inputs)
-                losses = criterion(restored.image.float(), targets)
-                loss = losses.total + aux_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            grad_norm = None
-            if optim.grad_clip:
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            progress.update(1)
-            if step % cfg.log_every == 0 or step == 1:
-                values = {"loss": loss.item(), "pixel": losses.pixel.item(), "lr": scheduler.get_last_lr()[0]}
-                values["aux"] = restored.aux_loss.item()
-                if grad_norm is not None:
-                    values["grad_norm"] = float(grad_norm)
-                logger.log(step, "train", values)
-                progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
-            if cfg.max_minutes is not None and not resume:
-                # fit the cosine schedule into the time budget once the step time is known
-                if step == 5:
-                    timing_start = time.monotonic()
-                elif step == 25 and timing_start is not None:
-                    per_step = (time.monotonic() - timing_start) / 20
-                    budget = 60 * cfg.max_minutes * 0.95 - (time.monotonic() - started)
-                    fitted = step + int(budget / per_step)
-                    if fitted < schedule["total"]:
-                        schedule["total"] = max(fitted, step + 1)
-                        progress.total = schedule["total"]
-            if step % cfg.checkpoint_every == 0:
-                checkpoint_now()
-            if step >= schedule["total"] or out_of_time():
-                break
-        if (
-            step % steps_per_epoch == 0 and (step // steps_per_epoch) % cfg.eval_every == 0
-        ) or step >= schedule["total"]:
-            run_validation()
-    if out_of_time() and step < schedule["total"]:
-        run_validation()
-    if step % cfg.checkpoint_every != 0:
-        checkpoint_now()
-    progress.close()
-    logger.close()
-    context.close()
-    return TrainResult(
-        output_dir=output_dir,
-        steps=step,
-        best_psnr=best_psnr,
-        best_dir=best_dir if best_dir.exists() else None,
-        minutes=(time.monotonic() - started) / 60,
-    )
+
+    def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of a batch (task loss + the routed layers' aux losses) and its parts."""
+        inputs, targets = batch["input"].to(self.device), batch["target"].to(self.device)
+        with self.autocast:
+            restored = self.net(inputs)
+            losses = self.criterion(restored.image.float(), targets)
+            loss = losses.total + aux_loss(self.model)
+        return loss, {"pixel": losses.pixel, "aux": restored.aux_loss}
+
+    def _train_step(self, batch: dict) -> dict[str, float] | None:
+        """One optimiser step; the logged values on logging steps, else None."""
+        loss, parts = self._loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_clip = self.config.optim.grad_clip
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip) if grad_clip else None
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        self.progress.update(1)
+        if self.step % self.cfg.log_every and self.step != 1:
+            return None
+        values = {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+        values["lr"] = self.scheduler.get_last_lr()[0]
+        if grad_norm is not None:
+            values["grad_norm"] = float(grad_norm)
+        return values
+
+    def _validation_due(self) -> bool:
+        epoch, position = divmod(self.step, self.steps_per_epoch)
+        return (position == 0 and epoch % self.cfg.eval_every == 0) or self.step >= self.schedule["total"]
+
+    def train(self) -> TrainResult:
+        """Run the loop to the end of the schedule (or of the time budget) and return the result."""
+        self.model.train()
+        while self.step < self.schedule["total"] and not self.out_of_time():
+            epoch, position = divmod(self.step, self.steps_per_epoch)
+            for batch in self._loader(epoch, position):
+                values = self._train_step(batch)
+                if values is not None:
+                    self.logger.log(self.step, "train", values)
+                    self.progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+                self._fit_schedule()
+                if self._validation_due():  # before the checkpoint, which then holds its result
+                    self.validate()
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.step >= self.schedule["total"] or self.out_of_time():
+                    break
+        unscored = self.validated_step != self.step  # stopped by the budget between validations
+        self.validate()  # the final model is always scored (once)
+        if unscored or self.step % self.cfg.checkpoint_every != 0:
+            self.save_checkpoint()  # the last checkpoint holds the final score
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        self.progress.close()
+        self.logger.close()
+        self.context.close()
+        return TrainResult(
+            output_dir=self.output_dir,
+            steps=self.step,
+            best_psnr=self.best_psnr,
+            best_dir=self.best_dir if self.best_dir.exists() else None,
+            minutes=(time.monotonic() - self.started) / 60,
+        )
+
+
+def train(config: Config, *, resume: bool = False) -> TrainResult:
+    """Train a restorer as ``config`` says; with ``resume``, continue from the latest checkpoint."""
+    return TrainingRecipe(config, resume=resume).setup().train()

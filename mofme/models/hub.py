@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..atomic import atomic_file, write_text_atomic
+
 __all__ = [
     "CONFIG_NAME",
     "SHIPPED_WEIGHTS_DIR",
@@ -100,7 +102,9 @@ def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> P
             raise FileNotFoundError(f"{path} not found: {local} is not a save_pretrained directory")
         return path
     repo_id = str(name_or_path)
-    if local.exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+    # "best/model" beside an existing folder "best" is a missing path, not the Hub repo of user "best"
+    looks_local = local.exists() or local.parent.is_dir() or repo_id.startswith((".", "/", "~"))
+    if looks_local or repo_id.count("/") != 1:
         raise FileNotFoundError(
             f"{name_or_path} is neither a directory, nor a shipped model {shipped_weights()}, "
             "nor a Hub repo id 'owner/name'"
@@ -132,13 +136,16 @@ class PretrainedMixin:
         raise NotImplementedError
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed;
+        other files there are kept). Each file is written under a temporary name and renamed into
+        place, so neither is ever half-written; to replace a whole folder at once, save into
+        :func:`mofme.atomic.staged_directory`, as the trainer does for checkpoints and ``best/``."""
         assert isinstance(self, nn.Module)
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         config = {"architecture": type(self).__name__, **self.config_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        save_file(_unshared(self.state_dict()), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        with atomic_file(directory / WEIGHTS_NAME) as tmp:
+            save_file(_unshared(self.state_dict()), str(tmp), metadata={"format": "pt"})
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return directory
 
     @classmethod

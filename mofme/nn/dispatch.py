@@ -34,10 +34,12 @@ class Assignments(NamedTuple):
 
 def capacity_mask(indices: Tensor, num_experts: int, capacity: int) -> Tensor:
     """(N, k) bool: True where an assignment is among the first ``capacity`` that its expert
-    receives, in token order (static shapes, so it also exports)."""
-    one_hot = F.one_hot(indices.reshape(-1), num_experts)
-    rank = (one_hot.cumsum(0) * one_hot).sum(-1) - 1
-    return (rank < capacity).view_as(indices)
+    receives, first choices served first (GShard / ST-MoE): every token's first choice in token
+    order, then every second choice, and so on. Static shapes, so it also exports."""
+    by_rank = indices.t().reshape(-1)  # (k N,): choice 0 of every token, then choice 1, ...
+    one_hot = F.one_hot(by_rank, num_experts)
+    position = (one_hot.cumsum(0) * one_hot).sum(-1) - 1
+    return (position < capacity).view(indices.shape[1], indices.shape[0]).t()
 
 
 def group_by_expert(indices: Tensor, num_experts: int, keep: Tensor | None = None) -> Assignments:

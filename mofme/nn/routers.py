@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "TopKRouter",
     "UncertaintyAwareRouter",
     "build_router",
+    "combine_weights",
     "load_balancing_loss",
     "router_z_loss",
 ]
@@ -62,8 +64,27 @@ def router_z_loss(logits: Tensor) -> Tensor:
     return torch.logsumexp(logits, dim=-1).square().mean()
 
 
+def _at_least_float32(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def combine_weights(top: Tensor) -> Tensor:
+    """Combine weights from the (N, k) chosen probabilities: renormalised over the k chosen experts
+    for k >= 2; for k = 1 the probability itself (Switch Transformer), since renormalising one weight
+    makes it exactly 1 and leaves the router without gradient from the task loss."""
+    if top.shape[-1] == 1:
+        return top
+    # the best expert has probability >= 1/E, so the sum is positive; the clamp guards underflow
+    return top / top.sum(dim=-1, keepdim=True).clamp_min(_TINY)
+
+
 class TopKRouter(nn.Module):
-    """Linear router with top-k selection; weights renormalised over the k chosen experts.
+    """Linear router with top-k selection; weights renormalised over the k chosen experts
+    (k = 1: the chosen probability itself, see :func:`combine_weights`).
+
+    The router's matmul runs in float32 even under autocast (Switch's selective precision): routing
+    decisions do not flip with the precision of the rest of the network. The z-loss is computed on
+    the logits before the training noise.
 
     Args:
         dim: token dimension D.
@@ -95,18 +116,19 @@ class TopKRouter(nn.Module):
         self.proj = nn.Linear(dim, num_experts)
 
     def logits(self, x: Tensor) -> Tensor:
-        """Router logits in float32, (..., E)."""
-        return self.proj(x).float()
+        """Router logits in float32, (..., E), also under autocast."""
+        dtype = _at_least_float32(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.to(dtype), self.proj.weight.to(dtype), self.proj.bias.to(dtype)).float()
 
     def forward(self, x: Tensor) -> RouterOutput:
         logits = self.logits(x)
+        noisy = logits
         if self.training and self.noise_std > 0:
-            logits = logits + torch.randn_like(logits) * self.noise_std
-        probs = logits.softmax(dim=-1)
+            noisy = logits + torch.randn_like(logits) * self.noise_std
+        probs = noisy.softmax(dim=-1)
         top, indices = probs.topk(self.top_k, dim=-1)
-        # the best expert has probability >= 1/E, so the sum is positive; the clamp guards underflow
-        weights = top / top.sum(dim=-1, keepdim=True).clamp_min(_TINY)
-        return self._output(logits, probs, indices, weights.to(x.dtype))
+        return self._output(logits, probs, indices, combine_weights(top).to(x.dtype))
 
     def _output(
         self,
@@ -152,10 +174,19 @@ class UncertaintyAwareRouter(TopKRouter):
        length, weights = mean_m d_m at the chosen experts (bounded in [-1, 1], not renormalised,
        as published). It solves an E x E system per token: for comparison only.
        ``calibration="none"``: the MC mean itself, renormalised over the chosen experts.
+       With k = 1 the shrunk (or plain) mean is used without renormalising (see
+       :func:`combine_weights`).
+
+    ``uncertainty`` (reported, not used by the weights) is the standard deviation of the chosen
+    probabilities across the M samples; its gradient is zero where the spread is 0 (not NaN).
+    The MC dropout is the router's only noise: ``noise_std`` is not accepted.
 
     Evaluation: one deterministic pass without dropout (the standard weight-scaling
     approximation of the MC mean) and no variance, i.e. exactly :class:`TopKRouter`: deterministic
-    and no extra cost at inference.
+    and no extra cost at inference. With ``calibration="whitening"`` this is a different rule from
+    training: the whitened training weights are signed and not normalised (the published form; on
+    average they sum to about 0), while evaluation uses renormalised probabilities, which the
+    whitening cannot give without samples. Use it to compare with the publication, not to ship.
 
     Args (beyond :class:`TopKRouter`):
         samples: M >= 2 stochastic passes in training.
@@ -174,13 +205,10 @@ class UncertaintyAwareRouter(TopKRouter):
         dropout: float = 0.1,
         calibration: Calibration = "shrinkage",
         strength: float = 1.0,
-        noise_std: float = 0.0,
         balance_coef: float = 1e-2,
         z_coef: float = 1e-3,
     ) -> None:
-        super().__init__(
-            dim, num_experts, top_k, noise_std=noise_std, balance_coef=balance_coef, z_coef=z_coef
-        )
+        super().__init__(dim, num_experts, top_k, balance_coef=balance_coef, z_coef=z_coef)
         if samples < 2:
             raise ValueError(f"samples must be >= 2 to estimate a spread, got {samples}")
         if not 0.0 < dropout < 1.0:
@@ -208,8 +236,9 @@ class UncertaintyAwareRouter(TopKRouter):
             if self.calibration == "shrinkage":
                 square = mu.square()
                 mu = mu * square / (square + self.strength * spread).clamp_min(_TINY)
-            weights = mu / mu.sum(dim=-1, keepdim=True).clamp_min(_TINY)
-        return self._output(logits, mean, indices, weights.to(x.dtype), spread.sqrt())
+            weights = combine_weights(mu)
+        # clamp: sqrt has an infinite derivative at 0, which would turn a zero spread into NaN gradients
+        return self._output(logits, mean, indices, weights.to(x.dtype), spread.clamp_min(_TINY).sqrt())
 
     def _sampled_logits(self, x: Tensor) -> Tensor:
         """(M, N, E) float32 logits of M routers sampled by dropping input units (rows of W^T).
@@ -219,13 +248,17 @@ class UncertaintyAwareRouter(TopKRouter):
         M x D random numbers are drawn.
         """
         keep = 1.0 - self.dropout
+        with torch.autocast(x.device.type, enabled=False):
+            return self._masked_logits(x.to(_at_least_float32(x)), keep).float()
+
+    def _masked_logits(self, x: Tensor, keep: float) -> Tensor:
         masks = torch.bernoulli(torch.full((self.samples, x.shape[-1]), keep, device=x.device)) / keep
-        weight = self.proj.weight.t()  # (D, E)
+        weight = self.proj.weight.t().to(x.dtype)  # (D, E)
         sampled = (
             (masks.to(weight.dtype).unsqueeze(-1) * weight).permute(1, 0, 2).reshape(weight.shape[0], -1)
         )
-        logits = torch.addmm(self.proj.bias.repeat(self.samples), x, sampled)  # (N, M E)
-        return logits.float().view(x.shape[0], self.samples, -1).transpose(0, 1)
+        logits = torch.addmm(self.proj.bias.to(x.dtype).repeat(self.samples), x, sampled)  # (N, M E)
+        return logits.view(x.shape[0], self.samples, -1).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return (

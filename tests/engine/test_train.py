@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from mofme.engine.checkpoint import latest_checkpoint, save_checkpoint
 from mofme.engine.config import ConfigError, load_config, parse_overrides
+from mofme.engine import trainer
 from mofme.engine.trainer import train, warmup_cosine
 from mofme.models import build_restorer
 
@@ -118,6 +119,49 @@ def test_train_writes_logs_checkpoints_and_a_best_model(tmp_path):
         train(load_config(_write_config(tmp_path, output)))
 
 
+def test_a_refused_rerun_writes_nothing(tmp_path):
+    output = tmp_path / "run"
+    train(load_config(_write_config(tmp_path, output, epochs=1)))
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="resume"):
+        train(load_config(_write_config(tmp_path, output, epochs=2)))
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+
+
+def _val_history(output: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["psnr_mean"]) for r in records if r["kind"] == "val"]
+
+
+def test_resume_after_an_epoch_end_checkpoint_keeps_the_validation_history(tmp_path, monkeypatch):
+    # 2 steps per epoch, validation and a checkpoint at every epoch end
+    settings = dict(epochs=2, checkpoint_every=2, eval_every=1, keep_checkpoints=4)
+    reference = tmp_path / "reference"
+
+    def config(output):
+        return load_config(_write_config(tmp_path, output, **settings), ["data.samples_per_epoch=8"])
+
+    train(config(reference))
+    interrupted = tmp_path / "interrupted"
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the first epoch-end checkpoint
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(interrupted))
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    state = torch.load(latest_checkpoint(interrupted / "checkpoints") / "training_state.pt", weights_only=True)
+    assert state["step"] == 2 and state["best_psnr"] is not None
+    train(config(interrupted), resume=True)
+    assert [step for step, _ in _val_history(reference)] == [2, 4]
+    assert _val_history(interrupted) == _val_history(reference)
+    for name in ("metrics.json", "model.safetensors"):
+        assert (interrupted / "best" / name).read_bytes() == (reference / "best" / name).read_bytes()
+
+
 @pytest.mark.slow
 def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
     straight = tmp_path / "straight"
@@ -150,28 +194,16 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
 
 
 @pytest.mark.slow
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    """Two CPU processes under torchrun; ``--standalone`` picks a free port."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+
+
 def test_ddp_with_two_cpu_processes(tmp_path):
     output = tmp_path / "ddp"
     config = _write_config(tmp_path, output, epochs=2)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "mofme",
-            "train",
-            str(config),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _torchrun("-m", "mofme", "train", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     # 16 samples per epoch, 2 processes x batch 4 -> 2 steps per epoch
     assert json.loads((output / "checkpoints" / "latest.json").read_text())["step"] == 4
@@ -181,3 +213,35 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         if '"train"' in line
     ]
     assert train_steps == [1, 2, 3, 4]  # logged once, by the main process
+
+
+# rank 1's clock runs 50x fast: left to its own clock it would fit a shorter schedule and stop first
+_SKEWED_RANK = r"""
+import os, sys, time
+import torch.distributed as dist
+from mofme.cli import main
+if os.environ["RANK"] == "1":
+    real, start = time.monotonic, time.monotonic()
+    time.monotonic = lambda: start + 50 * (real() - start)
+_broadcast = dist.broadcast
+def record(tensor, *args, **kwargs):  # every shared decision, as this rank received it
+    out = _broadcast(tensor, *args, **kwargs)
+    with open(sys.argv[2] + f".rank{os.environ['RANK']}", "a") as log:
+        log.write(f"{tensor.tolist()}\n")
+    return out
+dist.broadcast = record
+main(["train", sys.argv[1]])
+"""
+
+
+def test_ddp_time_budget_is_decided_on_rank_0(tmp_path):
+    output = tmp_path / "ddp"
+    config = _write_config(tmp_path, output, epochs=1000, max_minutes=0.4, checkpoint_every=10000)
+    script = tmp_path / "skewed.py"
+    script.write_text(_SKEWED_RANK)
+    result = _torchrun(str(script), str(config), str(tmp_path / "decisions"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    decisions = [(tmp_path / f"decisions.rank{r}").read_text() for r in (0, 1)]
+    assert decisions[0] == decisions[1] and decisions[0]  # both ranks acted on the same figures
+    steps = json.loads((output / "checkpoints" / "latest.json").read_text())["step"]
+    assert 25 < steps < 1000 * 2  # the budget, not the epochs, ended the run, after the schedule fit

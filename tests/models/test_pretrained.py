@@ -66,3 +66,10 @@ def test_restore_cli_uses_the_shipped_weights_by_default(tmp_path):
     assert main(["restore", str(tmp_path / "photo.png"), "--output", str(tmp_path / "out")]) == 0
     restored = read_image(tmp_path / "out" / "photo.png")
     assert restored.shape == clean.shape and not np.array_equal(restored, read_image(tmp_path / "photo.png"))
+
+
+def test_a_missing_path_beside_an_existing_folder_is_not_taken_for_a_hub_repo(tmp_path, monkeypatch):
+    (tmp_path / "best").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="best/model"):
+        load_restorer("best/model")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mofme.nn import DenseFFN, MoFME, RoutedLayer, SparseMoE, aux_loss
+from mofme.nn.dispatch import capacity_mask
 
 from .variants import DIM, EXPERTS, ROUTED, TOP_K, VARIANTS, build
 
@@ -94,15 +95,26 @@ def test_parameter_counts_match_closed_forms(dim, experts, hidden):
     assert _count(static) == gate + router + experts * 2 * dim + ffn
 
 
-def test_capacity_drops_assignments_beyond_capacity():
+def test_capacity_serves_first_choices_before_second_choices():
+    # capacity 1: token 0's second choice (expert 1) would otherwise take the slot of token 1's first
+    indices = torch.tensor([[0, 1], [1, 0], [1, 2]])
+    kept = capacity_mask(indices, 3, 1)
+    assert kept.tolist() == [[True, False], [True, False], [False, True]]
+    assert capacity_mask(indices, 3, 3).all()
+
+
+def test_capacity_drops_exactly_the_assignments_beyond_capacity():
     layer = build("moe-capacity").double().eval()  # capacity = ceil(0.75 * N * k / E)
     x = torch.randn(30, DIM, dtype=torch.float64)
     out = layer(x)
+    kept = layer.keep_mask(out.expert_indices)
+    assert not kept.all()
+    # the capped layer equals the dropless one with the dropped assignments' weights set to zero
     free = copy.deepcopy(layer)
     free.capacity_factor = None
-    assert not torch.allclose(out.output, free(x).output)  # something was dropped
-    # a token whose assignments all fall within capacity is unaffected by the cap
-    assert torch.allclose(out.output[0], free(x).output[0])
+    routing = free.router(x)
+    routing = routing._replace(weights=routing.weights * kept)
+    torch.testing.assert_close(out.output, free.compute(x, routing, sparse=False))
 
 
 def test_aux_loss_collects_every_routed_layer():

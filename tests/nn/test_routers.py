@@ -35,8 +35,8 @@ def test_topk_router_weights_are_renormalised_top_probabilities():
     torch.testing.assert_close(out.aux_loss, 1e-2 * out.balance_loss + 1e-3 * out.z_loss)
 
 
-def _uar(calibration="shrinkage", **kw):
-    return UncertaintyAwareRouter(16, 8, 2, calibration=calibration, **kw)
+def _uar(calibration="shrinkage", top_k=2, **kw):
+    return UncertaintyAwareRouter(16, 8, top_k, calibration=calibration, **kw)
 
 
 @pytest.mark.parametrize("calibration", CALIBRATIONS)
@@ -93,11 +93,64 @@ def test_uar_training_samples_really_differ_and_shrink_uncertain_experts():
     assert (out.weights[~noisier_first, 0] >= plain[~noisier_first, 0] - 1e-6).all()
 
 
-def test_uar_gradients_reach_the_router():
+def _task_gradient(router, x):
+    """Gradient of the router's projection from a loss on the combine weights alone (no aux loss)."""
+    out = router(x)
+    target = torch.rand_like(out.weights)
+    (out.weights * target).sum().backward()
+    return router.proj.weight.grad
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize(
+    "make", [lambda k: TopKRouter(16, 8, k), lambda k: _uar(top_k=k)], ids=["linear", "uar"]
+)
+def test_task_loss_alone_trains_the_router(make, top_k):
+    router = make(top_k).train()
+    grad = _task_gradient(router, torch.randn(40, 16))
+    assert grad is not None and grad.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("make", [lambda: TopKRouter(16, 8, 1), lambda: _uar(top_k=1)], ids=["linear", "uar"])
+def test_top1_weight_is_the_chosen_probability(make):
+    router = make().train()
+    out = router(torch.randn(40, 16))
+    assert (out.weights < 1).all()  # renormalising would give exactly 1
+    if isinstance(router, UncertaintyAwareRouter):  # shrinkage only lowers the MC mean
+        assert (out.weights <= out.probs.gather(-1, out.indices) + 1e-7).all()
+    else:
+        torch.testing.assert_close(out.weights, out.probs.gather(-1, out.indices))
+
+
+def test_uar_gradients_are_finite_where_the_spread_is_zero():
     router = _uar().train()
-    out = router(torch.randn(20, 16))
-    (out.weights[:, 0].sum() + out.aux_loss).backward()
-    assert router.proj.weight.grad is not None and router.proj.weight.grad.abs().sum() > 0
+    out = router(torch.zeros(10, 16))  # no input: every MC sample gives the same probabilities
+    assert (out.uncertainty < 1e-5).all()
+    (out.weights.sum() + out.uncertainty.sum()).backward()
+    assert torch.isfinite(router.proj.weight.grad).all() and torch.isfinite(router.proj.bias.grad).all()
+
+
+def test_uar_refuses_logit_noise():
+    with pytest.raises(TypeError, match="noise_std"):
+        _uar(noise_std=0.5)
+
+
+def test_z_loss_is_taken_before_the_training_noise():
+    router = TopKRouter(16, 8, 2, noise_std=2.0).train()
+    x = torch.randn(30, 16)
+    out = router(x)
+    clean = torch.softmax(router.proj(x), -1)
+    assert not torch.allclose(out.probs, clean)  # the noise is really there
+    torch.testing.assert_close(out.z_loss, router_z_loss(router.proj(x)))
+
+
+@pytest.mark.parametrize("make", [lambda: TopKRouter(16, 8, 2), lambda: _uar()], ids=["linear", "uar"])
+def test_router_runs_in_float32_under_bf16_autocast(make):
+    router = make().eval()
+    x = torch.randn(64, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = router.logits(x)
+    torch.testing.assert_close(mixed, router.proj(x), rtol=1e-6, atol=1e-6)  # bf16 would be off by ~1e-2
 
 
 def test_uar_validates_arguments():
@@ -123,3 +176,12 @@ def test_uar_sampled_routers_are_unbiased_and_drop_whole_input_units():
     for m in range(10):
         mask = torch.linalg.lstsq(design, (sampled[m] - b).reshape(-1, 1)).solution.squeeze(1)
         assert ((mask.abs() < 1e-3) | ((mask - 1 / 0.7).abs() < 1e-3)).all()
+
+
+def test_whitening_trains_with_unnormalised_weights_and_evaluates_with_renormalised_ones():
+    router = _uar("whitening", samples=8, dropout=0.3)
+    x = torch.randn(200, 16)
+    trained = router.train()(x).weights
+    evaluated = router.eval()(x).weights
+    assert (trained.sum(-1) - 1).abs().mean() > 0.5  # the published form: signed, about 0 on average
+    torch.testing.assert_close(evaluated.sum(-1), torch.ones(200))
