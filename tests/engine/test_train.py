@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from mofme.engine import trainer
 from mofme.engine.checkpoint import latest_checkpoint, save_checkpoint
 from mofme.engine.config import ConfigError, load_config, parse_overrides
-from mofme.engine import trainer
 from mofme.engine.trainer import train, warmup_cosine
 from mofme.models import build_restorer
 
@@ -153,7 +153,9 @@ def test_resume_after_an_epoch_end_checkpoint_keeps_the_validation_history(tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(config(interrupted))
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-    state = torch.load(latest_checkpoint(interrupted / "checkpoints") / "training_state.pt", weights_only=True)
+    state = torch.load(
+        latest_checkpoint(interrupted / "checkpoints") / "training_state.pt", weights_only=True
+    )
     assert state["step"] == 2 and state["best_psnr"] is not None
     train(config(interrupted), resume=True)
     assert [step for step, _ in _val_history(reference)] == [2, 4]

@@ -134,7 +134,7 @@ def test_backward_reaches_every_parameter(name, ffn):
     if isinstance(model, UNetRestorer):  # its output conv starts at zero, which stops every gradient
         torch.nn.init.normal_(model.outro.weight, std=0.1)
     out = model(images(model))
-    (out.image.square().mean() + out.aux_loss).backward()
+    out.image.square().mean().backward()  # the task loss alone: routers must get gradient from it
     experts = _expert_params(model)
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname

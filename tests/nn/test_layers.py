@@ -25,13 +25,10 @@ def test_output_keeps_shape_and_reports_routing(name):
         assert out.aux_loss.item() > 0
 
 
-@pytest.mark.parametrize("name", ROUTED)
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_sparse_equals_dense_reference_forward_and_backward(name, training):
-    sparse = build(name).double().train(training)
+def _assert_sparse_matches_dense(sparse: RoutedLayer, x: torch.Tensor) -> None:
+    """Forward and backward of the sparse path equal the dense (all-experts) reference."""
     dense = copy.deepcopy(sparse)
     dense.dispatch = "dense"
-    x = torch.randn(4, 7, DIM, dtype=torch.float64)
     results = []
     for layer in (sparse, dense):
         torch.manual_seed(1)  # the same MC-dropout / router-noise draws for both paths
@@ -47,6 +44,75 @@ def test_sparse_equals_dense_reference_forward_and_backward(name, training):
     for param_name, grad in g_s.items():
         assert grad is not None, param_name
         torch.testing.assert_close(grad, g_d[param_name], rtol=0, atol=1e-5, msg=param_name)
+
+
+@pytest.mark.parametrize("name", ROUTED)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_sparse_equals_dense_reference_forward_and_backward(name, training):
+    layer = build(name).double().train(training)
+    _assert_sparse_matches_dense(layer, torch.randn(4, 7, DIM, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["moe-linear", "mofme-generator-uar", "mofme-static-linear"])
+@pytest.mark.parametrize("top_k", [1, 3, EXPERTS])
+@pytest.mark.parametrize("tokens", [1, 9])
+def test_sparse_equals_dense_for_every_k_and_a_single_token(name, top_k, tokens):
+    layer = build(name, top_k=top_k).double().train()
+    _assert_sparse_matches_dense(layer, torch.randn(tokens, DIM, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["moe-linear", "mofme-generator-linear"])
+def test_an_expert_without_tokens_costs_nothing_and_gets_no_gradient(name):
+    layer = build(name).double().train()
+    with torch.no_grad():
+        layer.router.proj.bias[0] = -1e4  # expert 0 is never chosen
+    x = torch.randn(20, DIM, dtype=torch.float64)
+    _assert_sparse_matches_dense(layer, x)
+    layer.zero_grad()
+    out = layer(x)
+    assert (out.expert_indices != 0).all()
+    out.output.square().sum().backward()
+    for param in _expert_params(layer, 0):
+        assert param.grad is None or not param.grad.abs().any()
+
+
+def _explicit_mofme(layer: MoFME, x: torch.Tensor, indices, weights) -> torch.Tensor:
+    """The layer's formula written out token by token (see mofme/nn/mofme.py's docstring)."""
+    proj, mod, rows = layer.gate.proj, layer.modulation, []
+    dim = layer.dim
+    for token, chosen, mix in zip(x, indices, weights, strict=True):
+        a = proj.weight[:dim] @ token + proj.bias[:dim]
+        b = proj.weight[dim:] @ token + proj.bias[dim:]
+        h = torch.nn.functional.gelu(a) * b
+        m = torch.zeros_like(h)
+        for e, w in zip(chosen.tolist(), mix, strict=True):
+            film = mod.bias[e] + (h @ mod.weight[e] if mod.weight is not None else 0)
+            gamma, beta = film[:dim], film[dim:]
+            m = m + w * (gamma * h + beta)
+        rows.append(layer.ffn(m))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("modulation", ["generator", "static"])
+def test_mofme_equals_its_per_token_formula(modulation):
+    layer = build("mofme-generator-linear", modulation=modulation).double().eval()
+    with torch.no_grad():  # away from the identity start, so that gamma and beta differ
+        layer.modulation.bias.normal_()
+    x = torch.randn(11, DIM, dtype=torch.float64)
+    out = layer(x)
+    expected = _explicit_mofme(layer, x, out.expert_indices, out.expert_weights)
+    torch.testing.assert_close(out.output, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["moe-linear", "moe-uar", "mofme-generator-linear", "mofme-static-uar"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_the_task_loss_alone_trains_the_router(name, top_k):
+    layer = build(name, top_k=top_k).train()
+    if isinstance(layer, MoFME):  # identical experts (the identity start) cannot tell routings apart
+        with torch.no_grad():
+            layer.modulation.bias.normal_()
+    layer(torch.randn(30, DIM)).output.square().sum().backward()  # no aux loss
+    assert layer.router.proj.weight.grad.abs().max() > 1e-5
 
 
 def _expert_params(layer: RoutedLayer, expert: int) -> list[torch.Tensor]:

@@ -31,4 +31,5 @@ def build(name: str, **overrides):
     kind = spec.pop("kind")
     if kind == "dense":
         spec = {k: v for k, v in spec.items() if k in ("hidden_dim", "dropout")}
-    return build_ffn(kind, dim=DIM, num_experts=EXPERTS, top_k=TOP_K, **spec)
+    top_k = spec.pop("top_k", TOP_K)
+    return build_ffn(kind, dim=DIM, num_experts=EXPERTS, top_k=top_k, **spec)
