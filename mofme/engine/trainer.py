@@ -186,6 +186,8 @@ class TrainingRecipe:
         self._setup_data()
         self.criterion = self._setup_loss()
         self._setup_optimizer()
+        if self.context.enabled:  # own dropout and MC-dropout draws per process (DDP broadcasts the weights)
+            torch.manual_seed(self.cfg.seed + self.context.rank)
         if self.resume:
             self.load_checkpoint()
         self.net = DistributedDataParallel(self.model) if self.context.enabled else self.model
@@ -376,14 +378,18 @@ class TrainingRecipe:
             loss.backward()
         grad_clip = self.config.optim.grad_clip
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip) if grad_clip else None
+        applied = True
         if scaler is not None:
+            scale = scaler.get_scale()
             scaler.step(self.optimizer)
             scaler.update()
+            applied = scaler.get_scale() >= scale  # the scale drops when inf/NaN skipped the step
         else:
             self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
+        if applied:  # a skipped step moves neither the schedule nor the average
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
         self.step += 1
         self.progress.update(1)
         if self.step % self.cfg.log_every and self.step != 1:

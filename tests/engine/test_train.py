@@ -128,6 +128,33 @@ def test_a_refused_rerun_writes_nothing(tmp_path):
     assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
 
 
+def test_a_step_skipped_by_the_fp16_scaler_moves_neither_schedule_nor_ema(tmp_path):
+    recipe = trainer.TrainingRecipe(
+        load_config(_write_config(tmp_path, tmp_path / "run", amp="fp16", epochs=1))
+    )
+    recipe.setup()
+    real_loss, calls = recipe._loss, itertools.count()
+
+    def overflow_once(batch):
+        loss, parts = real_loss(batch)
+        return (loss * float("inf") if next(calls) == 1 else loss), parts
+
+    recipe._loss = overflow_once
+    recipe.train()
+    assert recipe.step == 4
+    assert recipe.scheduler.last_epoch == 3  # 4 steps, one skipped
+    assert int(recipe.ema.n_averaged) == 3
+
+
+def test_a_budget_ending_on_an_epoch_boundary_validates_once(tmp_path):
+    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run", eval_every=1)))
+    recipe.setup()
+    recipe.out_of_time = lambda: recipe.step >= recipe.steps_per_epoch  # spent at the first epoch end
+    recipe.train()
+    assert recipe.step == recipe.steps_per_epoch
+    assert [step for step, _ in _val_history(tmp_path / "run")] == [recipe.step]
+
+
 def _val_history(output: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     return [(r["step"], r["psnr_mean"]) for r in records if r["kind"] == "val"]
@@ -234,6 +261,26 @@ def record(tensor, *args, **kwargs):  # every shared decision, as this rank rece
 dist.broadcast = record
 main(["train", sys.argv[1]])
 """
+
+
+_DRAWS = r"""
+import os, sys, torch
+from mofme.engine.config import load_config
+from mofme.engine.trainer import TrainingRecipe
+recipe = TrainingRecipe(load_config(sys.argv[1])).setup()
+torch.save({"draw": torch.rand(8), "weights": recipe.net.module.state_dict()}, sys.argv[2] + os.environ["RANK"])
+"""
+
+
+def test_ddp_processes_share_weights_but_not_dropout_draws(tmp_path):
+    script = tmp_path / "draws.py"
+    script.write_text(_DRAWS)
+    result = _torchrun(str(script), str(_write_config(tmp_path, tmp_path / "ddp")), str(tmp_path / "rank"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}", weights_only=True) for r in (0, 1)]
+    assert not torch.equal(ranks[0]["draw"], ranks[1]["draw"])
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name
 
 
 def test_ddp_time_budget_is_decided_on_rank_0(tmp_path):
