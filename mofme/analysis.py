@@ -13,7 +13,7 @@ from torch import nn
 from mofme.data import WEATHER_TYPES
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter
 
-__all__ = ["expert_counts", "routing_nmi", "uar_selection_change"]
+__all__ = ["expert_counts", "expert_usage", "routing_nmi", "uar_selection_change"]
 
 
 @torch.no_grad()
@@ -33,6 +33,12 @@ def expert_counts(model: nn.Module, items: Iterable[dict]) -> np.ndarray:
         for layer, indices in enumerate(routing):
             counts[layer, item["weather"]] += np.bincount(indices.flatten().numpy(), minlength=experts)
     return counts if counts is not None else np.zeros((0, len(WEATHER_TYPES), experts), dtype=np.int64)
+
+
+def expert_usage(counts: np.ndarray) -> np.ndarray:
+    """(layers, weathers, experts) counts -> the share of each expert per layer and weather (rows
+    sum to 1; a weather without tokens stays 0)."""
+    return counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
 
 
 def routing_nmi(counts: np.ndarray) -> list[float]:

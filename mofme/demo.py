@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mofme.analysis import expert_counts
+from mofme.analysis import expert_counts, expert_usage
 from mofme.configs import recipe_path
 from mofme.data import BUILTIN_LONG_SIDE, WEATHER_TYPES, BuiltinWeatherDataset, builtin_photos
 from mofme.engine.config import Config, load_config
@@ -133,7 +133,7 @@ def _routing_figure(model: nn.Module, test: BuiltinWeatherDataset, output: Path)
     counts = expert_counts(model, test)
     if counts.shape[0] == 0:
         return
-    usage = counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
+    usage = expert_usage(counts)
     routing_heatmaps(usage, WEATHER_TYPES, output / "routing.png")
     (output / "routing.json").write_text(
         json.dumps({"expert_usage": usage.tolist(), "weathers": list(WEATHER_TYPES)})

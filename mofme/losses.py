@@ -21,13 +21,14 @@ keys included) and features-only ones (``N.weight``) are accepted; only the firs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._types import PathLike
 
 __all__ = ["VGG_DOWNLOAD_URL", "LossOutput", "RestorationLoss", "VGGFeatures", "load_vgg_features"]
 
@@ -99,7 +100,7 @@ def _select_features(state: dict[str, Tensor], source: str) -> dict[str, Tensor]
     return {k: selected[k] for k in expected}
 
 
-def load_vgg_features(path: str | os.PathLike) -> nn.Sequential:
+def load_vgg_features(path: PathLike) -> nn.Sequential:
     """The frozen, eval-mode ``vgg16.features[:16]`` with the weights of ``path`` (``.pth`` or ``.safetensors``).
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file without the VGG16 keys,
@@ -157,7 +158,7 @@ class RestorationLoss(nn.Module):
         *,
         beta: float = 1.0,
         perceptual_weight: float = 0.0,
-        vgg_weights: str | os.PathLike | None = None,
+        vgg_weights: PathLike | None = None,
     ) -> None:
         super().__init__()
         if beta < 0:

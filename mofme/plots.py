@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["comparison_grid", "routing_heatmaps"]
+__all__ = ["comparison_grid", "pyplot", "routing_heatmaps"]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot():
 def comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path) -> Path:
     """One row per (label, degraded, restored, clean) HxWx3 float image in [0, 1]: a grid of
     degraded | restored | clean, saved as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, (label, *images) in enumerate(rows):
         for c, (title, image) in enumerate(zip(("degraded", "restored", "clean"), images, strict=True)):
@@ -44,7 +45,7 @@ def comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray
 def routing_heatmaps(usage: np.ndarray, weathers: Sequence[str], path: str | Path) -> Path:
     """``usage`` (layers, weathers, experts): fraction of each weather type's token assignments
     sent to each expert. One heatmap per layer, saved as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = usage.shape[0]
     fig, axes = plt.subplots(
         layers,

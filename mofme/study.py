@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mofme.analysis import expert_counts, routing_nmi, uar_selection_change
+from mofme.analysis import expert_counts, expert_usage, routing_nmi, uar_selection_change
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path
 from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
@@ -160,10 +160,9 @@ def _report(summary: dict, protocol: dict) -> str:
 
 
 def _plot_psnr(summary: dict, path: Path) -> None:
-    import matplotlib
+    from mofme.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = [*WEATHER_TYPES, "mean"]
     width = 0.8 / len(summary)
@@ -238,7 +237,7 @@ def run_study(
             if seed == 0:
                 models[variant] = model
                 if routed:
-                    usage = counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
+                    usage = expert_usage(counts)
                     routing_heatmaps(usage, WEATHER_TYPES, output / f"routing_{variant}.png")
             print(
                 f"[mofme study] {variant} seed {seed}: mean PSNR {metrics['mean']['psnr']:.2f} dB", flush=True

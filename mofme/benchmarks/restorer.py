@@ -170,10 +170,9 @@ def markdown(rows: list[Row], checks: list[dict]) -> str:
 
 def plot(rows: list[Row], path: Path) -> Path:
     """Latency and parameters against E, one line per model (log scales)."""
-    import matplotlib
+    from mofme.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(dict.fromkeys(r.model for r in rows if r.model != "dense"))

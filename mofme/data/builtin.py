@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .photos import PhotoSource, render_crop, resize_long_side, weather_item
-from .weather import SEVERITIES, WEATHER_TYPES, render_weather
+from .weather import SEVERITIES, WEATHER_TYPES, derive_seed, render_weather
 
 __all__ = [
     "BUILTIN_LONG_SIDE",
@@ -97,10 +97,6 @@ def builtin_sources(
         scale = max(photo.shape[:2]) / 512.0
         sources.append(PhotoSource(name, versions, (scale,) * len(versions)))
     return sources
-
-
-def _seed_int(*values: int) -> int:
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class BuiltinWeatherDataset(Dataset):
@@ -193,7 +189,7 @@ class BuiltinWeatherDataset(Dataset):
 
     def _render_fixed(self, photo_index: int, weather: str, severity: int, render: int) -> dict:
         name, photo = self.photos[photo_index]
-        seed = _seed_int(self.seed, photo_index, WEATHER_TYPES.index(weather), severity, render)
+        seed = derive_seed(self.seed, photo_index, WEATHER_TYPES.index(weather), severity, render)
         sample = render_weather(photo, weather, severity=severity, seed=seed)
         return weather_item(sample, f"{name}_{weather}_s{severity}_r{render}")
 

@@ -31,7 +31,6 @@ are ``"unknown"`` (``PairedImageDataset`` gives them index -1).
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .._types import PathLike
 from .io import IMAGE_EXTENSIONS, list_images, read_image
 from .transforms import AUGMENT_MODES, augment, pad_to, random_crop_box, to_tensor
 from .weather import WEATHER_TYPES
@@ -60,7 +60,6 @@ __all__ = [
     "weather_index",
 ]
 
-_PathLike = str | os.PathLike
 _MAX_LISTED = 20
 
 
@@ -96,7 +95,7 @@ _WEATHER_PATTERNS = (  # matched on one lower-cased path component; the first hi
 )
 
 
-def infer_weather(path: _PathLike) -> str:
+def infer_weather(path: PathLike) -> str:
     """Guess the weather of an image from its path: 'raindrop', 'snow', 'rain', 'haze' or 'unknown'.
 
     Folder names are tried from the deepest up, then the file name; within one name the keywords are
@@ -169,8 +168,8 @@ def _swap_component(relative: str, old: str, new: str) -> str | None:
 
 
 def read_pair_list(
-    list_file: _PathLike,
-    root: _PathLike | None = None,
+    list_file: PathLike,
+    root: PathLike | None = None,
     *,
     weather: str | None = None,
     input_dir: str = "input",
@@ -216,7 +215,7 @@ def read_pair_list(
 
 
 def paired_folder(
-    root: _PathLike,
+    root: PathLike,
     *,
     input_dir: str = "input",
     target_dir: str = "gt",
@@ -247,7 +246,7 @@ def paired_folder(
 
 # ---------------------------------------------------------------------------------------------- test sets
 def _named_test_set(
-    root: _PathLike,
+    root: PathLike,
     *,
     list_name: str,
     subsets: Sequence[str],
@@ -287,7 +286,7 @@ def _named_test_set(
     return pairs
 
 
-def outdoor_rain_test1(root: _PathLike, *, check_headers: bool = False) -> list[ImagePair]:
+def outdoor_rain_test1(root: PathLike, *, check_headers: bool = False) -> list[ImagePair]:
     """Outdoor-Rain Test1 (rain streaks + fog, 750 pairs), labelled 'rain'; layouts in the module docstring."""
     return _named_test_set(
         root,
@@ -305,7 +304,7 @@ def _raindrop_clean_name(name: str) -> str:
     return re.sub(r"_rain(\.\w+)$", r"_clean\1", name)
 
 
-def raindrop_test_a(root: _PathLike, *, check_headers: bool = False) -> list[ImagePair]:
+def raindrop_test_a(root: PathLike, *, check_headers: bool = False) -> list[ImagePair]:
     """RainDrop test_a (58 pairs), labelled 'raindrop'; also reads the original ``data/``+``gt/`` release."""
     return _named_test_set(
         root,
@@ -319,7 +318,7 @@ def raindrop_test_a(root: _PathLike, *, check_headers: bool = False) -> list[Ima
     )
 
 
-def snow100k_l(root: _PathLike, *, check_headers: bool = False) -> list[ImagePair]:
+def snow100k_l(root: PathLike, *, check_headers: bool = False) -> list[ImagePair]:
     """Snow100K-L test set (16,801 pairs), labelled 'snow'; also reads the original ``synthetic/``+``gt/``."""
     return _named_test_set(
         root,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .._types import PathLike
 from ..atomic import atomic_file
 from ._png16 import decode_png16, encode_png16, is_png16_color
 
@@ -40,13 +41,12 @@ _WRITE_FORMATS = {
     ".tiff": "TIFF",
     ".webp": "WEBP",
 }
-_PathLike = str | os.PathLike
 
 
 class ImageReadError(OSError):
     """An image file could not be read; ``path`` and ``reason`` are kept as attributes."""
 
-    def __init__(self, path: _PathLike, reason: str) -> None:
+    def __init__(self, path: PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"cannot read image '{self.path}': {reason}")
@@ -144,7 +144,13 @@ def _read_pil(path: Path, background: float) -> np.ndarray:
         return _to_float_rgb(np.asarray(image), alpha_last=has_alpha, background=background)
 
 
-def read_image(path: _PathLike, *, background: float = 1.0) -> np.ndarray:
+def to_8bit_levels(image: np.ndarray) -> np.ndarray:
+    """float32 ``image`` clipped to [0, 1] and rounded to the 8-bit grid (``round(255 x) / 255``),
+    i.e. what an 8-bit file of it would hold."""
+    return (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def read_image(path: PathLike, *, background: float = 1.0) -> np.ndarray:
     """Read an image file as float32 (H, W, 3) RGB in [0, 1].
 
     Alpha is composited on a uniform ``background`` grey level (1.0 = white). Raises ``ImageReadError``
@@ -191,7 +197,7 @@ def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.round(np.clip(data, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def write_image(path: _PathLike, array: np.ndarray, *, bit_depth: int = 8, quality: int = 95) -> Path:
+def write_image(path: PathLike, array: np.ndarray, *, bit_depth: int = 8, quality: int = 95) -> Path:
     """Write a float (H, W, 3) or (H, W) array in [0, 1] (clipped, rounded) to ``path``.
 
     The format follows the extension: PNG and TIFF take ``bit_depth`` 8 or 16, JPEG (``quality``) and BMP
@@ -226,7 +232,7 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_images(folder_or_files: _PathLike | Iterable[_PathLike], *, recursive: bool = True) -> list[Path]:
+def list_images(folder_or_files: PathLike | Iterable[PathLike], *, recursive: bool = True) -> list[Path]:
     """Expand a folder, a file, or an iterable of both into a list of image paths.
 
     Folders are expanded to their image files (extension in ``IMAGE_EXTENSIONS``, case-insensitive; hidden

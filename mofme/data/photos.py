@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .datasets import weather_index
-from .io import list_images, read_image
+from .io import list_images, read_image, to_8bit_levels
 from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
 from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, render_weather
 
@@ -41,16 +41,16 @@ class PhotoSource(NamedTuple):
     weather_scales: tuple[float, ...]
 
 
-def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    """``image`` (H, W, 3) resized (anti-aliased) so that its long side is ``long_side``, rounded to
-    the 8-bit grid, read-only float32."""
+def resize_long_side(image: np.ndarray, long_side: int, *, to_8bit: bool = True) -> np.ndarray:
+    """``image`` (H, W, 3) resized (bilinear, anti-aliased when shrinking) so that its long side is
+    ``long_side``; rounded to the 8-bit grid unless ``to_8bit`` is False; read-only float32."""
     from skimage.transform import resize
 
     factor = long_side / max(image.shape[:2])
     if factor != 1.0:
         shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
         image = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
-    image = (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+    image = to_8bit_levels(image) if to_8bit else image.astype(np.float32)
     image.setflags(write=False)
     return image
 

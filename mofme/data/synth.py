@@ -23,27 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .._types import PathLike
 from .datasets import ImagePair, read_pair_list
-from .io import list_images, read_image, write_image
-from .weather import SEVERITIES, WEATHER_TYPES, render_weather
+from .io import list_images, read_image, to_8bit_levels, write_image
+from .photos import resize_long_side
+from .weather import SEVERITIES, WEATHER_TYPES, derive_seed, render_weather
 
 __all__ = ["synthesize_dataset"]
 
-_PathLike = str | os.PathLike
 Photos = Sequence[tuple[str, np.ndarray]]
 
 
-def _resize_long_side(image: np.ndarray, long_side: int | None) -> np.ndarray:
-    if long_side is None or max(image.shape[:2]) <= long_side:
-        return image
-    from skimage.transform import resize
-
-    factor = long_side / max(image.shape[:2])
-    shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
-    return resize(image, shape, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
-
-
-def _named_sources(src_photos: _PathLike | Iterable[_PathLike] | Photos) -> list[tuple[str, object]]:
+def _named_sources(src_photos: PathLike | Iterable[PathLike] | Photos) -> list[tuple[str, object]]:
     """(name, array-or-path) for every source; folder sources are named by their relative path."""
     if isinstance(src_photos, str | os.PathLike):
         src_photos = [src_photos]
@@ -68,12 +59,12 @@ def _named_sources(src_photos: _PathLike | Iterable[_PathLike] | Photos) -> list
 
 def _render_seed(seed: int, name: str, weather: str, severity: int) -> int:
     entropy = [int(seed), zlib.crc32(name.encode()), WEATHER_TYPES.index(weather), int(severity)]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+    return derive_seed(*entropy)
 
 
 def synthesize_dataset(
-    src_photos: _PathLike | Iterable[_PathLike] | Photos,
-    output_dir: _PathLike,
+    src_photos: PathLike | Iterable[PathLike] | Photos,
+    output_dir: PathLike,
     *,
     weathers: Sequence[str] = WEATHER_TYPES,
     severities: Sequence[int] = SEVERITIES,
@@ -95,8 +86,9 @@ def synthesize_dataset(
     lines: dict[str, list[str]] = {w: [] for w in weathers}
     for name, source in _named_sources(src_photos):
         image = read_image(source) if isinstance(source, Path) else np.asarray(source, dtype=np.float32)
-        image = _resize_long_side(image, long_side)
-        clean = (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)  # what gt/ stores
+        if long_side is not None and max(image.shape[:2]) > long_side:  # shrink only
+            image = resize_long_side(image, long_side, to_8bit=False)
+        clean = to_8bit_levels(image)  # what gt/ stores
         for weather in weathers:
             for severity in severities:
                 seed_i = _render_seed(seed, name, weather, severity)

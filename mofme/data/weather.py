@@ -44,12 +44,19 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SEVERITIES", "WEATHER_TYPES", "WeatherSample", "render_weather"]
+__all__ = ["SEVERITIES", "WEATHER_TYPES", "WeatherSample", "derive_seed", "render_weather"]
 
 WEATHER_TYPES: tuple[str, ...] = ("rain", "snow", "haze", "raindrop")
 SEVERITIES: tuple[int, ...] = (1, 2, 3)
 _REFERENCE_SIZE = 512.0  # feature sizes below are in pixels of a 512-pixel image (scale = 1)
 _UNIT_AREA = 100.0 * 100.0  # densities are counts per 100 x 100 pixels at scale = 1
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit render seed from integers (numpy's SeedSequence): independent seeds for, e.g.,
+    (seed, photo, weather, severity, render), stable across runs and platforms."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> 1)
+
 
 # rain: per layer (density, length px, width sigma px, peak opacity); veil transmission t0
 _RAIN_LAYERS = {

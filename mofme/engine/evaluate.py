@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -40,14 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._types import PathLike
 from ..data.io import read_image, write_image
 from ..data.weather import WEATHER_TYPES
 from ..metrics import psnr, quantize, ssim
-from .restore import _eval_mode, _prepare_model, _restore, model_patch_size
+from .restore import eval_mode, model_patch_size, prepare_model, restore_tensor
 
 __all__ = ["EvalReport", "GroupMetrics", "ImageMetrics", "evaluate"]
-
-_PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -218,7 +216,7 @@ class EvalReport:
             lines += [row(f"{w} s{sev}" if sev else w, g) for (w, sev), g in severities.items()]
         return "\n".join(lines) + "\n"
 
-    def save(self, directory: _PathLike) -> tuple[Path, Path]:
+    def save(self, directory: PathLike) -> tuple[Path, Path]:
         """Write ``metrics.json`` and ``metrics.md`` into ``directory`` (created); returns both paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -258,7 +256,7 @@ def _samples(source: Any) -> Iterator[tuple[Tensor, Tensor, str, str, Path | Non
         if isinstance(item, dict):
             name = str(item.get("name", index))
             inp, tgt, weather = item["input"], item["target"], item.get("weather", "unknown")
-        elif isinstance(item, tuple | list) and len(item) == 3 and isinstance(item[0], _PathLike):
+        elif isinstance(item, tuple | list) and len(item) == 3 and isinstance(item[0], PathLike):
             inp_path, tgt_path, weather = Path(item[0]), Path(item[1]), item[2]
             name = str(inp_path)
             inp, tgt = read_image(inp_path), read_image(tgt_path)
@@ -302,7 +300,7 @@ def evaluate(
     overlap: int = 32,
     batch_size: int = 1,
     device: str | torch.device | None = None,
-    save_images: _PathLike | None = None,
+    save_images: PathLike | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Evaluate ``model`` on every pair of ``pairs_or_dataset`` (see the module docstring for the protocol
@@ -323,7 +321,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    run_on = _prepare_model(model, device)
+    run_on = prepare_model(model, device)
     patch = model_patch_size(model)
     conventions = {
         "color": "Y (BT.601, BasicSR/MATLAB rgb2ycbcr)" if y_channel else "RGB",
@@ -339,7 +337,7 @@ def evaluate(
     used: set[str] = set()
     start = time.perf_counter()
     total = len(pairs_or_dataset) if hasattr(pairs_or_dataset, "__len__") else None
-    with _eval_mode(model), tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
+    with eval_mode(model), tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
         for inp, tgt, weather, name, tgt_path, severity in _samples(pairs_or_dataset):
             if inp.shape != tgt.shape:
                 where = f" (target '{tgt_path}')" if tgt_path is not None else ""
@@ -347,7 +345,9 @@ def evaluate(
                     f"size mismatch in pair '{name}'{where}: input {inp.shape[1]}x{inp.shape[2]}, "
                     f"target {tgt.shape[1]}x{tgt.shape[2]} (HxW); targets are never resized"
                 )
-            restored = _restore(model, inp, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size)
+            restored = restore_tensor(
+                model, inp, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
+            )
             restored = quantize(restored)[None]
             target = quantize(tgt.to(run_on))[None]
             degraded = quantize(inp.to(run_on))[None]

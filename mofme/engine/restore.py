@@ -25,17 +25,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._types import PathLike
 from ..data.io import ImageReadError, list_images, read_image, write_image
 from .tiling import tiled_apply
 
-__all__ = ["RestoreResult", "model_device", "model_patch_size", "restore_image", "restore_paths"]
+__all__ = [
+    "RestoreResult",
+    "eval_mode",
+    "model_device",
+    "model_patch_size",
+    "prepare_model",
+    "restore_image",
+    "restore_paths",
+    "restore_tensor",
+]
 
 logger = logging.getLogger(__name__)
 
 _WRITABLE = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what write_image can encode
 _SIXTEEN_BIT = (".png", ".tif", ".tiff")  # formats written at 16 bits when the input was 16-bit
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PathLike = str | os.PathLike
 
 
 class RestoreResult(NamedTuple):
@@ -63,7 +72,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every sub-module in eval mode, and give each its own previous mode back on exit."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
@@ -74,7 +83,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
-def _prepare_model(model: nn.Module, device: str | torch.device | None) -> torch.device:
+def prepare_model(model: nn.Module, device: str | torch.device | None) -> torch.device:
     """Resolve ``device`` (None: where the model is) and move the model there."""
     if device is None:
         return model_device(model)
@@ -105,7 +114,7 @@ def _model_fn(model: nn.Module, device: torch.device):
     return fn
 
 
-def _restore(
+def restore_tensor(
     model: nn.Module, image: Tensor, *, device: torch.device, tile: int, overlap: int, batch_size: int
 ) -> Tensor:
     """The tiled restoration of a (3, H, W) image, already in eval mode; float32 (3, H, W) on ``device``."""
@@ -139,9 +148,9 @@ def restore_image(
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
-    run_on = _prepare_model(model, device)
-    with _eval_mode(model):
-        out = _restore(model, image, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size)
+    run_on = prepare_model(model, device)
+    with eval_mode(model):
+        out = restore_tensor(model, image, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size)
     return out.cpu()
 
 
@@ -159,7 +168,7 @@ def _output_path(destination: Path) -> Path:
     return destination if destination.suffix.lower() in _WRITABLE else destination.with_suffix(".png")
 
 
-def _plan(inputs: Iterable[_PathLike], output_dir: Path) -> list[tuple[Path, Path]]:
+def _plan(inputs: Iterable[PathLike], output_dir: Path) -> list[tuple[Path, Path]]:
     """``(input, output)`` for every image; folders keep their relative sub-paths under ``output_dir``.
 
     Raises ``FileNotFoundError`` for a missing input and ``ValueError`` when an output would overwrite an
@@ -224,8 +233,8 @@ def _is_16_bit(path: Path) -> bool:
 
 def restore_paths(
     model: nn.Module,
-    inputs: Iterable[_PathLike] | _PathLike,
-    output_dir: _PathLike,
+    inputs: Iterable[PathLike] | PathLike,
+    output_dir: PathLike,
     *,
     tile: int = 256,
     overlap: int = 32,
@@ -254,12 +263,12 @@ def restore_paths(
     jobs = _plan(inputs, output_dir)
     if not jobs:
         logger.warning("no images found in %s", inputs)
-    run_on = _prepare_model(model, device)
+    run_on = prepare_model(model, device)
     written: list[Path] = []
     failed: list[tuple[Path, str]] = []
     from tqdm.auto import tqdm
 
-    with _eval_mode(model), tqdm(jobs, desc="restore", unit="img", disable=not progress) as bar:
+    with eval_mode(model), tqdm(jobs, desc="restore", unit="img", disable=not progress) as bar:
         for source, destination in bar:
             bar.set_postfix_str(source.name, refresh=False)
             try:
@@ -270,7 +279,7 @@ def restore_paths(
                 continue
             tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
             del image
-            restored = _restore(
+            restored = restore_tensor(
                 model, tensor, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
             )
             array = restored.cpu().permute(1, 2, 0).numpy()

@@ -22,8 +22,9 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..models.restorer import pad_bottom_right
 
 __all__ = ["axis_weights", "axis_windows", "blend_weights", "tile_windows", "tiled_apply"]
 
@@ -126,15 +127,6 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _pad_to(image: Tensor, height: int, width: int) -> Tensor:
-    """Pad ``(1, C, H, W)`` at the bottom/right to ``height x width``: reflect, or replicate if too small."""
-    pad_h, pad_w = height - image.shape[-2], width - image.shape[-1]
-    if pad_h == 0 and pad_w == 0:
-        return image
-    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
-    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-
-
 def _apply(fn: Callable[[Tensor], Tensor], tiles: Tensor) -> Tensor:
     out = fn(tiles)
     if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[0] != tiles.shape[0]:
@@ -191,7 +183,7 @@ def tiled_apply(
     windows = tile_windows(padded_h, padded_w, tile=tile, overlap=overlap)
     report = _progress_reporter(progress, len(windows))
     with torch.no_grad():
-        padded = _pad_to(image, padded_h, padded_w)
+        padded = pad_bottom_right(image, padded_h - image.shape[-2], padded_w - image.shape[-1])
         if len(windows) == 1:
             result = _apply(fn, padded)[..., :height, :width]
             report(1)

@@ -100,10 +100,15 @@ def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
     """Pad (N, C, H, W) at the bottom and right to multiples of ``multiple``: reflection where the
     image is large enough, replication otherwise."""
     height, width = image.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    return pad_bottom_right(image, -height % multiple, -width % multiple)
+
+
+def pad_bottom_right(image: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """(N, C, H, W) padded by ``pad_h`` rows at the bottom and ``pad_w`` columns at the right:
+    reflection where the image is large enough, replication otherwise."""
     if not pad_h and not pad_w:
         return image
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
     return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
 
 
