@@ -17,7 +17,7 @@ from .dispatch import (
     slot_weights,
 )
 from .routed import Dispatch, RoutedLayer
-from .routers import RouterOutput
+from .routers import RouterOutput, TopKRouter
 
 __all__ = ["ExpertFFNs", "SparseMoE"]
 
@@ -78,7 +78,7 @@ class SparseMoE(RoutedLayer):
         top_k: int,
         *,
         hidden_dim: int | None = None,
-        router: str = "linear",
+        router: str | TopKRouter = "linear",
         dropout: float = 0.0,
         capacity_factor: float | None = None,
         dispatch: Dispatch = "sparse",

@@ -34,7 +34,7 @@ from .dispatch import (
 )
 from .ffn import FeedForward
 from .routed import Dispatch, RoutedLayer
-from .routers import RouterOutput
+from .routers import RouterOutput, TopKRouter
 
 __all__ = ["FeatureModulation", "GatedProjection", "MoFME"]
 
@@ -102,7 +102,8 @@ class MoFME(RoutedLayer):
         num_experts: E implicit experts.
         top_k: k experts mixed per token.
         hidden_dim: hidden width of the shared FFN (default 4 D).
-        router: ``"linear"`` (:class:`TopKRouter`) or ``"uar"`` (:class:`UncertaintyAwareRouter`).
+        router: ``"linear"`` (:class:`TopKRouter`), ``"uar"`` (:class:`UncertaintyAwareRouter`) or a
+            router module built for this dim, num_experts and top_k.
         modulation: ``"generator"`` (published) or ``"static"``.
         dropout: dropout inside the shared FFN.
         dispatch: ``"sparse"`` (only the chosen experts) or ``"dense"`` (all experts, reference).
@@ -119,7 +120,7 @@ class MoFME(RoutedLayer):
         top_k: int,
         *,
         hidden_dim: int | None = None,
-        router: str = "linear",
+        router: str | TopKRouter = "linear",
         modulation: Modulation = "generator",
         dropout: float = 0.0,
         dispatch: Dispatch = "sparse",

@@ -33,6 +33,9 @@ class RoutedLayer(nn.Module):
     chosen (the published computation; the reference for tests and benchmarks). Exporting and
     tracing always use the dense form, whose shapes do not depend on the data.
     The aux loss of the last forward is kept in ``last_aux_loss`` for :func:`aux_loss`.
+
+    ``router`` is a name (``"linear"``, ``"uar"``; built with ``router_kwargs``) or a router module
+    (a :class:`TopKRouter` or subclass) for this layer's ``dim``, ``num_experts`` and ``top_k``.
     """
 
     def __init__(
@@ -41,7 +44,7 @@ class RoutedLayer(nn.Module):
         num_experts: int,
         top_k: int,
         *,
-        router: str = "linear",
+        router: str | TopKRouter = "linear",
         router_kwargs: dict | None = None,
         dispatch: Dispatch = "sparse",
     ) -> None:
@@ -52,8 +55,8 @@ class RoutedLayer(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.dispatch = dispatch
-        self.router: TopKRouter = build_router(
-            router, dim=dim, num_experts=num_experts, top_k=top_k, **(router_kwargs or {})
+        self.router: TopKRouter = _router(
+            router, router_kwargs, dim=dim, num_experts=num_experts, top_k=top_k
         )
         self.last_aux_loss: Tensor | None = None
 
@@ -84,6 +87,24 @@ class RoutedLayer(nn.Module):
     def compute(self, tokens: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
         """(N, dim) tokens and their routing -> (N, dim) layer output."""
         raise NotImplementedError
+
+
+def _router(
+    router: str | TopKRouter, router_kwargs: dict | None, *, dim: int, num_experts: int, top_k: int
+) -> TopKRouter:
+    """The router a layer was given by name, or the module itself after checking its shape."""
+    if isinstance(router, str):
+        return build_router(router, dim=dim, num_experts=num_experts, top_k=top_k, **(router_kwargs or {}))
+    if not isinstance(router, TopKRouter):
+        raise TypeError(f"router must be a name or a TopKRouter module, got {type(router).__name__}")
+    if router_kwargs:
+        raise ValueError("router_kwargs apply to a router given by name; configure the module instead")
+    got = (router.proj.in_features, router.num_experts, router.top_k)
+    if got != (dim, num_experts, top_k):
+        raise ValueError(
+            f"the router module has (dim, num_experts, top_k) = {got}, the layer {(dim, num_experts, top_k)}"
+        )
+    return router
 
 
 def aux_loss(model: nn.Module) -> Tensor:

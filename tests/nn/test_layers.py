@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from mofme.nn import DenseFFN, MoFME, RoutedLayer, SparseMoE, aux_loss
+from mofme.nn import DenseFFN, MoFME, RoutedLayer, SparseMoE, UncertaintyAwareRouter, aux_loss
 from mofme.nn.dispatch import capacity_mask
 
 from .variants import DIM, EXPERTS, ROUTED, TOP_K, VARIANTS, build
@@ -232,3 +232,16 @@ def test_autocast_bf16_forward_and_backward(name):
     (out.output.float().square().mean() + out.aux_loss).backward()
     assert torch.isfinite(out.output.float()).all()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+@pytest.mark.parametrize("layer_class", [MoFME, SparseMoE])
+def test_a_router_module_can_be_passed_in(layer_class):
+    router = UncertaintyAwareRouter(DIM, EXPERTS, TOP_K, samples=3, dropout=0.2)
+    layer = layer_class(DIM, EXPERTS, TOP_K, router=router).double().eval()
+    assert layer.router is router
+    x = torch.randn(7, DIM, dtype=torch.float64)
+    torch.testing.assert_close(layer(x).expert_indices, router(x).indices)
+    with pytest.raises(ValueError, match="num_experts"):
+        layer_class(DIM, EXPERTS + 1, TOP_K, router=router)
+    with pytest.raises(ValueError, match="router_kwargs"):
+        layer_class(DIM, EXPERTS, TOP_K, router=router, router_kwargs={"z_coef": 0.0})
