@@ -83,6 +83,9 @@ class OptimConfig(_Section):
     lr: float = 4e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
+    decay_all: bool = Field(
+        False, description="decay every parameter (true: as the 0.1 weights were trained); else matrices only"
+    )
     warmup_epochs: float = 3.0
     min_lr: float = 1e-6
     grad_clip: float | None = 1.0

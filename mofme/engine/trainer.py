@@ -43,7 +43,7 @@ from .config import Config
 from .data import build_datasets
 from .distributed import setup_distributed
 from .evaluate import evaluate
-from .optim import adamw
+from .optim import adamw, decay_groups
 
 __all__ = ["TrainResult", "train", "validate"]
 
@@ -229,9 +229,8 @@ class TrainingRecipe:
             raise ValueError(
                 f"data: {len(self.train_set)} training samples are fewer than one batch per process"
             )
-        self.optimizer = adamw(
-            self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-        )
+        groups = decay_groups(self.model, optim.weight_decay, decay_all=optim.decay_all)
+        self.optimizer = adamw(groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
         total = self.cfg.epochs * self.steps_per_epoch
         self.schedule = {"total": total, "warmup": round(optim.warmup_epochs * self.steps_per_epoch)}
         min_ratio = optim.min_lr / optim.lr

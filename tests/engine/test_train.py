@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from mofme.engine import trainer
 from mofme.engine.checkpoint import latest_checkpoint, save_checkpoint
 from mofme.engine.config import ConfigError, load_config, parse_overrides
+from mofme.engine.optim import decay_groups
 from mofme.engine.trainer import train, warmup_cosine
 from mofme.models import build_restorer
 
@@ -294,3 +295,21 @@ def test_ddp_time_budget_is_decided_on_rank_0(tmp_path):
     assert decisions[0] == decisions[1] and decisions[0]  # both ranks acted on the same figures
     steps = json.loads((output / "checkpoints" / "latest.json").read_text())["step"]
     assert 25 < steps < 1000 * 2  # the budget, not the epochs, ended the run, after the schedule fit
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_weight_decay_pulls_matrices_but_not_film_vectors(decay_all):
+    model = build_restorer(preset="tiny", ffn="mofme", num_experts=4)
+    lr, decay = 0.1, 0.5
+    optimizer = torch.optim.AdamW(decay_groups(model, decay, decay_all=decay_all), lr=lr)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # the step is the decay alone: p <- p (1 - lr * decay)
+    optimizer.step()
+    shrunk = 1 - lr * decay
+    for name, p in model.named_parameters():
+        film_or_bias = name.endswith("bias") or p.ndim == 1
+        expected = before[name] * (shrunk if decay_all or not film_or_bias else 1.0)
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+    gammas = [p[:, : p.shape[1] // 2] for n, p in model.named_parameters() if n.endswith("modulation.bias")]
+    assert gammas and all(torch.all(g == (shrunk if decay_all else 1.0)) for g in gammas)
