@@ -34,7 +34,7 @@ from mofme.engine.evaluate import EvalReport, evaluate
 from mofme.engine.trainer import train as train_model
 from mofme.losses import RestorationLoss
 from mofme.metrics import psnr, quantize
-from mofme.models import DEFAULT_WEIGHTS, build_restorer, load_restorer
+from mofme.models import DEFAULT_WEIGHTS, load_restorer
 from mofme.nn import aux_loss
 from mofme.plots import comparison_grid, routing_heatmaps
 
@@ -57,7 +57,7 @@ def estimate_step_seconds(config: Config, *, steps: int = 3) -> float:
     """Seconds per training step of ``config`` on this machine: the median of ``steps`` timed steps of a
     throwaway copy of the model on random data (after one warm-up step). Leaves the RNG as it was."""
     state = torch.get_rng_state()
-    model = build_restorer(**config.model.build_kwargs()).train()
+    model = config.model.build().train()
     criterion = RestorationLoss(beta=config.loss.smooth_l1_beta)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
     size = config.data.crop_size
@@ -92,7 +92,7 @@ def _train_from_scratch(
     steps = config.train.epochs * (config.data.samples_per_epoch // config.data.batch_size)
     estimate = steps * estimate_step_seconds(config) / 60
     print(
-        f"[mofme demo] training a {config.model.ffn} restorer ({config.model.preset} preset) for {steps:,} steps; "
+        f"[mofme demo] training a {config.model.resolved().ffn} restorer ({config.model.preset} preset) for {steps:,} steps; "
         f"about {estimate:.1f} min on this machine"
     )
     result = train_model(config)

@@ -30,7 +30,7 @@ from mofme.engine.data import build_datasets
 from mofme.engine.evaluate import evaluate
 from mofme.engine.optim import adamw
 from mofme.engine.trainer import train
-from mofme.models import Restorer, build_restorer, load_restorer
+from mofme.models import Restorer, load_restorer
 from mofme.nn import aux_loss
 from mofme.plots import routing_heatmaps
 
@@ -70,7 +70,7 @@ def _config(variant: str, seed: int, output: Path, overrides: list[str], epochs:
 def _seconds_per_step(config: Config, steps: int = 6) -> float:
     """Median training-step time (forward, backward, AdamW) of ``config``'s model on its batches."""
     torch.manual_seed(0)
-    model = build_restorer(**config.model.build_kwargs()).train()
+    model = config.model.build().train()
     optimizer = adamw(model.parameters(), lr=1e-6)
     train_set, _ = build_datasets(config.data, seed=0)
     batch = torch.stack([train_set[i]["input"] for i in range(config.data.batch_size)])
@@ -220,7 +220,7 @@ def run_study(
             report = evaluate(model, test, **config.eval.model_dump(), progress=False)
             metrics = {w: g.to_dict() for w, g in report.per_weather.items()}
             metrics["mean"] = report.mean_over_weather.to_dict()
-            routed = config.model.ffn != "dense"
+            routed = config.model.resolved().ffn != "dense"
             counts = expert_counts(model, test) if routed else None
             runs.append(
                 {

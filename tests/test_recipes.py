@@ -5,7 +5,6 @@ import torch
 
 from mofme.configs import recipe_path, recipes
 from mofme.engine.config import load_config
-from mofme.models import build_restorer
 
 
 def test_recipes_are_shipped():
@@ -18,8 +17,9 @@ def test_recipes_are_shipped():
 def test_recipe_loads_and_builds(name):
     config = load_config(recipe_path(name))
     with torch.device("meta"):
-        model = build_restorer(**config.model.build_kwargs())
-    assert model.config.ffn == config.model.ffn
+        model = config.model.build()
+    for name, value in config.model.fields.items():  # every field the recipe sets reaches the model
+        assert getattr(model.config, name) == (value or None if name.endswith("_kwargs") else value), name
 
 
 def test_paper_recipes_carry_the_published_optimisation():

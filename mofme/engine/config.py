@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
 
@@ -22,20 +22,44 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    preset: str = "small"
-    ffn: Literal["dense", "moe", "mofme"] = "mofme"
-    num_experts: int = 16
-    top_k: int = 2
-    router: Literal["linear", "uar"] = "linear"
-    modulation: Literal["generator", "static"] = "generator"
-    router_kwargs: dict[str, Any] = Field(default_factory=dict)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="other RestorerConfig fields")
+    """The restorer: ``preset`` plus any field of that preset's config, given flat
+    (:class:`~mofme.models.RestorerConfig` or :class:`~mofme.models.UNetConfig`: ``ffn``,
+    ``num_experts``, ``top_k``, ``router``, ``router_kwargs``, ``modulation``, ``residual``,
+    ``depth``, ...). Fields not given keep the preset's values, which are the only defaults; unknown
+    fields and names missing from the FFN and router registries are errors. An ``overrides:``
+    mapping (recipes written before this layout) is merged into the fields."""
 
-    def build_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`mofme.models.build_restorer`."""
-        kwargs = self.model_dump(exclude={"overrides"})
-        kwargs["router_kwargs"] = kwargs["router_kwargs"] or None
-        return {**kwargs, **self.overrides}
+    model_config = ConfigDict(extra="allow")
+    preset: str = "small"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_overrides(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("overrides"), dict):
+            data = {**{k: v for k, v in data.items() if k != "overrides"}, **data["overrides"]}
+        return data
+
+    @model_validator(mode="after")
+    def _resolves(self) -> ModelConfig:
+        self.resolved()  # raises ValueError naming the field
+        return self
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields given (everything but ``preset``)."""
+        return dict(self.model_extra or {})
+
+    def resolved(self) -> Any:
+        """The preset's config dataclass with the given fields: every setting of the model."""
+        from mofme.models.registry import restorer_config
+
+        return restorer_config(self.preset, **self.fields)
+
+    def build(self) -> Any:
+        """The restorer this section describes (:func:`mofme.models.build_restorer`)."""
+        from mofme.models.registry import build_restorer
+
+        return build_restorer(preset=self.preset, **self.fields)
 
 
 class FolderSource(_Section):

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.losses import RestorationLoss
-from mofme.models import build_restorer, load_restorer
+from mofme.models import load_restorer
 from mofme.nn import aux_loss
 
 from ..atomic import staged_directory
@@ -203,7 +203,7 @@ class TrainingRecipe:
         return self
 
     def _setup_model(self) -> nn.Module:
-        return build_restorer(**self.config.model.build_kwargs()).to(self.device)
+        return self.config.model.build().to(self.device)
 
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)

@@ -12,8 +12,9 @@ from .registry import (
     list_models,
     load_restorer,
     register_model,
+    restorer_config,
 )
-from .restorer import PRESETS, Restorer, RestorerConfig, RestorerOutput
+from .restorer import PRESETS, FFNChoice, Restorer, RestorerConfig, RestorerOutput
 from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RESTORER_PRESETS",
     "UNET_PRESETS",
     "WEIGHTS_NAME",
+    "FFNChoice",
     "PretrainedMixin",
     "Restorer",
     "RestorerConfig",
@@ -36,5 +38,6 @@ __all__ = [
     "list_models",
     "load_restorer",
     "register_model",
+    "restorer_config",
     "shipped_weights",
 ]

@@ -12,6 +12,7 @@ as soon as it is registered.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable
 from dataclasses import asdict
@@ -35,6 +36,7 @@ __all__ = [
     "list_models",
     "load_restorer",
     "register_model",
+    "restorer_config",
 ]
 
 ARCHITECTURES: dict[str, type[PretrainedMixin]] = {"Restorer": Restorer, "UNetRestorer": UNetRestorer}
@@ -74,34 +76,25 @@ def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> nn
     return load_restorer(PRETRAINED[name], **overrides)
 
 
-def build_restorer(
-    *,
-    preset: str = "small",
-    ffn: str = "mofme",
-    num_experts: int = 16,
-    top_k: int = 2,
-    router: str = "linear",
-    modulation: str = "generator",
-    router_kwargs: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> Restorer | UNetRestorer:
-    """The restorer ``preset`` with the given FFN method: a :class:`Restorer` (``"paper"``,
-    ``"small"``, ``"tiny"``) or a :class:`UNetRestorer` (``"unet"``); ``overrides`` replace any
-    other field of the preset's config (e.g. ``depth=4``)."""
+def restorer_config(preset: str = "small", **fields: Any) -> RestorerConfig | UNetConfig:
+    """The config of ``preset`` with ``fields`` replaced: the one place a restorer's settings are
+    resolved and checked (unknown fields and unregistered FFN / router names raise ValueError)."""
     if preset not in RESTORER_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(RESTORER_PRESETS)}")
     base = RESTORER_PRESETS[preset]
-    config = {
-        **asdict(base),
-        "ffn": ffn,
-        "num_experts": num_experts,
-        "top_k": top_k,
-        "router": router,
-        "modulation": modulation,
-        "router_kwargs": router_kwargs,
-        **overrides,
-    }
-    return _CLASSES[type(base)](**config)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(base)})
+    if unknown:
+        known = ", ".join(f.name for f in dataclasses.fields(base))
+        raise ValueError(f"preset {preset!r} has no field {', '.join(unknown)}; its fields: {known}")
+    return dataclasses.replace(base, **fields)
+
+
+def build_restorer(*, preset: str = "small", **fields: Any) -> Restorer | UNetRestorer:
+    """The restorer ``preset``, any field of its config replaced by ``fields`` (e.g. ``ffn="moe"``,
+    ``top_k=1``, ``depth=4``): a :class:`Restorer` (``"paper"``, ``"small"``, ``"tiny"``) or a
+    :class:`UNetRestorer` (``"unet"``)."""
+    config = restorer_config(preset, **fields)
+    return _CLASSES[type(config)](**asdict(config))
 
 
 def load_restorer(

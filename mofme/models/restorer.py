@@ -32,12 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import MoEOutput, build_ffn
+from ..nn import FFN_LAYERS, ROUTERS, MoEOutput, build_ffn
 from .hub import PretrainedMixin
 
 __all__ = [
     "PRESETS",
     "Attention",
+    "FFNChoice",
     "PatchEmbed",
     "ResBlock",
     "Restorer",
@@ -49,9 +50,34 @@ __all__ = [
 _LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
 
 
+MODULATIONS = ("generator", "static")
+
+
 @dataclass(frozen=True)
-class RestorerConfig:
-    """Every constructor argument of :class:`Restorer` (``asdict(config)`` is ``config.json``)."""
+class FFNChoice:
+    """The FFN of every transformer block, as :func:`ffn_from_config` builds it; the fields both
+    restorer configs share. Names are checked against the FFN and router registries."""
+
+    ffn: str = "mofme"  # a name of mofme.nn.FFN_LAYERS: "dense" | "moe" | "mofme"
+    num_experts: int = 16
+    top_k: int = 2
+    router: str = "linear"  # a name of mofme.nn.ROUTERS: "linear" | "uar"
+    modulation: str = "generator"  # "generator" | "static" (mofme only)
+    router_kwargs: dict[str, Any] | None = None
+    ffn_kwargs: dict[str, Any] | None = None  # more FFN layer arguments, e.g. {"dispatch": "dense"}
+
+    def __post_init__(self) -> None:
+        for name, known in (("ffn", FFN_LAYERS), ("router", ROUTERS), ("modulation", MODULATIONS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(known)}")
+        for name in ("router_kwargs", "ffn_kwargs"):  # {} and None mean the same: store None
+            object.__setattr__(self, name, dict(getattr(self, name)) if getattr(self, name) else None)
+
+
+@dataclass(frozen=True)
+class RestorerConfig(FFNChoice):
+    """Every constructor argument of :class:`Restorer` and its default (``asdict(config)`` is
+    ``config.json``); the FFN fields come from :class:`FFNChoice`."""
 
     channels: int = 32  # C, the width of the convolutional head; the tail runs at 4C and 2C
     embed_dim: int = 384  # D, the token width
@@ -61,15 +87,17 @@ class RestorerConfig:
     head_dim: int = 64  # the attention inner width is num_heads * head_dim (need not equal D)
     mlp_ratio: float = 4.0  # FFN hidden width = mlp_ratio * D
     dropout: float = 0.1  # attention output and FFN dropout
-    ffn: str = "mofme"  # "dense" | "moe" | "mofme"
-    num_experts: int = 16
-    top_k: int = 2
-    router: str = "linear"  # "linear" | "uar"
-    modulation: str = "generator"  # "generator" | "static" (mofme only)
-    router_kwargs: dict[str, Any] | None = None
-    ffn_kwargs: dict[str, Any] | None = None  # more FFN layer arguments, e.g. {"dispatch": "dense"}
     residual: bool = False  # sigmoid(tail + logit(input)) instead of sigmoid(tail)
     pos_embed_size: int | None = None  # image side of a learned position embedding; None: none
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("channels", "embed_dim", "patch_size", "depth", "num_heads", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        size, patch = self.pos_embed_size, self.patch_size
+        if size is not None and (size < patch or size % patch):
+            raise ValueError(f"pos_embed_size must be a positive multiple of patch_size={patch}, got {size}")
 
 
 PRESETS: dict[str, RestorerConfig] = {
@@ -201,78 +229,35 @@ class Restorer(PretrainedMixin, nn.Module):
     """Weather restoration network; ``model(image)`` with image (N, 3, H, W) in [0, 1] -> :class:`RestorerOutput`.
 
     Any H, W: inputs are reflection-padded to a multiple of ``patch_size`` and the output is
-    cropped back. The arguments are those of :class:`RestorerConfig` (keyword only); ``ffn`` picks
+    cropped back. The arguments are the fields of :class:`RestorerConfig`, keyword only, with its
+    defaults (one place: ``Restorer(**asdict(PRESETS["small"]))`` is the small preset); ``ffn`` picks
     the FFN of every transformer layer through :func:`mofme.nn.build_ffn`. ``save_pretrained`` /
     ``from_pretrained`` store them in ``config.json`` next to ``model.safetensors``.
     """
 
-    def __init__(
-        self,
-        *,
-        channels: int = 32,
-        embed_dim: int = 384,
-        patch_size: int = 8,
-        depth: int = 2,
-        num_heads: int = 8,
-        head_dim: int = 64,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        ffn: str = "mofme",
-        num_experts: int = 16,
-        top_k: int = 2,
-        router: str = "linear",
-        modulation: str = "generator",
-        router_kwargs: dict[str, Any] | None = None,
-        ffn_kwargs: dict[str, Any] | None = None,
-        residual: bool = False,
-        pos_embed_size: int | None = None,
-    ) -> None:
+    def __init__(self, **fields: Any) -> None:
         super().__init__()
-        self.config = RestorerConfig(
-            channels=channels,
-            embed_dim=embed_dim,
-            patch_size=patch_size,
-            depth=depth,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            mlp_ratio=mlp_ratio,
-            dropout=dropout,
-            ffn=ffn,
-            num_experts=num_experts,
-            top_k=top_k,
-            router=router,
-            modulation=modulation,
-            router_kwargs=dict(router_kwargs) if router_kwargs else None,
-            ffn_kwargs=dict(ffn_kwargs) if ffn_kwargs else None,
-            residual=residual,
-            pos_embed_size=pos_embed_size,
-        )
-        for name in ("channels", "embed_dim", "patch_size", "depth", "num_heads", "head_dim"):
-            if getattr(self.config, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self.config, name)}")
+        self.config = cfg = RestorerConfig(**fields)
+        channels, embed_dim, patch_size = cfg.channels, cfg.embed_dim, cfg.patch_size
         self.patch_size = patch_size
-        self.residual = residual
+        self.residual = cfg.residual
         wide = 4 * channels
         self.head = nn.Sequential(conv3x3(3, channels), ResBlock(channels), ResBlock(channels))
         self.patch_embed = PatchEmbed(in_channels=channels, embed_dim=embed_dim, patch_size=patch_size)
         self.pos_embed: nn.Parameter | None = None
-        if pos_embed_size is not None:
-            side = pos_embed_size // patch_size
-            if side < 1 or pos_embed_size % patch_size:
-                raise ValueError(
-                    f"pos_embed_size must be a positive multiple of patch_size={patch_size}, got {pos_embed_size}"
-                )
+        if cfg.pos_embed_size is not None:
+            side = cfg.pos_embed_size // patch_size
             self.pos_embed = nn.Parameter(torch.empty(1, side, side, embed_dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 embed_dim,
-                num_heads=num_heads,
-                head_dim=head_dim,
-                ffn=ffn_from_config(self.config, embed_dim),
-                dropout=dropout,
+                num_heads=cfg.num_heads,
+                head_dim=cfg.head_dim,
+                ffn=ffn_from_config(cfg, embed_dim),
+                dropout=cfg.dropout,
             )
-            for _ in range(depth)
+            for _ in range(cfg.depth)
         )
         self.to_pixels = nn.Linear(embed_dim, patch_size * patch_size * wide)
         self.tail = nn.Sequential(
@@ -324,8 +309,3 @@ class Restorer(PretrainedMixin, nn.Module):
         if self.residual:
             logits = logits + torch.logit(padded.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
         return RestorerOutput(torch.sigmoid(logits[..., :height, :width]), aux, routing)
-
-    @classmethod
-    def from_config(cls, config: RestorerConfig, **overrides: Any) -> Restorer:
-        """Build from a :class:`RestorerConfig` (e.g. ``PRESETS["small"]``), fields replaced by ``overrides``."""
-        return cls(**{**asdict(config), **overrides})

@@ -30,14 +30,15 @@ from torch import Tensor, nn
 
 from ..nn import MoEOutput
 from .hub import PretrainedMixin
-from .restorer import RestorerOutput, conv3x3, ffn_from_config, pad_to_multiple
+from .restorer import FFNChoice, RestorerOutput, conv3x3, ffn_from_config, pad_to_multiple
 
 __all__ = ["UNET_PRESETS", "ChannelAttention", "ConvBlock", "MoFMEBlock", "UNetConfig", "UNetRestorer"]
 
 
 @dataclass(frozen=True)
-class UNetConfig:
-    """Every constructor argument of :class:`UNetRestorer` (``asdict(config)`` is ``config.json``)."""
+class UNetConfig(FFNChoice):
+    """Every constructor argument of :class:`UNetRestorer` and its default (``asdict(config)`` is
+    ``config.json``); the FFN fields come from :class:`~mofme.models.restorer.FFNChoice`."""
 
     channels: int = 24  # C, the width at full resolution; level l has C * 2^l
     depths: tuple[int, ...] = (1, 1, 2, 2)  # blocks per level; the last level is the bottleneck
@@ -45,13 +46,17 @@ class UNetConfig:
     num_heads: tuple[int, ...] = (1, 1, 2, 4)  # attention heads per level (attention levels only)
     mlp_ratio: float = 2.0
     dropout: float = 0.0
-    ffn: str = "mofme"
-    num_experts: int = 16
-    top_k: int = 2
-    router: str = "linear"
-    modulation: str = "generator"
-    router_kwargs: dict[str, Any] | None = None
-    ffn_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        depths, heads = tuple(int(d) for d in self.depths), tuple(int(h) for h in self.num_heads)
+        object.__setattr__(self, "depths", depths)  # lists from JSON or YAML become tuples
+        object.__setattr__(self, "num_heads", heads)
+        if len(depths) < 2 or len(heads) != len(depths) or min(depths) < 1 or self.channels < 1:
+            raise ValueError(
+                f"need >= 2 levels, depths >= 1 and one head count per level: depths={depths}, "
+                f"num_heads={heads}, channels={self.channels}"
+            )
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -127,47 +132,12 @@ class UNetRestorer(PretrainedMixin, nn.Module):
     """Multi-scale weather restoration network; ``model(image)`` with image (N, 3, H, W) in [0, 1]
     -> :class:`~mofme.models.RestorerOutput`. Any H, W (padded, then cropped back).
 
-    The arguments are those of :class:`UNetConfig` (keyword only)."""
+    The arguments are the fields of :class:`UNetConfig`, keyword only, with its defaults."""
 
-    def __init__(
-        self,
-        *,
-        channels: int = 24,
-        depths: tuple[int, ...] | list[int] = (1, 1, 2, 2),
-        attention_from: int = 2,
-        num_heads: tuple[int, ...] | list[int] = (1, 1, 2, 4),
-        mlp_ratio: float = 2.0,
-        dropout: float = 0.0,
-        ffn: str = "mofme",
-        num_experts: int = 16,
-        top_k: int = 2,
-        router: str = "linear",
-        modulation: str = "generator",
-        router_kwargs: dict[str, Any] | None = None,
-        ffn_kwargs: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, **fields: Any) -> None:
         super().__init__()
-        depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
-        if len(depths) < 2 or len(num_heads) != len(depths) or min(depths) < 1 or channels < 1:
-            raise ValueError(
-                f"need >= 2 levels, depths >= 1 and one head count per level: depths={depths}, "
-                f"num_heads={num_heads}, channels={channels}"
-            )
-        self.config = UNetConfig(
-            channels=channels,
-            depths=depths,
-            attention_from=attention_from,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            dropout=dropout,
-            ffn=ffn,
-            num_experts=num_experts,
-            top_k=top_k,
-            router=router,
-            modulation=modulation,
-            router_kwargs=dict(router_kwargs) if router_kwargs else None,
-            ffn_kwargs=dict(ffn_kwargs) if ffn_kwargs else None,
-        )
+        self.config = cfg = UNetConfig(**fields)
+        depths, channels = cfg.depths, cfg.channels
         levels = len(depths)
         self.size_multiple = 2 ** (levels - 1)  # inputs are padded to a multiple of this
         widths = [channels * 2**level for level in range(levels)]

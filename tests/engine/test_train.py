@@ -62,8 +62,12 @@ def test_overrides_are_parsed_as_yaml_and_bad_fields_are_named(tmp_path):
     path.write_text("optim:\n  lr: fast\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: optim\.lr"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"model\.nonsense"):
+    with pytest.raises(ConfigError, match=r"model: .*no field nonsense"):
         load_config(None, ["model.nonsense=1"])
+    with pytest.raises(ConfigError, match=r"model: .*ffn='sparse'"):
+        load_config(None, ["model.ffn=sparse"])
+    legacy = load_config(None, ["model.overrides={residual: true}", "model.top_k=1"]).model
+    assert legacy.fields == {"residual": True, "top_k": 1}
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
 

@@ -16,7 +16,6 @@ from mofme.models import (
     DEFAULT_WEIGHTS,
     PRETRAINED,
     Restorer,
-    build_restorer,
     create_model,
     load_restorer,
     shipped_weights,
@@ -38,7 +37,7 @@ def test_the_default_weights_ship_small_enough():
 def test_weights_are_what_the_recipe_builds(model):
     assert isinstance(model, Restorer) and not model.training
     recipe = load_config(recipe_path("demo_cpu"))  # `mofme demo --train` reproduces the weights
-    assert build_restorer(**recipe.model.build_kwargs()).config == model.config
+    assert recipe.model.resolved() == model.config
     assert load_restorer(DEFAULT_WEIGHTS).config == model.config
     with pytest.raises(ValueError, match="no pretrained weights"):
         create_model("restorer_tiny", pretrained=True)
