@@ -12,7 +12,7 @@ DEFAULT_WEIGHTS = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mofme.demo import run_demo
+    from mofme.apps.demo import run_demo
 
     result = run_demo(
         args.output, checkpoint=args.checkpoint, train=args.train, seed=args.seed, overrides=args.overrides
@@ -106,7 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from mofme.study import run_study
+    from mofme.apps.study import run_study
 
     command = "mofme study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else "mofme study"
     run_study(
@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
+    from mofme.apps.study import STUDY_VARIANTS
     from mofme.benchmarks.restorer import add_arguments as add_bench_arguments
-    from mofme.study import STUDY_VARIANTS
 
     whole = commands.add_parser(
         "bench", help="whole-restorer parameters, FLOPs, latency, memory, training step"

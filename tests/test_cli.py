@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mofme.apps.demo import run_demo
 from mofme.cli import main
 from mofme.data import read_image
-from mofme.demo import run_demo
 
 TINY_TRAINING = [
     "model.preset=tiny",

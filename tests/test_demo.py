@@ -4,8 +4,8 @@ import math
 
 import torch
 
+from mofme.apps.demo import clean_passthrough, estimate_step_seconds
 from mofme.configs import recipe_path
-from mofme.demo import clean_passthrough, estimate_step_seconds
 from mofme.engine.config import load_config
 from tests.engine.standin import StandIn
 

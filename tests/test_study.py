@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mofme.study import STUDY_VARIANTS, run_study
+from mofme.apps.study import STUDY_VARIANTS, run_study
 
 TINY = [
     "model.preset=tiny",

@@ -170,7 +170,7 @@ def markdown(rows: list[Row], checks: list[dict]) -> str:
 
 def plot(rows: list[Row], path: Path) -> Path:
     """Latency and parameters against E, one line per model (log scales)."""
-    from mofme.plots import pyplot
+    from mofme.apps.plots import pyplot
 
     plt = pyplot()
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mofme.analysis import expert_counts, expert_usage, routing_nmi, uar_selection_change
+from mofme.apps.analysis import expert_counts, expert_usage, routing_nmi, uar_selection_change
+from mofme.apps.plots import routing_heatmaps
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path
 from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
@@ -32,7 +33,6 @@ from mofme.engine.optim import adamw
 from mofme.engine.trainer import train
 from mofme.models import Restorer, load_restorer
 from mofme.nn import aux_loss
-from mofme.plots import routing_heatmaps
 
 __all__ = ["STUDY_VARIANTS", "StudyResult", "run_study"]
 
@@ -160,7 +160,7 @@ def _report(summary: dict, protocol: dict) -> str:
 
 
 def _plot_psnr(summary: dict, path: Path) -> None:
-    from mofme.plots import pyplot
+    from mofme.apps.plots import pyplot
 
     plt = pyplot()
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mofme.analysis import expert_counts, expert_usage
+from mofme.apps.analysis import expert_counts, expert_usage
+from mofme.apps.plots import comparison_grid, routing_heatmaps
 from mofme.configs import recipe_path
 from mofme.data import BUILTIN_LONG_SIDE, WEATHER_TYPES, BuiltinWeatherDataset, builtin_photos
 from mofme.engine.config import Config, load_config
@@ -36,7 +37,6 @@ from mofme.losses import RestorationLoss
 from mofme.metrics import psnr, quantize
 from mofme.models import DEFAULT_WEIGHTS, load_restorer
 from mofme.nn import aux_loss
-from mofme.plots import comparison_grid, routing_heatmaps
 
 __all__ = ["DemoResult", "estimate_step_seconds", "run_demo"]
 
