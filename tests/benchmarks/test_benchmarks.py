@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from mofme.benchmarks import layers, restorer
+from mofme.benchmarks import layers, render, restorer
+from mofme.data import SEVERITIES, WEATHER_TYPES
 
 
 def test_layer_benchmark_rows_flops_and_json(tmp_path, capsys):
@@ -80,3 +81,12 @@ def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
     assert {t["target"].split(": ", 1)[1] for t in result["targets"]} >= {"params: MoFME generator / MoE"}
     assert json.loads((tmp_path / "b.json").read_text())["rows"] == rows
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_render_benchmark_times_every_weather_and_severity(tmp_path, capsys):
+    output = tmp_path / "render.json"
+    assert render.main(["--size", "32", "--repeats", "1", "--output", str(output)]) == 0
+    seconds = json.loads(output.read_text())["seconds"]
+    assert set(seconds) == set(WEATHER_TYPES)
+    assert all(set(row) == {str(s) for s in SEVERITIES} and min(row.values()) > 0 for row in seconds.values())
+    assert capsys.readouterr().out.count("\n") == 2 + len(WEATHER_TYPES)
