@@ -226,10 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing(error: ModuleNotFoundError) -> int:
+    """The layer-only install lacks the pipeline's libraries: say which extra brings them."""
+    print(
+        f"mofme: error: {error.name} is not installed; the command line needs the restoration "
+        "extras: pip install 'mofme[restoration]'",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except ModuleNotFoundError as error:
+        return _missing(error)
     except (FileNotFoundError, ValueError, FileExistsError) as error:
         print(f"mofme {args.command}: error: {error}", file=sys.stderr)
         return 2
