@@ -123,7 +123,9 @@ class LossConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = 10
-    max_minutes: float | None = Field(None, description="stop (and fit the schedule) within this budget")
+    max_minutes: float | None = Field(
+        None, description="stop (and fit the schedule) within this budget, resumes included"
+    )
     eval_every: int = 1
     checkpoint_every: int = 100
     keep_checkpoints: int = 2

@@ -169,6 +169,7 @@ class TrainingRecipe:
         self.checkpoints = self.output_dir / "checkpoints"
         self.best_dir = self.output_dir / "best"
         self.step, self.best_psnr, self.validated_step = 0, None, None
+        self.first_step, self.seconds_before = 0, 0.0  # where this process started; time of earlier ones
         self._timing_start = 0.0
 
     # ------------------------------------------------------------------------------------ setup
@@ -262,6 +263,8 @@ class TrainingRecipe:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_psnr = state["step"], state["best_psnr"]
         self.validated_step = state.get("validated_step")
+        self.first_step, self.seconds_before = self.step, state.get("seconds", 0.0)
+        self.schedule.setdefault("fitted", self.step >= STEP_TIMING[1])  # older checkpoints lack the flag
         rank, saved = self.context.rank, state["rng"]
         _set_rng_state(saved[rank] if rank < len(saved) else saved[0])
 
@@ -279,6 +282,7 @@ class TrainingRecipe:
                 "step": self.step,
                 "best_psnr": self.best_psnr,
                 "validated_step": self.validated_step,
+                "seconds": self.seconds_spent(),
                 "rng": rng,
             }
             if self.ema is not None:
@@ -318,24 +322,35 @@ class TrainingRecipe:
         return validate(model, self.val_set, self.config)
 
     # ------------------------------------------------------------------------------------ budget
+    def seconds_spent(self) -> float:
+        """Training time of the run so far: this process's plus that of the runs it resumed."""
+        return self.seconds_before + time.monotonic() - self.started
+
     def out_of_time(self) -> bool:
-        """Whether ``train.max_minutes`` is spent, as rank 0's clock says (shared by every rank)."""
+        """Whether ``train.max_minutes`` is spent over the whole run (resumes included), as rank 0's
+        clock says (shared by every rank)."""
         if self.cfg.max_minutes is None:
             return False
-        spent = time.monotonic() - self.started > 60 * self.cfg.max_minutes
+        spent = self.seconds_spent() > 60 * self.cfg.max_minutes
         return bool(self.context.from_main(spent, self.device))
 
     def _fit_schedule(self) -> None:
-        """With ``train.max_minutes`` (fresh runs only), fit the cosine schedule into the budget once
-        the time per step is known; rank 0 measures, every rank uses its figure."""
-        if self.cfg.max_minutes is None or self.resume or self.step not in STEP_TIMING:
+        """With ``train.max_minutes``, fit the cosine schedule into what is left of the budget once
+        the time per step is known; rank 0 measures, every rank uses its figure. The fit is kept in
+        checkpoints. The time is measured over ``STEP_TIMING``, or, in a process that resumed after
+        its start, over as many steps from the second step of this process on."""
+        if self.cfg.max_minutes is None or self.schedule.get("fitted"):
             return
-        if self.step == STEP_TIMING[0]:
+        first, last = STEP_TIMING
+        start = max(first, self.first_step + 1)  # a process's first step also pays for its start-up
+        if self.step == start:
             self._timing_start = time.monotonic()
+        if self.step != start + last - first:
             return
-        per_step = (time.monotonic() - self._timing_start) / (STEP_TIMING[1] - STEP_TIMING[0])
-        budget = 60 * self.cfg.max_minutes * BUDGET_SHARE - (time.monotonic() - self.started)
+        per_step = (time.monotonic() - self._timing_start) / (last - first)
+        budget = 60 * self.cfg.max_minutes * BUDGET_SHARE - self.seconds_spent()
         fitted = int(self.context.from_main(self.step + int(budget / per_step), self.device))
+        self.schedule["fitted"] = True
         if fitted < self.schedule["total"]:
             self.schedule["total"] = max(fitted, self.step + 1)
             self.progress.total = self.schedule["total"]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,50 @@ def test_resume_after_an_epoch_end_checkpoint_keeps_the_validation_history(tmp_p
         assert (interrupted / "best" / name).read_bytes() == (reference / "best" / name).read_bytes()
 
 
+def _final_state(output: Path) -> dict:
+    return torch.load(latest_checkpoint(output / "checkpoints") / "training_state.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("kill_at", [4, 32])  # before and after the schedule is fitted to the budget
+def test_resume_under_a_time_budget_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, kill_at):
+    clock = types.SimpleNamespace(now=0.0)  # one second per training step, no time otherwise
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    real_step, real_save = trainer.TrainingRecipe._train_step, trainer.save_checkpoint
+
+    def tick_and_step(self, batch):
+        clock.now += 1.0
+        return real_step(self, batch)
+
+    def save_then_die(*args, step, **kwargs):
+        real_save(*args, step=step, **kwargs)
+        if step == kill_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.TrainingRecipe, "_train_step", tick_and_step)
+    settings = dict(epochs=1000, max_minutes=1.0, checkpoint_every=4, eval_every=4)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    train(load_config(_write_config(tmp_path, reference, **settings)))
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    config = load_config(_write_config(tmp_path, interrupted, **settings))
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    train(config, resume=True)
+
+    expected, got = _final_state(reference), _final_state(interrupted)
+    # the cosine schedule was fitted to end at the budget's share: 1 s per step
+    assert abs(expected["step"] - 60 * trainer.BUDGET_SHARE) <= 1
+    assert got["step"] == expected["step"] and got["schedule"] == expected["schedule"]
+    assert [step for step, _ in _val_history(reference)] == [16, 32, 48, expected["step"]]
+    assert _val_history(interrupted) == _val_history(reference)
+    for name in ("metrics.json", "model.safetensors"):
+        assert (interrupted / "best" / name).read_bytes() == (reference / "best" / name).read_bytes()
+    for name, tensor in expected["ema"].items():
+        assert torch.equal(got["ema"][name], tensor), name
+    for name, tensor in _final_weights(reference).items():
+        assert torch.equal(_final_weights(interrupted)[name], tensor), name
+
+
 @pytest.mark.slow
 def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
     straight = tmp_path / "straight"
@@ -247,6 +292,30 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         if '"train"' in line
     ]
     assert train_steps == [1, 2, 3, 4]  # logged once, by the main process
+
+
+def test_two_processes_reach_the_weights_of_one_process_on_the_same_global_batch(tmp_path):
+    # no dropout and no balance loss (a nonlinear function of the batch's routing): the gradient of
+    # the global batch is then the mean of the two half-batches' gradients, which DDP averages
+    settings = {"model.dropout": 0.0, "model.router": "linear", "model.router_kwargs": {"balance_coef": 0.0}}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    train(load_config(_write_config(tmp_path, single, epochs=2), [*overrides, "data.batch_size=8"]))
+    config = _write_config(tmp_path, ddp, epochs=2)  # batch 4 per process
+    result = _torchrun("-m", "mofme", "train", str(config), *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((ddp / "checkpoints" / "latest.json").read_text())["step"] == 4
+    expected, got = _final_weights(single), _final_weights(ddp)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # the tolerance tells batches apart: half of the global batch (rank 0's alone) lands elsewhere
+    half = tmp_path / "half"
+    train(load_config(_write_config(tmp_path, half, epochs=2), [*overrides, "data.samples_per_epoch=8"]))
+    other = _final_weights(half)
+    assert max((other[n] - expected[n]).abs().max() for n in expected) > 100 * 1e-5
+    (step, psnr), (expected_step, expected_psnr) = *_val_history(ddp), *_val_history(single)
+    assert step == expected_step == 4 and psnr == pytest.approx(expected_psnr, abs=1e-3)
 
 
 # rank 1's clock runs 50x fast: left to its own clock it would fit a shorter schedule and stop first
