@@ -23,7 +23,7 @@ from mofme.engine.optim import adamw
 from mofme.models import Restorer, build_restorer
 from mofme.nn import RoutedLayer
 
-from .targets import target, targets_markdown
+from .targets import check_targets, load_limits, targets_markdown
 from .timing import count_gflops, machine, peak_memory_mb, time_side_by_side
 
 __all__ = ["main", "run"]
@@ -135,22 +135,21 @@ def bench_experts(
     return rows
 
 
-def targets(group: list[Row], experts: int) -> list[dict]:
-    """The issue's whole-model targets on the rows of one E (timed side by side), with the ratios."""
+def ratios(group: list[Row], experts: int) -> dict[str, float]:
+    """The whole-model ratios on the rows of one E (timed side by side); the targets are stated in
+    them (limits: ``docs/results/targets.toml``, ``[restorer]``)."""
     by = {r.model: r for r in group}
     dense, gen, static = by["dense"], by["mofme-generator"], by["mofme-static"]
     moe, ref = by["moe"], by["moe-reference"]
-    checks = [
-        ("params: MoFME generator / MoE", gen.params / moe.params, 0.28),
-        ("params: MoFME static / dense", static.params / dense.params, 1.11),
-        ("latency: MoFME generator / dense", gen.latency_ms / dense.latency_ms, 1.15),
-        ("latency: MoFME generator / published all-experts MoE", gen.latency_ms / ref.latency_ms, 0.20),
-    ]
+    out = {
+        "params: MoFME generator / MoE": gen.params / moe.params,
+        "params: MoFME static / dense": static.params / dense.params,
+        "latency: MoFME generator / dense": gen.latency_ms / dense.latency_ms,
+        "latency: MoFME generator / published all-experts MoE": gen.latency_ms / ref.latency_ms,
+    }
     if gen.train_step_ms and dense.train_step_ms:
-        checks.append(
-            ("training step: MoFME generator / dense", gen.train_step_ms / dense.train_step_ms, 1.3)
-        )
-    return [target(f"E={experts}: {name}", value, limit) for name, value, limit in checks]
+        out["training step: MoFME generator / dense"] = gen.train_step_ms / dense.train_step_ms
+    return {f"E={experts}: {name}": value for name, value in out.items()}
 
 
 def markdown(rows: list[Row], checks: list[dict]) -> str:
@@ -200,8 +199,9 @@ def plot(rows: list[Row], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
+    limits = load_limits(args.targets, "restorer") if args.targets else {}
     rows: list[Row] = []
-    checks: list[dict] = []
+    measured: dict[str, float] = {}
     for experts in args.experts:
         group = bench_experts(
             experts,
@@ -216,14 +216,15 @@ def run(args: argparse.Namespace) -> dict:
         )
         print(f"E={experts}: " + ", ".join(f"{r.model} {r.latency_ms:.0f} ms" for r in group), flush=True)
         rows += group
-        if experts == max(args.experts):
-            checks = targets(group, experts)
+        measured |= ratios(group, experts)
+    checks = check_targets(measured, limits)
     print()
     print(markdown(rows, checks))
     result = {
         "machine": machine(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "rows": [asdict(r) for r in rows],
+        "ratios": measured,
         "targets": checks,
     }
     if args.json:
@@ -246,6 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument(
+        "--targets", type=Path, default=None, help="check the ratios against this file's [restorer] limits"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,10 +2,12 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
 from mofme.benchmarks import layers, render, restorer
+from mofme.benchmarks.targets import load_limits
 from mofme.data import SEVERITIES, WEATHER_TYPES
 
 
@@ -59,6 +61,9 @@ def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
         "1",
     ]
     files = ["--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]
+    limits = tmp_path / "targets.toml"
+    limits.write_text('[restorer]\n"E=4: params: MoFME generator / MoE" = 0.5\n"E=8: never measured" = 1\n')
+    files += ["--targets", str(limits)]
     args = parser.parse_args([*tiny, "--train-repeats", "1", "--device", "cpu", *files])
     result = restorer.run(args)
     rows = result["rows"]
@@ -78,7 +83,16 @@ def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
     assert all(
         r["memory_mb"] > 0 and r["train_step_ms"] > 0 for r in rows if not r["model"].endswith("reference")
     )
-    assert {t["target"].split(": ", 1)[1] for t in result["targets"]} >= {"params: MoFME generator / MoE"}
+    ratio = by[("mofme-generator", 4)]["params"] / by[("moe", 4)]["params"]
+    assert result["ratios"]["E=4: params: MoFME generator / MoE"] == pytest.approx(ratio)
+    assert result["targets"] == [
+        {
+            "target": "E=4: params: MoFME generator / MoE",
+            "measured": round(ratio, 3),
+            "limit": 0.5,
+            "ok": ratio <= 0.5,
+        }
+    ]
     assert json.loads((tmp_path / "b.json").read_text())["rows"] == rows
     assert (tmp_path / "b.png").stat().st_size > 0
 
@@ -90,3 +104,31 @@ def test_render_benchmark_times_every_weather_and_severity(tmp_path, capsys):
     assert set(seconds) == set(WEATHER_TYPES)
     assert all(set(row) == {str(s) for s in SEVERITIES} and min(row.values()) > 0 for row in seconds.values())
     assert capsys.readouterr().out.count("\n") == 2 + len(WEATHER_TYPES)
+
+
+def _restorer_row(model: str, value: float) -> restorer.Row:
+    return restorer.Row(model, 128, 4, int(1000 * value), value, value, value, value, value)
+
+
+def test_every_shipped_limit_names_a_ratio_the_benchmarks_measure():
+    shipped = Path(__file__).parents[2] / "docs" / "results" / "targets.toml"
+    names = ["dense", "moe", "mofme-generator", "mofme-static", "moe-reference"]
+    measured = restorer.ratios([_restorer_row(name, i + 1.0) for i, name in enumerate(names)], 128)
+    assert set(load_limits(shipped, "restorer")) == set(measured)
+    rows = [
+        layers.Row(layer, experts, k, 1, 1.0, 1.0, 1.0)
+        for layer in ("dense", "moe", "mofme-generator", "mofme-static")
+        for experts in (16, 128, 512)
+        for k in (1, 2, 4)
+    ]
+    router = {"experts": 128, "top_k": 4, "uar_vs_linear": 1.0}
+    assert set(load_limits(shipped, "layers")) == set(layers.ratios(rows, router))
+
+
+def test_a_bad_targets_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.toml"):
+        load_limits(tmp_path / "missing.toml", "layers")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[layers]\n"a" = "fast"\n')
+    with pytest.raises(ValueError, match=r"bad.toml: needs a \[layers\] table"):
+        load_limits(bad, "layers")
