@@ -114,7 +114,7 @@ def _study(args: argparse.Namespace) -> int:
         minutes_per_run=args.minutes_per_run,
         seeds=args.seeds,
         variants=args.variants,
-        steps=args.steps,
+        steps=args.steps or None,
         overrides=args.overrides,
         command=command.strip(),
     )
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
-    from mofme.apps.study import STUDY_VARIANTS
+    from mofme.apps.study import DEFAULT_STEPS, STUDY_VARIANTS
     from mofme.benchmarks.restorer import add_arguments as add_bench_arguments
 
     whole = commands.add_parser(
@@ -208,12 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--output", default="mofme-study")
     study.add_argument(
-        "--minutes-per-run", type=float, default=4.0, help="budget of the slowest variant's run"
+        "--minutes-per-run", type=float, default=4.0, help="with --steps 0: the slowest variant's budget"
     )
     study.add_argument("--seeds", type=int, default=3)
     study.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS), choices=list(STUDY_VARIANTS))
     study.add_argument(
-        "--steps", type=int, default=None, help="fix the steps instead of fitting them to the budget"
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="optimiser steps of every run (0: fit them to --minutes-per-run on this machine)",
     )
     study.add_argument(
         "overrides", nargs="*", help="recipe overrides for every run, e.g. model.num_experts=8"
