@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The clean photographs of the U-Net experiment (configs/unet_photos.yaml): the 11 photographs
+# The clean photographs behind the shipped weights (configs/pretrained_small.yaml) and the U-Net
+# experiment (configs/unet_photos.yaml): the 11 photographs
 # of Debian's plasma-workspace-wallpapers (licences in docs/model_card.md), unpacked without installing
 # the package. Usage: tools/get_training_photos.sh [DEST]  (default data/photos/plasma)
 set -euo pipefail

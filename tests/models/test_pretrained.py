@@ -36,31 +36,33 @@ def test_the_default_weights_ship_small_enough():
 
 def test_weights_are_what_the_recipe_builds(model):
     assert isinstance(model, Restorer) and not model.training
-    recipe = load_config(recipe_path("demo_cpu"))  # `mofme demo --train` reproduces the weights
+    recipe = load_config(recipe_path("pretrained_small"))  # the recipe behind the weights
     assert recipe.model.resolved() == model.config
     assert load_restorer(DEFAULT_WEIGHTS).config == model.config
     with pytest.raises(ValueError, match="no pretrained weights"):
         create_model("restorer_tiny", pretrained=True)
 
 
-def _crop(size: int = 128) -> np.ndarray:
-    (photo,) = [p for name, p in builtin_photos("test") if name == "china"]  # a held-out photo
-    return np.ascontiguousarray(photo[:size, -size:])
+def _held_out_photo() -> np.ndarray:
+    (photo,) = [p for name, p in builtin_photos("test") if name == "china"]  # never seen in training
+    return photo
 
 
 @torch.no_grad()
 def test_removes_rain_and_keeps_a_clean_photo(model):
-    clean = _crop()
-    rainy = render_weather(clean, "rain", severity=2, seed=123, scale=0.5).degraded
+    clean = _held_out_photo()
     as_tensor = lambda a: torch.from_numpy(a.transpose(2, 0, 1).copy())[None]  # noqa: E731
-    before = psnr(as_tensor(rainy), as_tensor(clean)).item()
-    after = psnr(model(as_tensor(rainy)).image, as_tensor(clean)).item()
-    assert after > before + 2.0, (before, after)
+    gains = []
+    for seed in (1, 2, 3):  # one render varies by several dB: average three
+        rainy = render_weather(clean, "rain", severity=2, seed=seed, scale=0.5).degraded
+        before = psnr(as_tensor(rainy), as_tensor(clean)).item()
+        gains.append(psnr(model(as_tensor(rainy)).image, as_tensor(clean)).item() - before)
+    assert np.mean(gains) > 2.0, gains
     assert psnr(model(as_tensor(clean)).image, as_tensor(clean)).item() > 30.0
 
 
 def test_restore_cli_uses_the_shipped_weights_by_default(tmp_path):
-    clean = _crop(96)
+    clean = np.ascontiguousarray(_held_out_photo()[:96, -96:])
     write_image(tmp_path / "photo.png", render_weather(clean, "snow", severity=2, seed=5, scale=0.5).degraded)
     assert main(["restore", str(tmp_path / "photo.png"), "--output", str(tmp_path / "out")]) == 0
     restored = read_image(tmp_path / "out" / "photo.png")
