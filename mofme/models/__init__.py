@@ -1,7 +1,17 @@
-"""Models built from the layers of :mod:`mofme.nn`: the restoration network, its presets, one
-registry of named models, and save / load in the Hugging Face Hub layout."""
+"""Models built from the layers of :mod:`mofme.nn`: the restoration networks, the recognition
+models (ViT classifier and segmenter), their presets, one registry of named models, and save /
+load in the Hugging Face Hub layout."""
 
 from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, shipped_weights
+from .recognition import (
+    RECOGNIZER_PRESETS,
+    ClassifierOutput,
+    RecognizerConfig,
+    SegmenterOutput,
+    ViTClassifier,
+    ViTEncoder,
+    ViTSegmenter,
+)
 from .registry import (
     ARCHITECTURES,
     DEFAULT_WEIGHTS,
@@ -10,6 +20,7 @@ from .registry import (
     build_restorer,
     create_model,
     list_models,
+    load_model,
     load_restorer,
     register_model,
     restorer_config,
@@ -23,19 +34,27 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "PRESETS",
     "PRETRAINED",
+    "RECOGNIZER_PRESETS",
     "RESTORER_PRESETS",
     "UNET_PRESETS",
     "WEIGHTS_NAME",
+    "ClassifierOutput",
     "FFNChoice",
     "PretrainedMixin",
+    "RecognizerConfig",
     "Restorer",
     "RestorerConfig",
     "RestorerOutput",
+    "SegmenterOutput",
     "UNetConfig",
     "UNetRestorer",
+    "ViTClassifier",
+    "ViTEncoder",
+    "ViTSegmenter",
     "build_restorer",
     "create_model",
     "list_models",
+    "load_model",
     "load_restorer",
     "register_model",
     "restorer_config",

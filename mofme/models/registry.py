@@ -1,9 +1,12 @@
 """One registry of named models (timm style) and the ``build_*`` factories.
 
-    list_models()                                  # ['restorer_paper', 'restorer_small', 'restorer_tiny', 'restorer_unet']
+    list_models("restorer_*")                      # ['restorer_paper', 'restorer_small', 'restorer_tiny', 'restorer_unet']
+    list_models("classifier_*")                    # ['classifier_small', 'classifier_tiny'] (and segmenter_*)
     model = create_model("restorer_small", ffn="moe", num_experts=8)
+    model = create_model("segmenter_tiny", num_classes=19, ffn="mofme")
     model = build_restorer(preset="paper", ffn="mofme", num_experts=128, top_k=4)
-    model = load_restorer("runs/x/best")           # any saved restorer, whatever its architecture
+    model = load_model("runs/x/best")              # any saved model, whatever its architecture
+    model = load_restorer("runs/x/best")           # the same, refusing anything but a restorer
 
 A function decorated with :func:`register_model` takes keyword overrides and returns a module;
 its name is the model name. Tests run over every registered name, so a new variant is tested
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from .hub import PretrainedMixin, read_config
+from .recognition import RECOGNIZER_PRESETS, ViTClassifier, ViTSegmenter
 from .restorer import PRESETS, Restorer, RestorerConfig
 from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
@@ -34,12 +38,19 @@ __all__ = [
     "build_restorer",
     "create_model",
     "list_models",
+    "load_model",
     "load_restorer",
     "register_model",
     "restorer_config",
 ]
 
-ARCHITECTURES: dict[str, type[PretrainedMixin]] = {"Restorer": Restorer, "UNetRestorer": UNetRestorer}
+ARCHITECTURES: dict[str, type[PretrainedMixin]] = {
+    "Restorer": Restorer,
+    "UNetRestorer": UNetRestorer,
+    "ViTClassifier": ViTClassifier,
+    "ViTSegmenter": ViTSegmenter,
+}
+_RESTORERS = (Restorer, UNetRestorer)
 # every restorer preset: the single-scale published network (PRESETS) and the multi-scale U-Net
 RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
 _CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
@@ -73,7 +84,7 @@ def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> nn
         return _MODELS[name](**overrides)
     if name not in PRETRAINED:
         raise ValueError(f"no pretrained weights ship for {name!r}; these have some: {sorted(PRETRAINED)}")
-    return load_restorer(PRETRAINED[name], **overrides)
+    return load_model(PRETRAINED[name], **overrides)
 
 
 def restorer_config(preset: str = "small", **fields: Any) -> RestorerConfig | UNetConfig:
@@ -97,16 +108,29 @@ def build_restorer(*, preset: str = "small", **fields: Any) -> Restorer | UNetRe
     return _CLASSES[type(config)](**asdict(config))
 
 
-def load_restorer(
+def load_model(
     name_or_path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
-    """Any restorer saved by ``save_pretrained`` (the class is read from ``config.json``'s
-    ``architecture``), in eval mode; ``overrides`` as in ``from_pretrained``."""
+    """Any model saved by ``save_pretrained``, of the class :data:`ARCHITECTURES` maps
+    ``config.json``'s ``architecture`` to (``"Restorer"`` when absent), in eval mode; ``overrides``
+    as in ``from_pretrained``."""
     config, path = read_config(name_or_path)
     architecture = config.get("architecture", "Restorer")
     if architecture not in ARCHITECTURES:
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[architecture].from_pretrained(name_or_path, device=device, **overrides)
+
+
+def load_restorer(
+    name_or_path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
+) -> nn.Module:
+    """Any restorer saved by ``save_pretrained`` (a :class:`Restorer` or :class:`UNetRestorer`, as
+    ``config.json``'s ``architecture`` says), in eval mode: :func:`load_model`, refusing
+    recognition models."""
+    model = load_model(name_or_path, device=device, **overrides)
+    if not isinstance(model, _RESTORERS):
+        raise ValueError(f"{name_or_path} holds a {type(model).__name__}, not a restorer; use load_model")
+    return model
 
 
 @register_model
@@ -134,3 +158,32 @@ def restorer_unet(**overrides: Any) -> UNetRestorer:
     """Multi-scale U-Net, MoFME in the transformer blocks of its two coarsest levels (C=24, depths
     1/1/2/2, E=16, k=2)."""
     return build_restorer(preset="unet", **overrides)
+
+
+def _recognizer(cls: type[ViTClassifier | ViTSegmenter], preset: str, overrides: dict[str, Any]) -> Any:
+    """``cls`` built from the recognition preset with ``overrides`` (unknown fields raise TypeError)."""
+    return cls(**{**asdict(RECOGNIZER_PRESETS[preset]), **overrides})
+
+
+@register_model
+def classifier_tiny(**overrides: Any) -> ViTClassifier:
+    """ViT classifier, D=64, depth 2, P=4, 2 heads x 32, 64 x 64 position grid: CPU training."""
+    return _recognizer(ViTClassifier, "tiny", overrides)
+
+
+@register_model
+def classifier_small(**overrides: Any) -> ViTClassifier:
+    """ViT classifier, D=128, depth 4, P=4, 4 heads x 32, 64 x 64 position grid."""
+    return _recognizer(ViTClassifier, "small", overrides)
+
+
+@register_model
+def segmenter_tiny(**overrides: Any) -> ViTSegmenter:
+    """ViT segmenter (progressive upsampling decoder), D=64, depth 2, P=4, 2 heads x 32."""
+    return _recognizer(ViTSegmenter, "tiny", overrides)
+
+
+@register_model
+def segmenter_small(**overrides: Any) -> ViTSegmenter:
+    """ViT segmenter (progressive upsampling decoder), D=128, depth 4, P=4, 4 heads x 32."""
+    return _recognizer(ViTSegmenter, "small", overrides)

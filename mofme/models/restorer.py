@@ -45,6 +45,7 @@ __all__ = [
     "RestorerConfig",
     "RestorerOutput",
     "TransformerBlock",
+    "resample_position",
 ]
 
 _LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
@@ -138,6 +139,15 @@ def pad_bottom_right(image: Tensor, pad_h: int, pad_w: int) -> Tensor:
         return image
     mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
     return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def resample_position(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """A learned position grid (1, h0, w0, D) as tokens for an (h, w) token grid, (1, h * w, D):
+    bicubic resampling (``align_corners=False``) when the grids differ, else the grid itself."""
+    if tuple(pos.shape[1:3]) != tuple(grid):
+        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
+        pos = pos.permute(0, 2, 3, 1)
+    return pos.flatten(1, 2)
 
 
 def ffn_from_config(cfg: Any, dim: int) -> nn.Module:
@@ -278,13 +288,8 @@ class Restorer(PretrainedMixin, nn.Module):
         return [grid] * self.config.depth
 
     def _position(self, grid: tuple[int, int]) -> Tensor:
-        """The position embedding for an (h, w) token grid, (1, h * w, D): bicubic resampling of the
-        learned grid when the sizes differ."""
-        pos = self.pos_embed
-        if tuple(pos.shape[1:3]) != grid:
-            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
-            pos = pos.permute(0, 2, 3, 1)
-        return pos.flatten(1, 2)
+        """The position embedding for an (h, w) token grid, (1, h * w, D)."""
+        return resample_position(self.pos_embed, grid)
 
     def forward(self, image: Tensor) -> RestorerOutput:
         if image.ndim != 4 or image.shape[1] != 3:

@@ -1,0 +1,237 @@
+"""Downstream recognition: a ViT classifier and a ViT segmenter whose FFN is dense, MoE or MoFME.
+
+Both share :class:`ViTEncoder`:
+
+    image (N, 3, H, W) in [0, 1]
+      -> scaled to [-1, 1], padded at the bottom / right to a multiple of the patch size P
+      -> patch embed: Conv2d(3 -> D, kernel P, stride P) + LayerNorm       tokens (N, h * w, D)
+      -> + learned position embedding (a pos_embed_size / P square grid, resampled bicubically
+         to the token grid h = ceil(H / P), w = ceil(W / P))
+      -> depth x [x + Attention(LN(x)); x + FFN(LN(x))]                    FFN: dense | moe | mofme
+      -> LayerNorm                                                         tokens (N, h * w, D)
+
+:class:`ViTClassifier`: mean of the tokens -> Linear(D -> classes)        logits (N, classes)
+:class:`ViTSegmenter`: tokens as a (N, D, h, w) map -> log2(P) stages of
+[conv3x3, GroupNorm, ReLU, bilinear 2x] halving the width -> conv1x1 -> classes, cropped to (H, W)
+                                                                          logits (N, classes, H, W)
+
+Both return the summed auxiliary loss of the routed FFNs (zero for dense) and the per-layer routing
+``(expert_indices, expert_weights)``, each (N, h, w, k) (``(None, None)`` for dense), like
+:class:`~mofme.models.restorer.Restorer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import MoEOutput
+from .hub import PretrainedMixin
+from .restorer import (
+    FFNChoice,
+    PatchEmbed,
+    TransformerBlock,
+    conv3x3,
+    ffn_from_config,
+    pad_to_multiple,
+    resample_position,
+)
+
+__all__ = [
+    "RECOGNIZER_PRESETS",
+    "ClassifierOutput",
+    "EncoderOutput",
+    "RecognizerConfig",
+    "SegmenterOutput",
+    "ViTClassifier",
+    "ViTEncoder",
+    "ViTSegmenter",
+]
+
+Routing = list[tuple[Tensor | None, Tensor | None]]
+
+
+@dataclass(frozen=True)
+class RecognizerConfig(FFNChoice):
+    """Every constructor argument of :class:`ViTClassifier` and :class:`ViTSegmenter` and its
+    default, the ``tiny`` preset (``asdict(config)`` is ``config.json``); the FFN fields come from
+    :class:`~mofme.models.restorer.FFNChoice`."""
+
+    num_classes: int = 10
+    patch_size: int = 4  # P
+    embed_dim: int = 64  # D
+    depth: int = 2
+    num_heads: int = 2
+    head_dim: int = 32  # the attention inner width is num_heads * head_dim
+    mlp_ratio: float = 4.0  # FFN hidden width = mlp_ratio * D
+    dropout: float = 0.0  # attention output and FFN dropout
+    pos_embed_size: int | None = 64  # image side the learned position grid is laid out for; None: none
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_classes", "patch_size", "embed_dim", "depth", "num_heads", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        size, patch = self.pos_embed_size, self.patch_size
+        if size is not None and (size < patch or size % patch):
+            raise ValueError(f"pos_embed_size must be a positive multiple of patch_size={patch}, got {size}")
+
+
+RECOGNIZER_PRESETS: dict[str, RecognizerConfig] = {
+    # CPU-sized: 64 x 64 images, a 16 x 16 token grid
+    "tiny": RecognizerConfig(),  # D=64, depth 2, P=4, 2 heads x 32
+    "small": RecognizerConfig(embed_dim=128, depth=4, num_heads=4),  # D=128, depth 4, P=4, 4 heads x 32
+}
+
+
+class EncoderOutput(NamedTuple):
+    """``tokens`` (N, h * w, D), LayerNorm'ed; ``grid`` (h, w) = (ceil(H / P), ceil(W / P));
+    ``aux_loss`` scalar; ``routing`` per layer ``(expert_indices, expert_weights)``, each (N, h, w, k)."""
+
+    tokens: Tensor
+    grid: tuple[int, int]
+    aux_loss: Tensor
+    routing: Routing
+
+
+class ClassifierOutput(NamedTuple):
+    """``logits`` (N, num_classes); ``aux_loss`` scalar (zero for dense FFNs), to add to the
+    training loss; ``routing`` as in :class:`EncoderOutput`."""
+
+    logits: Tensor
+    aux_loss: Tensor
+    routing: Routing
+
+
+class SegmenterOutput(NamedTuple):
+    """``logits`` (N, num_classes, H, W) at the input resolution; ``aux_loss`` scalar (zero for
+    dense FFNs); ``routing`` as in :class:`EncoderOutput`."""
+
+    logits: Tensor
+    aux_loss: Tensor
+    routing: Routing
+
+
+def _grid_routing(out: MoEOutput, grid: tuple[int, int]) -> tuple[Tensor | None, Tensor | None]:
+    """A layer's (N, h * w, k) routing as (N, h, w, k) maps; ``(None, None)`` for a dense FFN."""
+    if out.expert_indices is None:
+        return None, None
+    return out.expert_indices.unflatten(1, grid), out.expert_weights.unflatten(1, grid)
+
+
+class ViTEncoder(nn.Module):
+    """(N, 3, H, W) in [0, 1], any H, W -> :class:`EncoderOutput` (tokens (N, h * w, D))."""
+
+    def __init__(self, cfg: RecognizerConfig) -> None:
+        super().__init__()
+        self.patch_size, dim = cfg.patch_size, cfg.embed_dim
+        self.patch_embed = PatchEmbed(in_channels=3, embed_dim=dim, patch_size=cfg.patch_size)
+        self.pos_embed: nn.Parameter | None = None
+        if cfg.pos_embed_size is not None:
+            side = cfg.pos_embed_size // cfg.patch_size
+            self.pos_embed = nn.Parameter(torch.empty(1, side, side, dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                dim,
+                num_heads=cfg.num_heads,
+                head_dim=cfg.head_dim,
+                ffn=ffn_from_config(cfg, dim),
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, image: Tensor) -> EncoderOutput:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
+        padded = pad_to_multiple(image, self.patch_size)
+        grid = (padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size)
+        tokens = self.patch_embed(padded * 2 - 1)
+        if self.pos_embed is not None:
+            tokens = tokens + resample_position(self.pos_embed, grid)
+        aux = tokens.new_zeros((), dtype=torch.float32)
+        routing: Routing = []
+        for block in self.blocks:
+            tokens, out = block(tokens)
+            aux = aux + out.aux_loss.float()
+            routing.append(_grid_routing(out, grid))
+        return EncoderOutput(self.norm(tokens), grid, aux, routing)
+
+
+class _Recognizer(PretrainedMixin, nn.Module):
+    """The config (keyword-only fields of :class:`RecognizerConfig`) and the shared encoder."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__()
+        self.config = RecognizerConfig(**fields)
+        self.patch_size = self.config.patch_size
+        self.encoder = ViTEncoder(self.config)
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (the patch size)."""
+        return self.patch_size
+
+    def token_grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The (h, w) token grid of each entry of ``routing`` for an H x W input."""
+        grid = (-(-height // self.patch_size), -(-width // self.patch_size))
+        return [grid] * self.config.depth
+
+
+class ViTClassifier(_Recognizer):
+    """Image classifier; ``model(image)``, image (N, 3, H, W) in [0, 1], any H, W ->
+    :class:`ClassifierOutput` with logits (N, num_classes): the mean of the encoder's tokens
+    through a linear head. Keyword-only arguments: the fields of :class:`RecognizerConfig`."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.head = nn.Linear(self.config.embed_dim, self.config.num_classes)
+
+    def forward(self, image: Tensor) -> ClassifierOutput:
+        enc = self.encoder(image)
+        return ClassifierOutput(self.head(enc.tokens.mean(1)), enc.aux_loss, enc.routing)
+
+
+def _upsample_stage(in_channels: int, out_channels: int) -> nn.Sequential:
+    """(N, Cin, h, w) -> (N, Cout, 2h, 2w): conv3x3, GroupNorm, ReLU, bilinear 2x upsampling."""
+    return nn.Sequential(
+        conv3x3(in_channels, out_channels),
+        nn.GroupNorm(min(8, out_channels), out_channels),
+        nn.ReLU(inplace=True),
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+    )
+
+
+class ViTSegmenter(_Recognizer):
+    """Semantic segmenter; ``model(image)``, image (N, 3, H, W) in [0, 1], any H, W ->
+    :class:`SegmenterOutput` with logits (N, num_classes, H, W). The decoder upsamples the
+    (N, D, h, w) token map progressively: log2(P) stages (:func:`_upsample_stage`), the width halved
+    at each (at least 8 channels), then a conv1x1 to the classes; cropped back to (H, W).
+    ``patch_size`` must be a power of two. Keyword-only arguments: the fields of :class:`RecognizerConfig`."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        patch, width = self.config.patch_size, self.config.embed_dim
+        if patch & (patch - 1):
+            raise ValueError(f"the segmenter needs a power-of-two patch_size, got {patch}")
+        stages = []
+        for _ in range(patch.bit_length() - 1):  # log2(P) 2x stages
+            stages.append(_upsample_stage(width, max(width // 2, 8)))
+            width = max(width // 2, 8)
+        self.decoder = nn.Sequential(*stages)
+        self.classify = nn.Conv2d(width, self.config.num_classes, 1)
+
+    def forward(self, image: Tensor) -> SegmenterOutput:
+        height, width = image.shape[-2:]
+        enc = self.encoder(image)
+        features = enc.tokens.transpose(1, 2).unflatten(2, enc.grid)  # (N, D, h, w)
+        logits = self.classify(self.decoder(features))[..., :height, :width]
+        return SegmenterOutput(logits, enc.aux_loss, enc.routing)
