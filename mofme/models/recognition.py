@@ -22,20 +22,20 @@ Both return the summed auxiliary loss of the routed FFNs (zero for dense) and th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..nn import MoEOutput
-from .hub import PretrainedMixin
 from .restorer import (
     FFNChoice,
     PatchEmbed,
+    TokenGridModel,
     TransformerBlock,
     conv3x3,
     ffn_from_config,
+    grid_routing,
     pad_to_multiple,
     resample_position,
 )
@@ -115,13 +115,6 @@ class SegmenterOutput(NamedTuple):
     routing: Routing
 
 
-def _grid_routing(out: MoEOutput, grid: tuple[int, int]) -> tuple[Tensor | None, Tensor | None]:
-    """A layer's (N, h * w, k) routing as (N, h, w, k) maps; ``(None, None)`` for a dense FFN."""
-    if out.expert_indices is None:
-        return None, None
-    return out.expert_indices.unflatten(1, grid), out.expert_weights.unflatten(1, grid)
-
-
 class ViTEncoder(nn.Module):
     """(N, 3, H, W) in [0, 1], any H, W -> :class:`EncoderOutput` (tokens (N, h * w, D))."""
 
@@ -159,11 +152,11 @@ class ViTEncoder(nn.Module):
         for block in self.blocks:
             tokens, out = block(tokens)
             aux = aux + out.aux_loss.float()
-            routing.append(_grid_routing(out, grid))
+            routing.append(grid_routing(out, grid))
         return EncoderOutput(self.norm(tokens), grid, aux, routing)
 
 
-class _Recognizer(PretrainedMixin, nn.Module):
+class _Recognizer(TokenGridModel, nn.Module):
     """The config (keyword-only fields of :class:`RecognizerConfig`) and the shared encoder."""
 
     def __init__(self, **fields: Any) -> None:
@@ -171,19 +164,6 @@ class _Recognizer(PretrainedMixin, nn.Module):
         self.config = RecognizerConfig(**fields)
         self.patch_size = self.config.patch_size
         self.encoder = ViTEncoder(self.config)
-
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
-
-    @property
-    def size_multiple(self) -> int:
-        """Inputs are padded to a multiple of this (the patch size)."""
-        return self.patch_size
-
-    def token_grids(self, height: int, width: int) -> list[tuple[int, int]]:
-        """The (h, w) token grid of each entry of ``routing`` for an H x W input."""
-        grid = (-(-height // self.patch_size), -(-width // self.patch_size))
-        return [grid] * self.config.depth
 
 
 class ViTClassifier(_Recognizer):

@@ -44,7 +44,9 @@ __all__ = [
     "Restorer",
     "RestorerConfig",
     "RestorerOutput",
+    "TokenGridModel",
     "TransformerBlock",
+    "grid_routing",
     "resample_position",
 ]
 
@@ -235,7 +237,35 @@ class TransformerBlock(nn.Module):
         return x + out.output, out
 
 
-class Restorer(PretrainedMixin, nn.Module):
+class TokenGridModel(PretrainedMixin):
+    """A saved model (``self.config``, a config dataclass with ``depth``) that pads its input to a
+    multiple of ``self.patch_size`` and routes on one token grid per transformer layer."""
+
+    config: Any
+    patch_size: int
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (the patch size)."""
+        return self.patch_size
+
+    def token_grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The (h, w) token grid of each entry of ``routing`` for an H x W input."""
+        grid = (-(-height // self.patch_size), -(-width // self.patch_size))
+        return [grid] * self.config.depth
+
+
+def grid_routing(out: MoEOutput, grid: tuple[int, int]) -> tuple[Tensor | None, Tensor | None]:
+    """A layer's (N, h * w, k) routing as (N, h, w, k) maps; ``(None, None)`` for a dense FFN."""
+    if out.expert_indices is None:
+        return None, None
+    return out.expert_indices.unflatten(1, grid), out.expert_weights.unflatten(1, grid)
+
+
+class Restorer(TokenGridModel, nn.Module):
     """Weather restoration network; ``model(image)`` with image (N, 3, H, W) in [0, 1] -> :class:`RestorerOutput`.
 
     Any H, W: inputs are reflection-padded to a multiple of ``patch_size`` and the output is
@@ -274,19 +304,6 @@ class Restorer(PretrainedMixin, nn.Module):
             ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
         )
 
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
-
-    @property
-    def size_multiple(self) -> int:
-        """Inputs are padded to a multiple of this (the patch size)."""
-        return self.patch_size
-
-    def token_grids(self, height: int, width: int) -> list[tuple[int, int]]:
-        """The (h, w) token grid of each entry of ``routing`` for an H x W input."""
-        grid = (-(-height // self.patch_size), -(-width // self.patch_size))
-        return [grid] * self.config.depth
-
     def _position(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for an (h, w) token grid, (1, h * w, D)."""
         return resample_position(self.pos_embed, grid)
@@ -305,10 +322,7 @@ class Restorer(PretrainedMixin, nn.Module):
         for block in self.blocks:
             tokens, out = block(tokens)
             aux = aux + out.aux_loss.float()
-            if out.expert_indices is None:
-                routing.append((None, None))
-            else:
-                routing.append((out.expert_indices.unflatten(1, grid), out.expert_weights.unflatten(1, grid)))
+            routing.append(grid_routing(out, grid))
         feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
         logits = self.tail(F.pixel_shuffle(feats, self.patch_size))
         if self.residual:
