@@ -38,7 +38,10 @@ class DistContext:
         return float(tensor.item())
 
     def close(self) -> None:
+        """Leave the process group once every rank is done with its collectives (a gloo group torn
+        down while a peer's work is still in flight can abort the process at exit)."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -444,6 +444,7 @@ class TrainingRecipe:
     def _finish(self) -> TrainResult:
         self.progress.close()
         self.logger.close()
+        self.net = self.model  # release DDP's reducer (and its gloo work) before the group goes
         self.context.close()
         return TrainResult(
             output_dir=self.output_dir,
