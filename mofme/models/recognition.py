@@ -33,6 +33,7 @@ from .restorer import (
     PatchEmbed,
     TokenGridModel,
     TransformerBlock,
+    check_token_settings,
     conv3x3,
     ffn_from_config,
     grid_routing,
@@ -72,12 +73,7 @@ class RecognizerConfig(FFNChoice):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_classes", "patch_size", "embed_dim", "depth", "num_heads", "head_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        size, patch = self.pos_embed_size, self.patch_size
-        if size is not None and (size < patch or size % patch):
-            raise ValueError(f"pos_embed_size must be a positive multiple of patch_size={patch}, got {size}")
+        check_token_settings(self, "num_classes")
 
 
 RECOGNIZER_PRESETS: dict[str, RecognizerConfig] = {

@@ -95,12 +95,19 @@ class RestorerConfig(FFNChoice):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("channels", "embed_dim", "patch_size", "depth", "num_heads", "head_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        size, patch = self.pos_embed_size, self.patch_size
-        if size is not None and (size < patch or size % patch):
-            raise ValueError(f"pos_embed_size must be a positive multiple of patch_size={patch}, got {size}")
+        check_token_settings(self, "channels")
+
+
+def check_token_settings(cfg: Any, *positive: str) -> None:
+    """Check a patch-token model's config: ``positive`` and the token fields (``embed_dim``,
+    ``patch_size``, ``depth``, ``num_heads``, ``head_dim``) are positive integers, and
+    ``pos_embed_size`` is None or a positive multiple of ``patch_size``."""
+    for name in (*positive, "embed_dim", "patch_size", "depth", "num_heads", "head_dim"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    size, patch = cfg.pos_embed_size, cfg.patch_size
+    if size is not None and (size < patch or size % patch):
+        raise ValueError(f"pos_embed_size must be a positive multiple of patch_size={patch}, got {size}")
 
 
 PRESETS: dict[str, RestorerConfig] = {
