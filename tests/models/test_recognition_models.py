@@ -28,6 +28,8 @@ from mofme.models import (
 from mofme.models.restorer import resample_position
 from mofme.nn import FFN_LAYERS, aux_loss
 
+from .routing import assert_routing
+
 MODELS = list_models("classifier_*") + list_models("segmenter_*")
 FFNS = sorted(FFN_LAYERS)
 VARIANTS = [(name, ffn) for name in MODELS for ffn in FFNS]
@@ -103,12 +105,7 @@ def test_shapes_and_routing_at_any_size(name, ffn):
         grids = model.token_grids(height, width)
         assert grids[0] == (math.ceil(height / 4), math.ceil(width / 4))
         assert len(out.routing) == len(grids) == model.config.depth
-        for (indices, weights), grid in zip(out.routing, grids, strict=True):
-            if ffn == "dense":
-                assert indices is None and weights is None
-            else:
-                assert indices.shape == weights.shape == (BATCH, *grid, TOP_K)
-                assert torch.allclose(weights.sum(-1), torch.ones(()))
+        assert_routing(out.routing, grids, ffn=ffn, batch=BATCH, top_k=TOP_K)
 
 
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)

@@ -29,6 +29,8 @@ from mofme.models import (
 )
 from mofme.nn import FFN_LAYERS, aux_loss
 
+from .routing import assert_routing
+
 MODELS = list_models("restorer_*")
 FFNS = sorted(FFN_LAYERS)
 VARIANTS = [(name, ffn) for name in MODELS for ffn in FFNS]
@@ -93,12 +95,7 @@ def test_shape_range_and_routing(name, ffn):
     assert out.image.min() >= 0 and out.image.max() <= 1
     grids = model.token_grids(*x.shape[-2:])
     assert len(out.routing) == len(grids) == len(ffn_names(model)) > 0
-    for (indices, weights), grid in zip(out.routing, grids, strict=True):
-        if ffn == "dense":
-            assert indices is None and weights is None
-        else:
-            assert indices.shape == weights.shape == (BATCH, *grid, TOP_K)
-            assert torch.allclose(weights.sum(-1), torch.ones(()))
+    assert_routing(out.routing, grids, ffn=ffn, batch=BATCH, top_k=TOP_K)
 
 
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)
