@@ -29,9 +29,11 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(recipe_path(args.config), args.overrides)
     result = train(config, resume=args.resume)
-    best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a"
+    best = "n/a" if result.best_score is None else f"{result.best_score:.4g}"
+    unit = " dB" if result.metric == "psnr" and result.best_score is not None else ""
     print(
-        f"trained {result.steps} steps in {result.minutes:.1f} min; best validation PSNR {best}; best model: {result.best_dir}"
+        f"trained {result.steps} steps in {result.minutes:.1f} min; best validation {result.metric} "
+        f"{best}{unit}; best model: {result.best_dir}"
     )
     return 0
 
@@ -45,11 +47,21 @@ def _read_eval_data(location: str, root: str | None):
     return read_pair_list(path, root)
 
 
+RECOGNITION_DATA = ("scenes", "degradation")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from mofme.engine.evaluate import evaluate
-    from mofme.models import load_restorer
+    from mofme.models import ViTClassifier, ViTSegmenter, load_model
 
-    model = load_restorer(args.checkpoint, device=args.device)
+    model = load_model(args.checkpoint, device=args.device)
+    if isinstance(model, ViTClassifier | ViTSegmenter):
+        return _eval_recognition(args, model)
+    if args.restore_with is not None or args.data in RECOGNITION_DATA:
+        raise ValueError(
+            f"{args.checkpoint} holds a restorer: --restore-with and --data {'/'.join(RECOGNITION_DATA)} "
+            "are for recognition models (a ViTClassifier or ViTSegmenter checkpoint)"
+        )
     if args.data == "builtin":
         from mofme.data import BuiltinWeatherDataset
 
@@ -69,6 +81,92 @@ def _eval(args: argparse.Namespace) -> int:
     json_path, md_path = report.save(args.output)
     print(report.to_markdown())
     print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _recognition_data(args: argparse.Namespace, task: str):
+    """The test split of the built-in task ``--data`` names, or an ImageFolder tree (classification)."""
+    wanted = {"scenes": "classification", "degradation": "segmentation"}.get(args.data)
+    if wanted is not None and wanted != task:
+        raise ValueError(f"--data {args.data} is a {wanted} task; {args.checkpoint} holds a {task} model")
+    if args.data == "scenes":
+        from mofme.data.builtin_tasks import SceneDataset
+
+        return SceneDataset("test")
+    if args.data == "degradation":
+        from mofme.data.builtin_tasks import DegradationDataset
+
+        return DegradationDataset("test")
+    if task != "classification":
+        raise ValueError(f"a segmenter evaluates on --data degradation, got {args.data!r}")
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(
+            f"--data: no such folder (ImageFolder layout root/<class>/<image>): {args.data}"
+        )
+    from mofme.data import ClassificationDataset, image_folder
+
+    return ClassificationDataset(image_folder(args.data), crop_size=args.crop_size)
+
+
+def _eval_recognition(args: argparse.Namespace, model) -> int:
+    """``mofme eval`` of a classifier or segmenter, optionally also on images restored first."""
+    from mofme.engine.recognition import evaluate_classifier, evaluate_segmenter, task_of
+    from mofme.models import DEFAULT_WEIGHTS as SHIPPED
+    from mofme.models import load_restorer
+
+    task = task_of(model)
+    if args.restore_with is not None and args.data == "degradation":
+        raise ValueError(
+            "--restore-with does not apply to the degradation task: its labels are the weather itself, "
+            "which restoration removes from the image"
+        )
+    restorer = None
+    if args.restore_with is not None:
+        restorer = load_restorer(
+            SHIPPED if args.restore_with == "default" else args.restore_with, device=args.device
+        )
+    data = _recognition_data(args, task)
+    options = {
+        "device": args.device,
+        "progress": True,
+        "restore_tile": args.tile,
+        "restore_overlap": args.overlap,
+    }
+    if task == "segmentation":
+        options.update(tile=args.seg_tile, overlap=args.seg_overlap)
+    meta = {"checkpoint": str(args.checkpoint), "data": args.data}
+    if restorer is None:
+        evaluate = evaluate_classifier if task == "classification" else evaluate_segmenter
+        report = evaluate(model, data, **options)
+        report.meta.update(meta)
+        json_path, md_path = report.save(args.output)
+        print(report.to_markdown())
+        print(f"wrote {json_path} and {md_path}")
+        return 0
+    return _restore_then_recognise(args, model, data, restorer, {**options, "task": task}, meta)
+
+
+def _restore_then_recognise(args, model, data, restorer, options: dict, meta: dict) -> int:
+    """Evaluate on the degraded and on the restored images; write both reports, the table and the figure."""
+    from mofme.atomic import write_text_atomic
+    from mofme.engine.recognition import (
+        compare_with_restoration,
+        plot_restore_then_recognise,
+        restoration_table_markdown,
+    )
+
+    degraded, restored = compare_with_restoration(model, data, restorer, **options)
+    output = Path(args.output)
+    for name, report in (("degraded", degraded), ("restored", restored)):
+        report.meta.update(meta, restore_with=None if name == "degraded" else args.restore_with)
+        report.save(output / name)
+    table = restoration_table_markdown(degraded, restored)
+    write_text_atomic(output / "restore_then_recognise.md", table)
+    figure = plot_restore_then_recognise(degraded, restored, output / "restore_then_recognise.png")
+    print(table)
+    print(
+        f"wrote {output / 'degraded'}, {output / 'restored'}, {output / 'restore_then_recognise.md'} and {figure}"
+    )
     return 0
 
 
@@ -162,12 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overlap", type=int, default=32)
         p.add_argument("--device", default="cpu")
 
-    ev = commands.add_parser("eval", help="PSNR/SSIM per weather type on full-resolution test pairs")
+    ev = commands.add_parser(
+        "eval",
+        help="restorers: PSNR/SSIM per weather type on full-resolution test pairs; classifiers and "
+        "segmenters: accuracy / mIoU per weather condition",
+    )
     tiled(ev)
     ev.add_argument(
         "--data",
         required=True,
-        help="a list file (input/... lines), a folder with input/ and gt/, or 'builtin'",
+        help="restorers: a list file (input/... lines), a folder with input/ and gt/, or 'builtin'; "
+        "recognition models: 'scenes' (classifiers), 'degradation' (segmenters) or an ImageFolder folder "
+        "(classifiers)",
     )
     ev.add_argument(
         "--root", default=None, help="folder the list's paths are relative to (default: the list's folder)"
@@ -176,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--y-channel", action="store_true", help="metrics on BT.601 Y instead of RGB")
     ev.add_argument("--crop-border", type=int, default=0)
     ev.add_argument("--save-images", default=None, help="also write the restored images here")
+    ev.add_argument(
+        "--restore-with",
+        default=None,
+        metavar="CHECKPOINT",
+        help="recognition models: also score the images restored first by this restorer ('default': the "
+        "shipped weights); writes degraded/, restored/ and the restore_then_recognise comparison",
+    )
+    ev.add_argument("--seg-tile", type=int, default=64, help="segmenters: tiled-inference window (pixels)")
+    ev.add_argument("--seg-overlap", type=int, default=16, help="segmenters: overlap of the windows")
+    ev.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="ImageFolder data: centre crops of this size (default: whole)",
+    )
     ev.set_defaults(func=_eval)
 
     restore = commands.add_parser("restore", help="restore your own photos (files or folders, any size)")

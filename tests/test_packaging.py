@@ -52,6 +52,7 @@ RESTORATION_EXTRAS = [
     "scipy",
     "tifffile",
     "tensorboard",
+    "torchmetrics",
 ]
 
 

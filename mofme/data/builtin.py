@@ -50,6 +50,9 @@ def _load_uint8(name: str) -> np.ndarray:
         "rocket": skimage.data.rocket,
         "motorcycle": lambda: skimage.data.stereo_motorcycle()[0],
         "camera": skimage.data.camera,  # grayscale; the one outdoor scene with sky in the training split
+        "brick": skimage.data.brick,  # grayscale textures: classes of the scene-recognition task only
+        "grass": skimage.data.grass,
+        "gravel": skimage.data.gravel,
     }
     if name in loaders:
         image = loaders[name]()

@@ -27,7 +27,14 @@ from .io import list_images, read_image, to_8bit_levels
 from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
 from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, render_weather
 
-__all__ = ["PhotoSource", "RenderedWeatherDataset", "folder_photos", "render_crop", "resize_long_side"]
+__all__ = [
+    "PhotoSource",
+    "RenderedWeatherDataset",
+    "folder_photos",
+    "render_crop",
+    "render_crop_sample",
+    "resize_long_side",
+]
 
 _REFERENCE_SIDE = 512.0  # render_weather's reference image size (scale 1)
 
@@ -90,7 +97,7 @@ def weather_item(sample: WeatherSample, name: str) -> dict:
     }
 
 
-def render_crop(
+def render_crop_sample(
     rng: np.random.Generator,
     source: PhotoSource,
     *,
@@ -101,10 +108,11 @@ def render_crop(
     color_jitter: bool = False,
     clean_fraction: float = 0.0,
     tag: str = "",
-) -> dict:
-    """One random training item from ``source``: weather, severity, version, crop (mirror-padded if
-    the photo is smaller), flip/rotation, colour variant, then weather rendered at the version's scale
-    (``clean_fraction`` of the items stay weather-free: input = target, weather index -1)."""
+) -> tuple[WeatherSample, str]:
+    """One random render from ``source`` and its name: weather, severity, version, crop
+    (mirror-padded if the photo is smaller), flip/rotation, colour variant, then weather rendered at
+    the version's scale (``clean_fraction`` of the renders stay weather-free: weather "clean",
+    severity 0, zero masks)."""
     weather = weathers[int(rng.integers(len(weathers)))]
     severity = severities[int(rng.integers(len(severities)))]
     version = int(rng.integers(len(source.versions))) if len(source.versions) > 1 else 0
@@ -117,12 +125,18 @@ def render_crop(
     if color_jitter:
         crop = jitter_colors(crop, rng)
     if clean_fraction and rng.random() < clean_fraction:
-        sample = WeatherSample(crop, crop, np.zeros(crop.shape[:2], np.float32), "clean", 0)
-        return weather_item(sample, f"{source.name}_clean{tag}")
+        zeros = np.zeros(crop.shape[:2], np.float32)
+        return WeatherSample(crop, crop, zeros, "clean", 0, zeros), f"{source.name}_clean{tag}"
     render_seed = int(rng.integers(2**63 - 1))
     scale = source.weather_scales[version]
     sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
-    return weather_item(sample, f"{source.name}_{weather}_s{severity}{tag}")
+    return sample, f"{source.name}_{weather}_s{severity}{tag}"
+
+
+def render_crop(rng: np.random.Generator, source: PhotoSource, **options) -> dict:
+    """One random training item from ``source`` (:func:`render_crop_sample`'s render as
+    :func:`weather_item`; clean renders have input = target and weather index -1)."""
+    return weather_item(*render_crop_sample(rng, source, **options))
 
 
 class RenderedWeatherDataset(Dataset):

@@ -80,13 +80,16 @@ _DROPS = {1: (30, 10.0, 30.0), 2: (50, 12.0, 40.0), 3: (65, 14.0, 46.0)}
 
 class WeatherSample(NamedTuple):
     """One render: ``degraded`` and ``clean`` float32 (H, W, 3) in [0, 1], ``mask`` float32 (H, W) in
-    [0, 1] (1 - weight of the clean pixel), the ``weather`` name and the ``severity`` (1..3)."""
+    [0, 1] (1 - weight of the clean pixel), the ``weather`` name, the ``severity`` (1..3) and
+    ``particles`` float32 (H, W) in [0, 1]: the opacity of the streaks, flakes or drops alone, without
+    the veil (zero for haze; None where unknown). ``mask`` >= ``particles`` everywhere."""
 
     degraded: np.ndarray
     clean: np.ndarray
     mask: np.ndarray
     weather: str
     severity: int
+    particles: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -247,7 +250,7 @@ def _rain(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: flo
     t, airlight = _veil(rng, shape, _RAIN_VEIL[severity])
     streaked = clean * keep[:, :, None] + color * (1.0 - keep[:, :, None])
     degraded = streaked * t + airlight * (1.0 - t)
-    return degraded, 1.0 - keep * t[:, :, 0]
+    return degraded, 1.0 - keep * t[:, :, 0], 1.0 - keep
 
 
 def _snow(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: float):
@@ -263,7 +266,7 @@ def _snow(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: flo
     t, airlight = _veil(rng, shape, _SNOW_VEIL[severity])
     snowy = clean * keep[:, :, None] + color * (1.0 - keep[:, :, None])
     degraded = snowy * t + airlight * (1.0 - t)
-    return degraded, 1.0 - keep * t[:, :, 0]
+    return degraded, 1.0 - keep * t[:, :, 0], 1.0 - keep
 
 
 def _haze(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: float):
@@ -282,7 +285,7 @@ def _haze(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: flo
     t = np.exp(-beta * depth).astype(np.float32)
     airlight = np.clip(rng.uniform(0.8, 1.0) + rng.uniform(-0.02, 0.02, 3), 0.0, 1.0).astype(np.float32)
     degraded = clean * t[:, :, None] + airlight * (1.0 - t[:, :, None])
-    return degraded, 1.0 - t
+    return degraded, 1.0 - t, np.zeros((h, w), np.float32)
 
 
 def _raindrop(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: float):
@@ -327,7 +330,7 @@ def _raindrop(clean: np.ndarray, rng: np.random.Generator, severity: int, scale:
         a3 = alpha[:, :, None]
         out[y0:y1, x0:x1] = out[y0:y1, x0:x1] * (1.0 - a3) + content * a3
         keep[y0:y1, x0:x1] *= 1.0 - alpha
-    return out, 1.0 - keep
+    return out, 1.0 - keep, 1.0 - keep
 
 
 _RENDERERS = {"rain": _rain, "snow": _snow, "haze": _haze, "raindrop": _raindrop}
@@ -356,7 +359,8 @@ def render_weather(
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
     rng = np.random.default_rng(seed)
-    degraded, mask = _RENDERERS[weather](image, rng, int(severity), float(scale))
+    degraded, mask, particles = _RENDERERS[weather](image, rng, int(severity), float(scale))
     degraded = np.clip(degraded, 0.0, 1.0).astype(np.float32)
     mask = np.clip(mask, 0.0, 1.0).astype(np.float32)
-    return WeatherSample(degraded, image, mask, weather, int(severity))
+    particles = np.clip(particles, 0.0, 1.0).astype(np.float32)
+    return WeatherSample(degraded, image, mask, weather, int(severity), particles)

@@ -22,7 +22,9 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The restorer: ``preset`` plus any field of that preset's config, given flat
+    """The model: a registered ``name`` (``classifier_tiny``, ``segmenter_small``, ...: see
+    :func:`mofme.models.list_models`; the recognition tasks need one) or a restorer ``preset``,
+    plus any field of its config, given flat
     (:class:`~mofme.models.RestorerConfig` or :class:`~mofme.models.UNetConfig`: ``ffn``,
     ``num_experts``, ``top_k``, ``router``, ``router_kwargs``, ``modulation``, ``residual``,
     ``depth``, ...). Fields not given keep the preset's values, which are the only defaults; unknown
@@ -31,6 +33,7 @@ class ModelConfig(_Section):
 
     model_config = ConfigDict(extra="allow")
     preset: str = "small"
+    name: str | None = Field(None, description="a registered model; when given, preset is not used")
 
     @model_validator(mode="before")
     @classmethod
@@ -50,16 +53,25 @@ class ModelConfig(_Section):
         return dict(self.model_extra or {})
 
     def resolved(self) -> Any:
-        """The preset's config dataclass with the given fields: every setting of the model."""
+        """The config dataclass with the given fields: every setting of the model."""
+        if self.name is not None:
+            return self.build().config
         from mofme.models.registry import restorer_config
 
         return restorer_config(self.preset, **self.fields)
 
-    def build(self) -> Any:
-        """The restorer this section describes (:func:`mofme.models.build_restorer`)."""
-        from mofme.models.registry import build_restorer
+    def build(self, **fields: Any) -> Any:
+        """The model this section describes (:func:`mofme.models.create_model` for ``name``, else
+        :func:`mofme.models.build_restorer`); ``fields`` fill in settings the section leaves out."""
+        from mofme.models.registry import build_restorer, create_model
 
-        return build_restorer(preset=self.preset, **self.fields)
+        merged = {**fields, **self.fields}
+        if self.name is not None:
+            try:
+                return create_model(self.name, **merged)
+            except TypeError as error:  # an unknown keyword of a recognizer's config
+                raise ValueError(f"model {self.name!r}: {error}") from error
+        return build_restorer(preset=self.preset, **merged)
 
 
 class FolderSource(_Section):
@@ -69,8 +81,22 @@ class FolderSource(_Section):
     weight: float = Field(1.0, gt=0.0)
 
 
+TASK_DATA: dict[str, tuple[str, ...]] = {
+    "restoration": ("builtin", "folder", "allweather", "paired"),
+    "classification": ("scenes", "imagefolder"),
+    "segmentation": ("degradation",),
+}
+TASK_MODELS = {"restoration": "restorer_", "classification": "classifier_", "segmentation": "segmenter_"}
+
+
 class DataConfig(_Section):
-    type: Literal["builtin", "folder", "allweather", "paired"] = "builtin"
+    """``type``: restoration: builtin | folder | allweather | paired; classification: scenes (the
+    built-in scene task) | imagefolder (``train`` / ``val`` folders of class sub-folders);
+    segmentation: degradation (the built-in weather-mask task)."""
+
+    type: Literal["builtin", "folder", "allweather", "paired", "scenes", "imagefolder", "degradation"] = (
+        "builtin"
+    )
     folders: list[FolderSource] = Field(
         default_factory=list, description="folder only: clean photo folders, weather rendered on the fly"
     )
@@ -88,8 +114,8 @@ class DataConfig(_Section):
     crop_size: int = 64
     batch_size: int = 8
     num_workers: int = 0
-    samples_per_epoch: int = 512  # builtin and folder
-    weathers: list[str] | None = None  # builtin and folder; default: all
+    samples_per_epoch: int = 512  # builtin, folder, scenes, degradation
+    weathers: list[str] | None = None  # builtin, folder, scenes, degradation; default: all
     train_long_side: int | None = (
         256  # builtin only: long side of the training photos (weather scales with it)
     )
@@ -99,7 +125,10 @@ class DataConfig(_Section):
     )
     color_jitter: bool = False  # builtin and folder: random colour variants of the clean content
     clean_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="builtin and folder: share of weather-free crops"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of weather-free crops (scenes, degradation: 1 = none has weather)",
     )
 
 
@@ -116,6 +145,11 @@ class OptimConfig(_Section):
 
 
 class LossConfig(_Section):
+    """Restoration: smooth L1 (+ perceptual); recognition: cross-entropy with ``label_smoothing``
+    and, for segmentation, ``class_weights`` (one per class; default equal)."""
+
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: list[float] | None = None
     smooth_l1_beta: float = 1.0
     perceptual_weight: float = 0.0
     vgg_weights: str | None = None
@@ -148,12 +182,26 @@ class EvalConfig(_Section):
 
 
 class Config(_Section):
+    task: Literal["restoration", "classification", "segmentation"] = "restoration"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _task_matches(self) -> Config:
+        if self.data.type not in TASK_DATA[self.task]:
+            raise ValueError(
+                f"data.type {self.data.type!r} does not serve task {self.task!r}: use {TASK_DATA[self.task]}"
+            )
+        name, prefix = self.model.name, TASK_MODELS[self.task]
+        if (name is None and self.task != "restoration") or (
+            name is not None and not name.startswith(prefix)
+        ):
+            raise ValueError(f"task {self.task!r} needs model.name = one of the registered {prefix}* models")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -9,17 +9,20 @@ from torch.utils.data import Dataset
 from mofme.data import (
     WEATHER_TYPES,
     BuiltinWeatherDataset,
+    DatasetError,
     ImagePair,
     PairedImageDataset,
     paired_folder,
     read_pair_list,
 )
 from mofme.data.builtin import builtin_sources
+from mofme.data.builtin_tasks import DEGRADATION_CLASSES, SCENE_CLASSES, DegradationDataset, SceneDataset
 from mofme.data.photos import RenderedWeatherDataset, folder_photos
+from mofme.data.recognition import ClassificationDataset, image_folder
 
 from .config import ConfigError, DataConfig
 
-__all__ = ["build_datasets"]
+__all__ = ["build_datasets", "class_names"]
 
 
 def _read_pairs(kind: str, location: str, root: str | None) -> list[ImagePair]:
@@ -51,6 +54,8 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
             clean_fraction=config.clean_fraction,
         )
         return train, BuiltinWeatherDataset("val", weathers=weathers, seed=seed)
+    if config.type in ("scenes", "degradation", "imagefolder"):
+        return _recognition_datasets(config, seed=seed)
     if config.type == "folder":
         return _folder_training_set(config, seed=seed), BuiltinWeatherDataset(
             "val", weathers=tuple(config.weathers or WEATHER_TYPES), seed=seed
@@ -98,3 +103,47 @@ def _folder_training_set(config: DataConfig, *, seed: int) -> RenderedWeatherDat
         color_jitter=config.color_jitter,
         clean_fraction=config.clean_fraction,
     )
+
+
+def class_names(config: DataConfig) -> tuple[str, ...]:
+    """The classes of a recognition dataset, without building it (``imagefolder``: the sub-folders
+    of ``data.train``)."""
+    if config.type == "scenes":
+        return SCENE_CLASSES
+    if config.type == "degradation":
+        return DEGRADATION_CLASSES
+    if config.type == "imagefolder":
+        return _image_folder(config.train, "data.train").classes
+    raise ConfigError(f"data.type {config.type!r} has no classes")
+
+
+def _image_folder(location: str | None, field: str, classes: tuple[str, ...] | None = None):
+    if location is None:
+        raise ConfigError(f"{field} is required for data.type='imagefolder'")
+    try:
+        return image_folder(location, classes=classes)
+    except (FileNotFoundError, DatasetError) as error:
+        raise ConfigError(f"{field}: {error}") from error
+
+
+def _recognition_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, val) of a recognition task: random training crops; val as the task defines it
+    (built-in tasks: their fixed val split; imagefolder: ``data.val``, centre crops)."""
+    if config.type == "imagefolder":
+        train = _image_folder(config.train, "data.train")
+        val = _image_folder(config.val, "data.val", classes=train.classes)
+        return (
+            ClassificationDataset(train, crop_size=config.crop_size, train=True, seed=seed),
+            ClassificationDataset(val, crop_size=config.crop_size),
+        )
+    task = SceneDataset if config.type == "scenes" else DegradationDataset
+    conditions = {"weathers": tuple(config.weathers or WEATHER_TYPES)}
+    train = task(
+        "train",
+        crop_size=config.crop_size,
+        samples_per_epoch=config.samples_per_epoch,
+        clean_fraction=config.clean_fraction,
+        seed=seed,
+        **conditions,
+    )
+    return train, task("val", crop_size=config.crop_size, seed=seed, **conditions)

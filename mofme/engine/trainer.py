@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.losses import RestorationLoss
-from mofme.models import load_restorer
+from mofme.models import load_model
 from mofme.nn import aux_loss
 
 from ..atomic import staged_directory
@@ -45,16 +45,19 @@ from .distributed import setup_distributed
 from .evaluate import evaluate
 from .optim import adamw, decay_groups
 
-__all__ = ["TrainResult", "train", "validate"]
+__all__ = ["TrainResult", "TrainingRecipe", "recipe_class", "train", "validate"]
 
 
 @dataclass
 class TrainResult:
+    """``best_score``: the best validation score (``metric``: "psnr" in dB, "accuracy", "miou")."""
+
     output_dir: Path
     steps: int
-    best_psnr: float | None
+    best_score: float | None
     best_dir: Path | None
     minutes: float
+    metric: str = "psnr"
 
 
 class _SkipSampler(Sampler[int]):
@@ -158,8 +161,11 @@ class TrainingRecipe:
     validation score (``_scores``); the loop, resume, DDP, AMP, EMA and logging stay one.
 
     Decisions every process must share (the time budget, the fitted schedule) are taken on rank 0
-    and broadcast, so no process stops at another step than the others.
+    and broadcast, so no process stops at another step than the others. ``metric`` names the
+    validation score (``_scores(model)["mean"]`` is the selection criterion, higher is better).
     """
+
+    metric = "psnr"
 
     def __init__(self, config: Config, *, resume: bool = False) -> None:
         self.config, self.cfg, self.resume = config, config.train, resume
@@ -168,7 +174,7 @@ class TrainingRecipe:
         self.output_dir = Path(self.cfg.output_dir)
         self.checkpoints = self.output_dir / "checkpoints"
         self.best_dir = self.output_dir / "best"
-        self.step, self.best_psnr, self.validated_step = 0, None, None
+        self.step, self.best_score, self.validated_step = 0, None, None
         self.first_step, self.seconds_before = 0, 0.0  # where this process started; time of earlier ones
         self._timing_start = 0.0
 
@@ -253,7 +259,7 @@ class TrainingRecipe:
         if checkpoint is None:
             return
         state = load_training_state(checkpoint, self.device)
-        self.model.load_state_dict(load_restorer(checkpoint).state_dict())
+        self.model.load_state_dict(load_model(checkpoint).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.schedule.update(state["schedule"])
@@ -261,7 +267,7 @@ class TrainingRecipe:
             self.ema.load_state_dict(state["ema"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best_psnr = state["step"], state["best_psnr"]
+        self.step, self.best_score = state["step"], state.get("best_score", state.get("best_psnr"))
         self.validated_step = state.get("validated_step")
         self.first_step, self.seconds_before = self.step, state.get("seconds", 0.0)
         self.schedule.setdefault("fitted", self.step >= STEP_TIMING[1])  # older checkpoints lack the flag
@@ -280,7 +286,7 @@ class TrainingRecipe:
                 "scheduler": self.scheduler.state_dict(),
                 "schedule": dict(self.schedule),
                 "step": self.step,
-                "best_psnr": self.best_psnr,
+                "best_score": self.best_score,
                 "validated_step": self.validated_step,
                 "seconds": self.seconds_spent(),
                 "rng": rng,
@@ -308,14 +314,14 @@ class TrainingRecipe:
         if self.context.is_main:
             evaluated = self.ema.module if self.ema is not None else self.model
             scores = self._scores(evaluated)
-            self.logger.log(self.step, "val", {f"psnr_{k}": v for k, v in scores.items()})
-            if self.best_psnr is None or scores["mean"] > self.best_psnr:
-                self.best_psnr = scores["mean"]
+            self.logger.log(self.step, "val", {f"{self.metric}_{k}": v for k, v in scores.items()})
+            if self.best_score is None or scores["mean"] > self.best_score:
+                self.best_score = scores["mean"]
                 with staged_directory(self.best_dir) as stage:
                     evaluated.save_pretrained(stage)
-                    metrics = {"step": self.step, "val_psnr": scores}
+                    metrics = {"step": self.step, f"val_{self.metric}": scores}
                     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            self.progress.set_postfix(val_psnr=f"{scores['mean']:.2f}", refresh=False)
+            self.progress.set_postfix({f"val_{self.metric}": f"{scores['mean']:.4g}"}, refresh=False)
         self.context.barrier()
 
     def _scores(self, model: nn.Module) -> dict[str, float]:
@@ -449,12 +455,24 @@ class TrainingRecipe:
         return TrainResult(
             output_dir=self.output_dir,
             steps=self.step,
-            best_psnr=self.best_psnr,
+            best_score=self.best_score,
             best_dir=self.best_dir if self.best_dir.exists() else None,
             minutes=(time.monotonic() - self.started) / 60,
+            metric=self.metric,
         )
 
 
+def recipe_class(task: str) -> type[TrainingRecipe]:
+    """The recipe of ``config.task``: restoration (this module), classification or segmentation
+    (:mod:`mofme.engine.recognition_recipes`)."""
+    if task == "restoration":
+        return TrainingRecipe
+    from .recognition_recipes import RECOGNITION_RECIPES
+
+    return RECOGNITION_RECIPES[task]
+
+
 def train(config: Config, *, resume: bool = False) -> TrainResult:
-    """Train a restorer as ``config`` says; with ``resume``, continue from the latest checkpoint."""
-    return TrainingRecipe(config, resume=resume).setup().train()
+    """Train the model of ``config.task`` as ``config`` says; with ``resume``, continue from the
+    latest checkpoint."""
+    return recipe_class(config.task)(config, resume=resume).setup().train()

@@ -12,7 +12,8 @@ Both share :class:`ViTEncoder`:
 
 :class:`ViTClassifier`: mean of the tokens -> Linear(D -> classes)        logits (N, classes)
 :class:`ViTSegmenter`: tokens as a (N, D, h, w) map -> log2(P) stages of
-[conv3x3, GroupNorm, ReLU, bilinear 2x] halving the width -> conv1x1 -> classes, cropped to (H, W)
+[conv3x3, GroupNorm, ReLU, bilinear 2x] halving the width, cropped to (H, W); concatenated with a
+full-resolution image branch [conv3x3, GroupNorm, ReLU, conv3x3] -> conv3x3, ReLU, conv1x1 -> classes
                                                                           logits (N, classes, H, W)
 
 Both return the summed auxiliary loss of the routed FFNs (zero for dense) and the per-layer routing
@@ -189,9 +190,11 @@ def _upsample_stage(in_channels: int, out_channels: int) -> nn.Sequential:
 class ViTSegmenter(_Recognizer):
     """Semantic segmenter; ``model(image)``, image (N, 3, H, W) in [0, 1], any H, W ->
     :class:`SegmenterOutput` with logits (N, num_classes, H, W). The decoder upsamples the
-    (N, D, h, w) token map progressively: log2(P) stages (:func:`_upsample_stage`), the width halved
-    at each (at least 8 channels), then a conv1x1 to the classes; cropped back to (H, W).
-    ``patch_size`` must be a power of two. Keyword-only arguments: the fields of :class:`RecognizerConfig`."""
+    (N, D, h, w) token map progressively: log2(P) stages (:func:`_upsample_stage`), the width c halved
+    at each (at least 8 channels); a full-resolution image branch (two conv3x3 to c channels, for
+    pixel-thin structures the token grid cannot place) is concatenated, fused by a conv3x3 + ReLU and
+    mapped to the classes by a conv1x1. ``patch_size`` must be a power of two. Keyword-only arguments:
+    the fields of :class:`RecognizerConfig`."""
 
     def __init__(self, **fields: Any) -> None:
         super().__init__(**fields)
@@ -203,11 +206,21 @@ class ViTSegmenter(_Recognizer):
             stages.append(_upsample_stage(width, max(width // 2, 8)))
             width = max(width // 2, 8)
         self.decoder = nn.Sequential(*stages)
-        self.classify = nn.Conv2d(width, self.config.num_classes, 1)
+        self.image_branch = nn.Sequential(
+            conv3x3(3, width),
+            nn.GroupNorm(min(8, width), width),
+            nn.ReLU(inplace=True),
+            conv3x3(width, width),
+        )
+        self.classify = nn.Sequential(
+            conv3x3(2 * width, width), nn.ReLU(inplace=True), nn.Conv2d(width, self.config.num_classes, 1)
+        )
 
     def forward(self, image: Tensor) -> SegmenterOutput:
         height, width = image.shape[-2:]
         enc = self.encoder(image)
         features = enc.tokens.transpose(1, 2).unflatten(2, enc.grid)  # (N, D, h, w)
-        logits = self.classify(self.decoder(features))[..., :height, :width]
+        decoded = self.decoder(features)[..., :height, :width]
+        fused = torch.cat([decoded, self.image_branch(image * 2 - 1)], dim=1)
+        logits = self.classify(fused)
         return SegmenterOutput(logits, enc.aux_loss, enc.routing)

@@ -132,3 +132,22 @@ def test_a_bad_targets_file_is_named(tmp_path):
     bad.write_text('[layers]\n"a" = "fast"\n')
     with pytest.raises(ValueError, match=r"bad.toml: needs a \[layers\] table"):
         load_limits(bad, "layers")
+
+
+def test_segmenter_benchmark_memory_grows_with_the_tile_and_is_checked(tmp_path, capsys):
+    from mofme.benchmarks import segmenter
+
+    targets = tmp_path / "targets.toml"
+    targets.write_text('[segmenter]\n"tiny tile=32: peak GiB" = 4.0\n"tiny tile=64: peak GiB" = 1e-9\n')
+    out = tmp_path / "segmenter.json"
+    args = ["--presets", "tiny", "--tiles", "32", "64", "--size", "96", "128", "--batch-size", "4"]
+    assert segmenter.main([*args, "--json", str(out), "--targets", str(targets)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["tile"]: r for r in result["rows"]}
+    assert rows[32]["params"] == rows[64]["params"] > 0
+    assert 0 < rows[32]["peak_mib"] < 4096 and rows[64]["peak_mib"] > 0  # a process's resident peak
+    assert [(c["target"], c["ok"]) for c in result["targets"]] == [
+        ("tiny tile=32: peak GiB", True),
+        ("tiny tile=64: peak GiB", False),
+    ]
+    assert "| tiny |" in capsys.readouterr().out

@@ -138,3 +138,22 @@ def test_tiny_images_render():
     for weather in WEATHER_TYPES:
         sample = render_weather(tiny, weather, severity=3, seed=0)
         assert sample.degraded.shape == tiny.shape and np.isfinite(sample.degraded).all()
+
+
+@pytest.mark.parametrize("weather", WEATHER_TYPES)
+def test_particles_are_the_layer_the_veil_is_laid_over(photos, weather):
+    """mask = 1 - (1 - particles) * t with t the veil / haze transmission: the particle opacity
+    never exceeds the mask, haze has none, raindrops have no veil, and for rain and heavy snow the
+    veil alone (particles = 0) still marks the mask."""
+    sample = render_weather(photos[0], weather, severity=3, seed=3)
+    particles = sample.particles
+    assert particles.shape == sample.mask.shape and particles.dtype == np.float32
+    assert np.all(particles <= sample.mask + 1e-6)
+    if weather == "haze":
+        assert not particles.any()
+    elif weather == "raindrop":
+        np.testing.assert_allclose(particles, sample.mask, atol=1e-6)
+    else:
+        veil_only = particles == 0
+        assert veil_only.any() and np.all(sample.mask[veil_only] > 0.05)
+        assert (particles > 0.5).any()

@@ -189,7 +189,7 @@ def test_resume_after_an_epoch_end_checkpoint_keeps_the_validation_history(tmp_p
     state = torch.load(
         latest_checkpoint(interrupted / "checkpoints") / "training_state.pt", weights_only=True
     )
-    assert state["step"] == 2 and state["best_psnr"] is not None
+    assert state["step"] == 2 and state["best_score"] is not None
     train(config(interrupted), resume=True)
     assert [step for step, _ in _val_history(reference)] == [2, 4]
     assert _val_history(interrupted) == _val_history(reference)
