@@ -148,12 +148,9 @@ def _eval_recognition(args: argparse.Namespace, model) -> int:
 
 def _restore_then_recognise(args, model, data, restorer, options: dict, meta: dict) -> int:
     """Evaluate on the degraded and on the restored images; write both reports, the table and the figure."""
+    from mofme.apps.plots import plot_restore_then_recognise
     from mofme.atomic import write_text_atomic
-    from mofme.engine.recognition import (
-        compare_with_restoration,
-        plot_restore_then_recognise,
-        restoration_table_markdown,
-    )
+    from mofme.engine.recognition import compare_with_restoration, restoration_table_markdown
 
     degraded, restored = compare_with_restoration(model, data, restorer, **options)
     output = Path(args.output)

@@ -1,13 +1,18 @@
-"""Figures a person looks at: restoration comparisons and expert usage per weather type."""
+"""Figures a person looks at: restoration comparisons, expert usage per weather type, and
+restore-then-recognise scores."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["comparison_grid", "pyplot", "routing_heatmaps"]
+if TYPE_CHECKING:
+    from mofme.engine.recognition import RecognitionReport
+
+__all__ = ["comparison_grid", "plot_restore_then_recognise", "pyplot", "routing_heatmaps"]
 
 
 def pyplot():
@@ -62,6 +67,33 @@ def routing_heatmaps(usage: np.ndarray, weathers: Sequence[str], path: str | Pat
         fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_restore_then_recognise(
+    degraded: RecognitionReport, restored: RecognitionReport, path: str | Path
+) -> Path:
+    """A grouped bar chart per weather type: clean / degraded / restored score (%), saved as PNG."""
+    from mofme.engine.recognition import restoration_rows
+
+    rows = restoration_rows(degraded, restored)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(rows), 2) + 2, 3.6))
+    x = np.arange(len(rows))
+    for k, (label, color) in enumerate(
+        (("clean", "0.6"), ("degraded", "tab:red"), ("restored", "tab:green"))
+    ):
+        heights = [100 * r[2 + k] for r in rows]
+        ax.bar(x + (k - 1) * 0.27, np.nan_to_num(heights), width=0.27, label=label, color=color)
+    ax.set_xticks(x, [r[0] for r in rows])
+    ax.set_ylabel(f"{degraded.metric} (%)")
+    ax.set_title(f"{degraded.task}: restore, then recognise")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -333,7 +333,7 @@ def snow100k_l(root: PathLike, *, check_headers: bool = False) -> list[ImagePair
 
 
 # ---------------------------------------------------------------------------------------------- torch dataset
-def _crop_size(crop_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+def as_crop_size(crop_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if crop_size is None:
         return None
     size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
@@ -362,7 +362,7 @@ class PairedImageDataset(Dataset):
         seed: int = 0,
     ) -> None:
         self.pairs = list(pairs)
-        self.crop_size = _crop_size(crop_size)
+        self.crop_size = as_crop_size(crop_size)
         self.augment = augment
         self.seed = int(seed)
         self.epoch = 0

@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .._types import PathLike
-from .datasets import DatasetError, _crop_size
+from .datasets import DatasetError, as_crop_size
 from .io import ImageReadError, list_images, read_image
 from .transforms import pad_to, random_crop_box, to_tensor
 
@@ -286,7 +286,7 @@ class _CroppedDataset(Dataset):
     """Shared crop logic: item ``i``'s random window depends only on (seed, epoch, i)."""
 
     def __init__(self, crop_size: int | tuple[int, int] | None, seed: int) -> None:
-        self.crop_size = _crop_size(crop_size)
+        self.crop_size = as_crop_size(crop_size)
         self.seed = int(seed)
         self.epoch = 0
 

@@ -109,14 +109,14 @@ _TABLE_HEAD = (
 )
 
 
-def _finite_or_str(value: Any) -> Any:
+def finite_or_str(value: Any) -> Any:
     """JSON-safe: +-inf and nan become the strings "inf", "-inf", "nan"."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _finite_or_str(v) for k, v in value.items()}
+        return {k: finite_or_str(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite_or_str(v) for v in value]
+        return [finite_or_str(v) for v in value]
     return value
 
 
@@ -180,7 +180,7 @@ class EvalReport:
 
     def to_json(self, *, indent: int = 2) -> str:
         """Strict JSON (infinite PSNRs written as the string ``"inf"``)."""
-        return json.dumps(_finite_or_str(self.to_dict()), indent=indent, allow_nan=False)
+        return json.dumps(finite_or_str(self.to_dict()), indent=indent, allow_nan=False)
 
     def to_markdown(self) -> str:
         """A table ``weather | images | input PSNR | input SSIM | restored PSNR | restored SSIM | gain dB``

@@ -6,7 +6,7 @@ restore-then-recognise experiment: the same model on degraded images and on rest
     print(report.to_markdown())
     report.save("results/scenes")                       # metrics.json + metrics.md
     degraded, restored = compare_with_restoration(model, data, restorer, task="classification")
-    plot_restore_then_recognise(degraded, restored, "restore_then_recognise.png")
+    plot_restore_then_recognise(degraded, restored, "restore_then_recognise.png")   # mofme.apps.plots
 
 Conventions (recorded in ``report.conventions``):
 
@@ -52,7 +52,7 @@ from .._types import PathLike
 from ..atomic import write_text_atomic
 from ..data.recognition import IGNORE_INDEX
 from ..data.weather import WEATHER_TYPES
-from .evaluate import _finite_or_str
+from .evaluate import finite_or_str
 from .restore import _image_of, eval_mode, model_patch_size, prepare_model, restore_tensor
 from .tiling import tiled_apply
 
@@ -65,7 +65,7 @@ __all__ = [
     "evaluate_classifier",
     "evaluate_segmenter",
     "item_condition",
-    "plot_restore_then_recognise",
+    "restoration_rows",
     "restoration_table_markdown",
     "segment_logits",
     "task_of",
@@ -150,7 +150,7 @@ class RecognitionReport:
 
     def to_json(self, *, indent: int = 2) -> str:
         """Strict JSON (nan written as the string ``"nan"``)."""
-        return json.dumps(_finite_or_str(self.to_dict()), indent=indent, allow_nan=False)
+        return json.dumps(finite_or_str(self.to_dict()), indent=indent, allow_nan=False)
 
     def to_markdown(self) -> str:
         """A table per condition and per weather (the task's metrics in %, ECE for classification), and a
@@ -567,7 +567,7 @@ def compare_with_restoration(
     return evaluate(model, dataset, **kwargs), evaluate(model, dataset, restorer=restorer, **kwargs)
 
 
-def _restoration_rows(
+def restoration_rows(
     degraded: RecognitionReport, restored: RecognitionReport
 ) -> list[tuple[str, int, float, float, float]]:
     """``(weather, images, clean, degraded, restored)`` scores per weather of both reports (not
@@ -593,7 +593,7 @@ def restoration_table_markdown(degraded: RecognitionReport, restored: Recognitio
     """Per weather type: the score on clean images, on degraded ones and on restored ones (%), the
     gain = restored - degraded (points, signed) and the share of the weather's drop (clean - degraded)
     it recovers; last row the mean over weather types."""
-    rows = _restoration_rows(degraded, restored)
+    rows = restoration_rows(degraded, restored)
     name = {"accuracy": "accuracy", "miou": "mIoU"}[degraded.metric]
     lines = [
         f"Restore, then recognise: {degraded.task} {name} (%) per weather type; gain = restored - degraded "
@@ -613,38 +613,3 @@ def restoration_table_markdown(degraded: RecognitionReport, restored: Recognitio
             f"{100 * gain:+.2f} | {recovered} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _pyplot():
-    """``matplotlib.pyplot`` on the file-only Agg backend (as :func:`mofme.apps.plots.pyplot`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_restore_then_recognise(
-    degraded: RecognitionReport, restored: RecognitionReport, path: PathLike
-) -> Path:
-    """A grouped bar chart per weather type: clean / degraded / restored score (%), saved as PNG."""
-    rows = _restoration_rows(degraded, restored)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(rows), 2) + 2, 3.6))
-    x = np.arange(len(rows))
-    for k, (label, color) in enumerate(
-        (("clean", "0.6"), ("degraded", "tab:red"), ("restored", "tab:green"))
-    ):
-        heights = [100 * r[2 + k] for r in rows]
-        ax.bar(x + (k - 1) * 0.27, np.nan_to_num(heights), width=0.27, label=label, color=color)
-    ax.set_xticks(x, [r[0] for r in rows])
-    ax.set_ylabel(f"{degraded.metric} (%)")
-    ax.set_title(f"{degraded.task}: restore, then recognise")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

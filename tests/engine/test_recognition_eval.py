@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mofme.apps.plots import plot_restore_then_recognise
 from mofme.engine.recognition import (
     compare_with_restoration,
     evaluate_classifier,
     evaluate_segmenter,
-    plot_restore_then_recognise,
     restoration_table_markdown,
     segment_logits,
 )
