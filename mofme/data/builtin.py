@@ -28,6 +28,7 @@ __all__ = [
     "BUILTIN_LONG_SIDE",
     "BUILTIN_SPLITS",
     "BuiltinWeatherDataset",
+    "SplitDataset",
     "builtin_photos",
     "builtin_sources",
 ]
@@ -102,7 +103,37 @@ def builtin_sources(
     return sources
 
 
-class BuiltinWeatherDataset(Dataset):
+class SplitDataset(Dataset):
+    """Items of a rendered split: the train split draws item ``i`` of epoch ``e`` from
+    ``np.random.default_rng([seed, e, i])`` (``_random_item``; call ``set_epoch`` every epoch), val /
+    test return copies of the fixed list ``_fixed`` rendered at construction. Subclasses set
+    ``seed``, ``samples_per_epoch`` and ``_fixed`` (None for train)."""
+
+    seed: int
+    samples_per_epoch: int
+    epoch: int = 0
+    _fixed: list[dict] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random items of ``epoch`` for the train split (no effect on val/test)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self._fixed is None else len(self._fixed)
+
+    def __getitem__(self, index: int) -> dict:
+        if self._fixed is not None:
+            item = self._fixed[index]
+            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._random_item(np.random.default_rng([self.seed, self.epoch, index]), index)
+
+    def _random_item(self, rng: np.random.Generator, index: int) -> dict:
+        raise NotImplementedError
+
+
+class BuiltinWeatherDataset(SplitDataset):
     """Rendered (degraded, clean) pairs from the built-in photos.
 
     Item: ``{"input": (3, h, w) float32 degraded, "target": (3, h, w) clean, "mask": (1, h, w)
@@ -183,26 +214,13 @@ class BuiltinWeatherDataset(Dataset):
                 for r in range(renders)
             ]
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random crops/renders of ``epoch`` for the train split (no effect on val/test)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch if self._fixed is None else len(self._fixed)
-
     def _render_fixed(self, photo_index: int, weather: str, severity: int, render: int) -> dict:
         name, photo = self.photos[photo_index]
         seed = derive_seed(self.seed, photo_index, WEATHER_TYPES.index(weather), severity, render)
         sample = render_weather(photo, weather, severity=severity, seed=seed)
         return weather_item(sample, f"{name}_{weather}_s{severity}_r{render}")
 
-    def __getitem__(self, index: int) -> dict:
-        if self._fixed is not None:
-            item = self._fixed[index]
-            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def _random_item(self, rng: np.random.Generator, index: int) -> dict:
         source = self._sources[int(rng.integers(len(self._sources)))]
         return render_crop(
             rng,

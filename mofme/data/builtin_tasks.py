@@ -28,9 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .builtin import BUILTIN_SPLITS, _photo
+from .builtin import BUILTIN_SPLITS, SplitDataset, _photo
 from .datasets import weather_index
 from .photos import PhotoSource, render_crop_sample
 from .transforms import random_crop_box, to_tensor
@@ -94,8 +93,8 @@ def _render(clean: np.ndarray, weather: str, severity: int, seed: int, scale: fl
     return render_weather(clean, weather, severity=severity, seed=seed, scale=scale)
 
 
-class _RenderedTask(Dataset):
-    """Shared epoch handling, length and train/fixed dispatch."""
+class _RenderedTask(SplitDataset):
+    """A split of a built-in task (train: random renders; val / test: a fixed list)."""
 
     def __init__(self, split: str, samples_per_epoch: int | None, seed: int) -> None:
         _check_split(split)
@@ -104,24 +103,6 @@ class _RenderedTask(Dataset):
         self.split, self.seed, self.epoch = split, int(seed), 0
         self.samples_per_epoch = 2048 if samples_per_epoch is None else int(samples_per_epoch)
         self._fixed: list[dict] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random items of ``epoch`` for the train split (no effect on val/test)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch if self._fixed is None else len(self._fixed)
-
-    def __getitem__(self, index: int) -> dict:
-        if self._fixed is not None:
-            item = self._fixed[index]
-            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return self._random_item(np.random.default_rng([self.seed, self.epoch, index]), index)
-
-    def _random_item(self, rng: np.random.Generator, index: int) -> dict:
-        raise NotImplementedError
 
     def _render_random(
         self, rng: np.random.Generator, source: PhotoSource, index: int, *, context: int = 1

@@ -33,13 +33,13 @@ from .restorer import (
     FFNChoice,
     PatchEmbed,
     TokenGridModel,
-    TransformerBlock,
     check_token_settings,
     conv3x3,
-    ffn_from_config,
     grid_routing,
     pad_to_multiple,
+    position_grid,
     resample_position,
+    transformer_stack,
 )
 
 __all__ = [
@@ -119,21 +119,8 @@ class ViTEncoder(nn.Module):
         super().__init__()
         self.patch_size, dim = cfg.patch_size, cfg.embed_dim
         self.patch_embed = PatchEmbed(in_channels=3, embed_dim=dim, patch_size=cfg.patch_size)
-        self.pos_embed: nn.Parameter | None = None
-        if cfg.pos_embed_size is not None:
-            side = cfg.pos_embed_size // cfg.patch_size
-            self.pos_embed = nn.Parameter(torch.empty(1, side, side, dim))
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                dim,
-                num_heads=cfg.num_heads,
-                head_dim=cfg.head_dim,
-                ffn=ffn_from_config(cfg, dim),
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.depth)
-        )
+        self.pos_embed = position_grid(cfg, dim)
+        self.blocks = transformer_stack(cfg, dim)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, image: Tensor) -> EncoderOutput:

@@ -47,7 +47,9 @@ __all__ = [
     "TokenGridModel",
     "TransformerBlock",
     "grid_routing",
+    "position_grid",
     "resample_position",
+    "transformer_stack",
 ]
 
 _LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
@@ -244,6 +246,31 @@ class TransformerBlock(nn.Module):
         return x + out.output, out
 
 
+def position_grid(cfg: Any, dim: int) -> nn.Parameter | None:
+    """A learned (1, s, s, dim) position grid, s = ``cfg.pos_embed_size // cfg.patch_size``, drawn
+    from a truncated normal (std 0.02); None when ``cfg.pos_embed_size`` is None."""
+    if cfg.pos_embed_size is None:
+        return None
+    side = cfg.pos_embed_size // cfg.patch_size
+    grid = nn.Parameter(torch.empty(1, side, side, dim))
+    nn.init.trunc_normal_(grid, std=0.02)
+    return grid
+
+
+def transformer_stack(cfg: Any, dim: int) -> nn.ModuleList:
+    """``cfg.depth`` :class:`TransformerBlock` s of width ``dim`` with ``cfg``'s heads, dropout and FFN."""
+    return nn.ModuleList(
+        TransformerBlock(
+            dim,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            ffn=ffn_from_config(cfg, dim),
+            dropout=cfg.dropout,
+        )
+        for _ in range(cfg.depth)
+    )
+
+
 class TokenGridModel(PretrainedMixin):
     """A saved model (``self.config``, a config dataclass with ``depth``) that pads its input to a
     multiple of ``self.patch_size`` and routes on one token grid per transformer layer."""
@@ -291,21 +318,8 @@ class Restorer(TokenGridModel, nn.Module):
         wide = 4 * channels
         self.head = nn.Sequential(conv3x3(3, channels), ResBlock(channels), ResBlock(channels))
         self.patch_embed = PatchEmbed(in_channels=channels, embed_dim=embed_dim, patch_size=patch_size)
-        self.pos_embed: nn.Parameter | None = None
-        if cfg.pos_embed_size is not None:
-            side = cfg.pos_embed_size // patch_size
-            self.pos_embed = nn.Parameter(torch.empty(1, side, side, embed_dim))
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                embed_dim,
-                num_heads=cfg.num_heads,
-                head_dim=cfg.head_dim,
-                ffn=ffn_from_config(cfg, embed_dim),
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.depth)
-        )
+        self.pos_embed = position_grid(cfg, embed_dim)
+        self.blocks = transformer_stack(cfg, embed_dim)
         self.to_pixels = nn.Linear(embed_dim, patch_size * patch_size * wide)
         self.tail = nn.Sequential(
             ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
