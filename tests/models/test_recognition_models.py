@@ -28,7 +28,7 @@ from mofme.models import (
 from mofme.models.restorer import resample_position
 from mofme.nn import FFN_LAYERS, aux_loss
 
-from .routing import assert_routing
+from .routing import assert_routing, assert_sparse_gradients, expert_params
 
 MODELS = list_models("classifier_*") + list_models("segmenter_*")
 FFNS = sorted(FFN_LAYERS)
@@ -120,35 +120,16 @@ def test_aux_loss(name, ffn):
         assert out.aux_loss > 0
 
 
-def _expert_params(model) -> dict[str, torch.nn.Parameter]:
-    """Stacked per-expert tensors (leading dim E): only the chosen experts' slices get gradients."""
-    return {
-        name: p
-        for name, p in model.named_parameters()
-        if (".ffn.experts." in name or ".ffn.modulation." in name) and p.shape[0] == model.config.num_experts
-    }
-
-
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)
 def test_task_loss_alone_reaches_every_parameter(name, ffn):
     model = build(name, ffn).train()
     out = model(torch.rand(BATCH, 3, *ODD_SIZE))
     task_loss(model, out.logits).backward()  # no aux loss: the router must learn from the task
-    experts = _expert_params(model)
-    assert bool(experts) == (ffn != "dense")
+    assert bool(expert_params(model)) == (ffn != "dense")
     routers = [n for n, _ in model.named_parameters() if ".ffn.router." in n]
     assert bool(routers) == (ffn != "dense")
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all(), pname
-        if pname not in experts:
-            assert p.grad.abs().sum() > 0, pname
-    for layer, (indices, _) in enumerate(out.routing):  # sparse: unchosen experts get zero gradient
-        chosen = [] if indices is None else indices.unique().tolist()
-        for pname, p in experts.items():
-            if pname.startswith(f"encoder.blocks.{layer}."):
-                used = p.grad.flatten(1).abs().sum(1) > 0
-                assert used.nonzero().flatten().tolist() == chosen, pname
+    layers = [f"encoder.blocks.{i}" for i in range(len(out.routing))]
+    assert_sparse_gradients(model, out.routing, layers)
 
 
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)

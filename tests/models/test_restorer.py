@@ -29,7 +29,7 @@ from mofme.models import (
 )
 from mofme.nn import FFN_LAYERS, aux_loss
 
-from .routing import assert_routing
+from .routing import assert_routing, assert_sparse_gradients
 
 MODELS = list_models("restorer_*")
 FFNS = sorted(FFN_LAYERS)
@@ -125,15 +125,6 @@ def test_aux_loss(name, ffn):
         assert out.aux_loss > 0
 
 
-def _expert_params(model: Restorer) -> dict[str, torch.nn.Parameter]:
-    """Stacked per-expert tensors (leading dim E): only the chosen experts' slices get gradients."""
-    return {
-        name: p
-        for name, p in model.named_parameters()
-        if (".ffn.experts." in name or ".ffn.modulation." in name) and p.shape[0] == model.config.num_experts
-    }
-
-
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)
 def test_backward_reaches_every_parameter(name, ffn):
     model = build(name, ffn).train()
@@ -141,19 +132,7 @@ def test_backward_reaches_every_parameter(name, ffn):
         torch.nn.init.normal_(model.outro.weight, std=0.1)
     out = model(images(model))
     out.image.square().mean().backward()  # the task loss alone: routers must get gradient from it
-    experts = _expert_params(model)
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all(), pname
-        if pname not in experts:
-            assert p.grad.abs().sum() > 0, pname
-    layers = ffn_names(model)
-    for layer, (indices, _) in enumerate(out.routing):  # sparse: unchosen experts get zero gradient
-        chosen = [] if indices is None else indices.unique().tolist()
-        for pname, p in experts.items():
-            if pname.startswith(f"{layers[layer]}."):
-                used = p.grad.flatten(1).abs().sum(1) > 0
-                assert used.nonzero().flatten().tolist() == chosen, pname
+    assert_sparse_gradients(model, out.routing, ffn_names(model))
 
 
 @pytest.mark.parametrize(("name", "ffn"), VARIANTS)
