@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from mofme.apps import downstream
@@ -25,9 +26,15 @@ def test_summary_is_the_mean_and_std_over_seeds_of_each_runs_scores():
 
 
 def test_comparison_runs_every_variant_and_seed_and_skips_finished_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        downstream, "_test_set", lambda task: downstream.SceneDataset("test", crops_per_class=1)
-    )
+    from mofme.engine import data
+
+    def small(split, **kwargs):  # one crop per class and condition in the val and test splits
+        return downstream.SceneDataset(
+            split, **kwargs, **({} if split == "train" else {"crops_per_class": 1})
+        )
+
+    monkeypatch.setattr(downstream, "_eval_set", lambda task, split: small(split))
+    monkeypatch.setattr(data, "SceneDataset", small)
     trained = []
     real_train = downstream.train
 
@@ -46,5 +53,30 @@ def test_comparison_runs_every_variant_and_seed_and_skips_finished_runs(tmp_path
         assert run["steps"] == 2  # one epoch of 16 / 8 steps
         assert set(run["test"]) == {"clean", "rain", "snow", "haze", "raindrop"}
     assert summary["summary"]["dense"]["params"] < summary["summary"]["mofme"]["params"]
-    assert "| mofme | 2 |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| mofme | 2 |" in report and "Routing vs weather type" in report
+    for run in summary["runs"]:  # the routing analysis of every routed run, one entry per layer
+        if run["variant"] == "dense":
+            assert "routing" not in run
+        else:
+            assert [layer["layer"] for layer in run["routing"]] == [0, 1]  # classifier_tiny: depth 2
+            for layer in run["routing"]:
+                assert (
+                    0 <= layer["weather_accuracy"] <= 1 and 0 <= layer["ece"] <= 1 and 0 <= layer["nmi"] <= 1
+                )
     assert downstream.main(args) == 0 and len(trained) == 4  # finished runs are read back, not retrained
+
+
+def test_routing_calibration_against_a_hand_computation():
+    from mofme.apps.analysis import routing_weather_calibration
+
+    weathers = np.array([0, 1, 2, 3] * 3)
+    experts = np.eye(4)[weathers][:, None, :]  # one layer; expert e serves weather e alone
+    perfect = routing_weather_calibration((experts, weathers), (experts, weathers))
+    assert perfect[0]["weather_accuracy"] == 1.0 and perfect[0]["ece"] == pytest.approx(0.0, abs=1e-6)
+    uniform = np.full((12, 1, 4), 0.25)  # every image spreads its tokens evenly: p(w) = 1/4 each
+    test_weathers = np.array([0, 0, 0, 1, 2, 3, 3, 1, 2, 0, 1, 2])
+    result = routing_weather_calibration((experts, weathers), (uniform, test_weathers))[0]
+    accuracy = np.mean(test_weathers == 0)  # ties resolve to the first class
+    assert result["weather_accuracy"] == pytest.approx(accuracy)
+    assert result["ece"] == pytest.approx(abs(accuracy - 0.25), abs=1e-6)  # one bin, confidence 1/4

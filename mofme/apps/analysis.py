@@ -13,13 +13,20 @@ from torch import nn
 from mofme.data import WEATHER_TYPES
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter
 
-__all__ = ["expert_counts", "expert_usage", "routing_nmi", "uar_selection_change"]
+__all__ = [
+    "expert_counts",
+    "expert_usage",
+    "routing_nmi",
+    "routing_weather_calibration",
+    "uar_selection_change",
+    "weather_routing_mass",
+]
 
 
 @torch.no_grad()
-def expert_counts(model: nn.Module, items: Iterable[dict]) -> np.ndarray:
+def expert_counts(model: nn.Module, items: Iterable[dict], *, key: str = "input") -> np.ndarray:
     """(routed layers, weathers, experts) counts of token assignments, in the order of the model's
-    ``routing`` output, over dataset items ``{"input": (3, H, W), "weather": index}`` (items without
+    ``routing`` output, over dataset items ``{key: (3, H, W), "weather": index}`` (items without
     weather, index -1, are skipped); the model runs in eval mode. No routed layer: shape (0, W, E)."""
     model.eval()
     experts = model.config.num_experts
@@ -27,7 +34,7 @@ def expert_counts(model: nn.Module, items: Iterable[dict]) -> np.ndarray:
     for item in items:
         if item["weather"] < 0:
             continue
-        routing = [i for i, _ in model(item["input"].unsqueeze(0)).routing if i is not None]
+        routing = [i for i, _ in model(item[key].unsqueeze(0)).routing if i is not None]
         if counts is None:
             counts = np.zeros((len(routing), len(WEATHER_TYPES), experts), dtype=np.int64)
         for layer, indices in enumerate(routing):
@@ -86,3 +93,53 @@ def uar_selection_change(model: nn.Module, items: Iterable[dict], *, seed: int =
         changed.append(float((plain != sampled).any(-1).float().mean()))
     torch.set_rng_state(generator_state)
     return changed
+
+
+@torch.no_grad()
+def weather_routing_mass(
+    model: nn.Module, items: Iterable[dict], *, key: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per weather item (weather index >= 0), the share of each expert in the routing weight of its
+    tokens, per routed layer: ``(usage (items, layers, experts), weathers (items,))``; each usage
+    row sums to 1. Eval mode, one item at a time."""
+    model.eval()
+    experts = model.config.num_experts
+    usage, weathers = [], []
+    for item in items:
+        if item["weather"] < 0:
+            continue
+        rows = []
+        for indices, weights in model(item[key].unsqueeze(0)).routing:
+            if indices is None:
+                continue
+            mass = torch.zeros(experts).index_add_(0, indices.flatten(), weights.flatten().float())
+            rows.append((mass / mass.sum()).numpy())
+        usage.append(rows)
+        weathers.append(item["weather"])
+    return np.asarray(usage, dtype=np.float64).reshape(len(weathers), -1, experts), np.asarray(weathers)
+
+
+def routing_weather_calibration(
+    fit: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *, bins: int = 15
+) -> list[dict[str, float]]:
+    """How well the routing tells the weather type, per routed layer. On ``fit`` (a
+    :func:`weather_routing_mass` result, e.g. the validation split) estimate, per expert, the weather
+    distribution of its routing mass, P(w | e); on ``test`` predict each item's weather as
+    p(w) = sum_e usage_e P(w | e). Returns per layer the accuracy of argmax p and its expected
+    calibration error (torchmetrics, ``bins`` equal-width bins, l1): how far the confidence max p is
+    from that accuracy."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    (fit_usage, fit_weather), (test_usage, test_weather) = fit, test
+    classes = len(WEATHER_TYPES)
+    onehot = np.eye(classes)[fit_weather]  # (items, W)
+    results = []
+    for layer in range(fit_usage.shape[1]):
+        mass = onehot.T @ fit_usage[:, layer]  # (W, E): routing mass of each expert per weather
+        given_expert = (mass + 1e-9) / (mass + 1e-9).sum(0, keepdims=True)  # P(w | e), columns sum to 1
+        predicted = test_usage[:, layer] @ given_expert.T  # (items, W), rows sum to 1
+        probs, target = torch.from_numpy(predicted).float(), torch.from_numpy(test_weather)
+        ece = multiclass_calibration_error(probs, target, num_classes=classes, n_bins=bins, norm="l1")
+        accuracy = float((probs.argmax(1) == target).float().mean())
+        results.append({"weather_accuracy": accuracy, "ece": float(ece)})
+    return results

@@ -8,7 +8,8 @@ Protocol (written into ``summary.json``): the task's shipped recipe (``scenes_vi
 number of optimiser steps, data order and initial seed per seed; selection on the validation split;
 one evaluation of the selected model on the test split. Each finished run keeps its ``test.json``,
 so an interrupted comparison continues where it stopped. ``report.md``: mean ± std over seeds of
-the test score per weather type and overall, and parameters.
+the test score per weather type and overall, parameters, and the routing's agreement with
+the weather type: accuracy and ECE of the weather read off the expert usage, and NMI.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mofme.apps.analysis import expert_counts, routing_nmi, routing_weather_calibration, weather_routing_mass
 from mofme.apps.study import STUDY_VARIANTS
 from mofme.configs import recipe_path
 from mofme.data.builtin_tasks import DegradationDataset, SceneDataset
@@ -33,8 +35,9 @@ __all__ = ["TASK_RECIPES", "compare", "main", "summarise"]
 TASK_RECIPES = {"scenes": "scenes_vit", "degradation": "degradation_vit"}
 
 
-def _test_set(task: str):
-    return SceneDataset("test") if task == "scenes" else DegradationDataset("test")
+def _eval_set(task: str, split: str):
+    """The fixed ``split`` ("val" or "test") of the task."""
+    return SceneDataset(split) if task == "scenes" else DegradationDataset(split)
 
 
 def _run(
@@ -70,6 +73,37 @@ def _run(
     return run
 
 
+def _with_routing(run: dict, output: Path, val_set, test_set) -> dict:
+    """Add the routing analysis of a routed run (once; kept in its ``test.json``): per
+    routed layer the weather accuracy and ECE of the routing (:func:`routing_weather_calibration`,
+    fitted on the validation split) and NMI(weather; expert) on the test split."""
+    if "routing" in run or run["variant"] == "dense":
+        return run
+    model = load_model(output / "best")
+    fit, test = weather_routing_mass(model, val_set), weather_routing_mass(model, test_set)
+    nmi = routing_nmi(expert_counts(model, test_set, key="image"))
+    calibration = routing_weather_calibration(fit, test)
+    run["routing"] = [
+        {"layer": i, **c, "nmi": n} for i, (c, n) in enumerate(zip(calibration, nmi, strict=True))
+    ]
+    (output / "test.json").write_text(json.dumps(run, indent=2))
+    return run
+
+
+def _routing_summary(mine: list[dict]) -> dict[str, dict] | None:
+    """Mean and std over seeds of the layer-mean routing weather accuracy, ECE and NMI."""
+    if not all("routing" in r for r in mine):
+        return None
+    summary = {}
+    for key in ("weather_accuracy", "ece", "nmi"):
+        values = [statistics.fmean(layer[key] for layer in r["routing"]) for r in mine]
+        summary[key] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+    return summary
+
+
 def summarise(runs: list[dict]) -> dict[str, dict]:
     """Per variant: the mean and std (over seeds) of the overall score and of each weather's score."""
     summary: dict[str, dict] = {}
@@ -81,6 +115,7 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
         summary[variant] = {
             "seeds": len(mine),
             "params": mine[0]["params"],
+            "routing": _routing_summary(mine),
             **{
                 k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
                 for k, v in columns.items()
@@ -90,7 +125,7 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
 
 
 def report_markdown(task: str, metric: str, summary: dict[str, dict], command: str) -> str:
-    columns = [k for k in next(iter(summary.values())) if k not in ("seeds", "params")]
+    columns = [k for k in next(iter(summary.values())) if k not in ("seeds", "params", "routing")]
     lines = [
         f"# {task}: dense vs MoE vs MoFME at an equal budget",
         "",
@@ -106,6 +141,23 @@ def report_markdown(task: str, metric: str, summary: dict[str, dict], command: s
         lines.append(
             f"| {variant} | {row['seeds']} | {row['params'] / 1e6:.3f}M | " + " | ".join(cells) + " |"
         )
+    routed = {v: row["routing"] for v, row in summary.items() if row.get("routing")}
+    if routed:
+        lines += [
+            "",
+            "Routing vs weather type (mean over routed layers; mean ± std over seeds): accuracy and ECE of",
+            "the weather predicted from each image's expert usage (P(weather | expert) fitted on the",
+            "validation split), and NMI(weather; expert) of the token assignments, on the test split.",
+            "",
+            "| variant | weather accuracy % | ECE | NMI |",
+            "|---|---:|---:|---:|",
+        ]
+        for variant, r in routed.items():
+            acc, ece, nmi = r["weather_accuracy"], r["ece"], r["nmi"]
+            lines.append(
+                f"| {variant} | {100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {ece['mean']:.3f} ± {ece['std']:.3f} "
+                f"| {nmi['mean']:.3f} ± {nmi['std']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -121,12 +173,14 @@ def compare(
 ) -> str:
     """Every (variant, seed) run (skipping finished ones; ``overrides`` apply to every recipe), then
     ``summary.json`` and ``report.md`` (returned)."""
-    test_set = _test_set(task)
+    test_set = _eval_set(task, "test")
     runs = [
         _run(task, v, s, steps, output / f"{v}_seed{s}", overrides, test_set)
         for s in range(seeds)
         for v in variants
     ]
+    val_set = _eval_set(task, "val")
+    runs = [_with_routing(r, output / f"{r['variant']}_seed{r['seed']}", val_set, test_set) for r in runs]
     summary = summarise(runs)
     protocol = {
         "task": task,
