@@ -1,4 +1,4 @@
-"""The ``mofme`` command line: demo | train | eval | restore | synth | bench | study | bench-layers."""
+"""The ``mofme`` command line: demo | train | eval | restore | masks | synth | bench | study | bench-layers."""
 
 from __future__ import annotations
 
@@ -47,7 +47,13 @@ def _read_eval_data(location: str, root: str | None):
     return read_pair_list(path, root)
 
 
-RECOGNITION_DATA = ("scenes", "degradation")
+RECOGNITION_TASK = {  # --data of the recognition models -> the task it evaluates
+    "scenes": "classification",
+    "degradation": "segmentation",
+    "cityscapes": "segmentation",
+    "acdc": "segmentation",
+}
+RECOGNITION_DATA = tuple(RECOGNITION_TASK)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -84,11 +90,29 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segmentation_data(args: argparse.Namespace):
+    """The whole images of ``--split`` of the Cityscapes / ACDC tree at ``--root``."""
+    from mofme.data import SegmentationDataset
+    from mofme.engine.data import segmentation_pairs
+
+    if args.root is None:
+        raise ValueError(f"--data {args.data} needs --root, the dataset's folder")
+    if args.variant is not None and args.data != "cityscapes":
+        raise ValueError("--variant applies to --data cityscapes only")
+    pairs = segmentation_pairs(args.data, args.root, args.split, variant=args.variant or "clean")
+    return SegmentationDataset(pairs)
+
+
 def _recognition_data(args: argparse.Namespace, task: str):
-    """The test split of the built-in task ``--data`` names, or an ImageFolder tree (classification)."""
-    wanted = {"scenes": "classification", "degradation": "segmentation"}.get(args.data)
+    """The test split of the built-in task ``--data`` names, a Cityscapes / ACDC split (segmentation) or
+    an ImageFolder tree (classification)."""
+    wanted = RECOGNITION_TASK.get(args.data)
     if wanted is not None and wanted != task:
         raise ValueError(f"--data {args.data} is a {wanted} task; {args.checkpoint} holds a {task} model")
+    from mofme.engine.data import SEGMENTATION_DATASETS
+
+    if args.data in SEGMENTATION_DATASETS:
+        return _segmentation_data(args)
     if args.data == "scenes":
         from mofme.data.builtin_tasks import SceneDataset
 
@@ -98,7 +122,9 @@ def _recognition_data(args: argparse.Namespace, task: str):
 
         return DegradationDataset("test")
     if task != "classification":
-        raise ValueError(f"a segmenter evaluates on --data degradation, got {args.data!r}")
+        raise ValueError(
+            f"a segmenter evaluates on --data degradation, cityscapes or acdc, got {args.data!r}"
+        )
     if not Path(args.data).is_dir():
         raise FileNotFoundError(
             f"--data: no such folder (ImageFolder layout root/<class>/<image>): {args.data}"
@@ -174,9 +200,24 @@ def _restore(args: argparse.Namespace) -> int:
     model = load_restorer(args.checkpoint, device=args.device)
     result = restore_paths(model, args.inputs, args.output, tile=args.tile, overlap=args.overlap)
     print(f"restored {len(result.written)} image(s) into {args.output}")
-    for path, reason in result.failed:
+    return _report_failed(result.failed)
+
+
+def _report_failed(failed: list) -> int:
+    """Name each ``(path, reason)`` that could not be processed on stderr; the exit status."""
+    for path, reason in failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
-    return 1 if result.failed else 0
+    return 1 if failed else 0
+
+
+def _masks(args: argparse.Namespace) -> int:
+    from mofme.engine.masks import weather_masks
+    from mofme.models import load_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    result = weather_masks(model, args.inputs, args.output, tile=args.tile, overlap=args.overlap)
+    print(f"wrote the weather masks of {len(result.fractions)} photo(s) and {result.report}")
+    return _report_failed(result.failed)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -267,11 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         required=True,
         help="restorers: a list file (input/... lines), a folder with input/ and gt/, or 'builtin'; "
-        "recognition models: 'scenes' (classifiers), 'degradation' (segmenters) or an ImageFolder folder "
-        "(classifiers)",
+        "recognition models: 'scenes' (classifiers), 'degradation', 'cityscapes' or 'acdc' (segmenters; "
+        "the last two read --root) or an ImageFolder folder (classifiers)",
     )
     ev.add_argument(
-        "--root", default=None, help="folder the list's paths are relative to (default: the list's folder)"
+        "--root",
+        default=None,
+        help="a list file's paths are relative to this folder (default: the list's folder); "
+        "--data cityscapes / acdc: the dataset's folder",
+    )
+    ev.add_argument(
+        "--split", default="val", help="--data cityscapes / acdc: the split scored (default: val)"
+    )
+    ev.add_argument(
+        "--variant",
+        default=None,
+        choices=["clean", "foggy", "rain"],
+        help="--data cityscapes: leftImg8bit (default), Foggy or Rain Cityscapes images",
     )
     ev.add_argument("--output", default="eval", help="where metrics.json and metrics.md go")
     ev.add_argument("--y-channel", action="store_true", help="metrics on BT.601 Y instead of RGB")
@@ -299,6 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--output", required=True)
     tiled(restore)
     restore.set_defaults(func=_restore)
+
+    masks = commands.add_parser(
+        "masks",
+        help="weather masks of your own photos (files or folders, any size) by a degradation segmenter: "
+        "colour-coded mask and overlay PNGs, masks.json with each class's share of the pixels",
+    )
+    masks.add_argument("inputs", nargs="+")
+    masks.add_argument("--output", required=True)
+    masks.add_argument(
+        "--checkpoint", required=True, help="a segmenter trained on data.type: degradation (save_pretrained)"
+    )
+    masks.add_argument("--tile", type=int, default=64, help="tiled-inference window (pixels)")
+    masks.add_argument("--overlap", type=int, default=16, help="overlap of the windows")
+    masks.add_argument("--device", default="cpu")
+    masks.set_defaults(func=_masks)
 
     synth = commands.add_parser(
         "synth", help="render weather on your photos into an Allweather-style dataset"

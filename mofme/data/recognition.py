@@ -166,10 +166,12 @@ def cityscapes_train_ids(label_ids: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- segmentation
 class SegmentationPair(NamedTuple):
-    """An ``image`` and its ``label`` file (Cityscapes label ids)."""
+    """An ``image`` and its ``label`` file (Cityscapes label ids); ``condition``: the image's adverse
+    condition where the dataset names one (ACDC: ``fog`` | ``night`` | ``rain`` | ``snow``), else None."""
 
     image: Path
     label: Path
+    condition: str | None = None
 
 
 def _validate_segmentation(
@@ -178,7 +180,7 @@ def _validate_segmentation(
     """``DatasetError`` unless ``pairs`` is non-empty and every label exists (and, with
     ``check_headers``, both files open and have the same width and height)."""
     problems = [] if pairs else [f"no images found ({searched})"]
-    for image, label in pairs:
+    for image, label, _ in pairs:
         if not label.is_file():
             problems.append(f"{_relative(image, root)}: missing label {_relative(label, root)}")
             continue
@@ -197,24 +199,25 @@ def _validate_segmentation(
 
 def _segmentation_pairs(
     root: Path,
-    folders: Sequence[tuple[Path, Path]],
+    folders: Sequence[tuple[Path, Path, str | None]],
     pattern: re.Pattern[str],
     label_name: Callable[[str], str],
     *,
     check_headers: bool,
 ) -> list[SegmentationPair]:
-    """Pair every image under each ``(image_dir, label_dir)`` whose file name matches ``pattern`` (group
-    ``name``) with ``label_dir/<same sub-folders>/label_name(name)``; validated."""
-    missing = [d for folder in folders for d in folder if not d.is_dir()]
+    """Pair every image under each ``(image_dir, label_dir, condition)`` whose file name matches
+    ``pattern`` (group ``name``) with ``label_dir/<same sub-folders>/label_name(name)``, tagged with the
+    folder's ``condition``; validated."""
+    missing = [d for folder in folders for d in folder[:2] if not d.is_dir()]
     if missing:
         raise DatasetError(str(root), [f"folder not found: {_relative(d, root)}" for d in missing])
     pairs = []
-    for image_dir, label_dir in folders:
+    for image_dir, label_dir, condition in folders:
         for image in list_images(image_dir):
             if match := pattern.fullmatch(image.name):
-                sub = image.parent.relative_to(image_dir)
-                pairs.append(SegmentationPair(image, label_dir / sub / label_name(match["name"])))
-    searched = ", ".join(f"{_relative(d, root)}/**/{pattern.pattern}" for d, _ in folders)
+                label = label_dir / image.parent.relative_to(image_dir) / label_name(match["name"])
+                pairs.append(SegmentationPair(image, label, condition))
+    searched = ", ".join(f"{_relative(d, root)}/**/{pattern.pattern}" for d, _, _ in folders)
     _validate_segmentation(pairs, root, check_headers=check_headers, searched=searched)
     return pairs
 
@@ -254,7 +257,7 @@ def cityscapes(
     pattern = pattern.replace("{betas}", "|".join(re.escape(f"{b:g}") for b in betas))
     return _segmentation_pairs(
         root,
-        [(root / folder / split, root / "gtFine" / split)],
+        [(root / folder / split, root / "gtFine" / split, None)],
         re.compile(pattern),
         lambda name: f"{name}_gtFine_labelIds.png",
         check_headers=check_headers,
@@ -265,8 +268,8 @@ def acdc(
     root: PathLike, split: str, *, conditions: Sequence[str] = ACDC_CONDITIONS, check_headers: bool = True
 ) -> list[SegmentationPair]:
     """(image, gt labelIds) pairs of ACDC ``split`` (``train`` | ``val``) for each of ``conditions``
-    (subset of ``ACDC_CONDITIONS``), in that order. The ``<split>_ref`` normal-condition references are
-    not read. ``check_headers`` as in ``cityscapes``."""
+    (subset of ``ACDC_CONDITIONS``), in that order, each pair's ``condition`` set. The ``<split>_ref``
+    normal-condition references are not read. ``check_headers`` as in ``cityscapes``."""
     root = Path(root)
     conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
     unknown = [c for c in conditions if c not in ACDC_CONDITIONS]
@@ -274,7 +277,7 @@ def acdc(
         raise ValueError(f"conditions must be a non-empty subset of {ACDC_CONDITIONS}, got {conditions}")
     return _segmentation_pairs(
         root,
-        [(root / "rgb_anon" / c / split, root / "gt" / c / split) for c in conditions],
+        [(root / "rgb_anon" / c / split, root / "gt" / c / split, c) for c in conditions],
         re.compile(r"(?P<name>.+)_rgb_anon\.png"),
         lambda name: f"{name}_gt_labelIds.png",
         check_headers=check_headers,
@@ -344,10 +347,12 @@ class ClassificationDataset(_CroppedDataset):
 class SegmentationDataset(_CroppedDataset):
     """A torch dataset over ``SegmentationPair``s.
 
-    Item: ``{"image": (3, h, w) float32 in [0, 1], "mask": (h, w) int64, "path": image path as str}``; the
-    mask is ``label_map(label ids)``, by default the 19 Cityscapes train ids with 255 ignored (None keeps the
-    stored ids). With ``crop_size`` image and mask get the same random window (mirror-padded first if
-    smaller; see ``set_epoch``), for training; without it items are whole images.
+    Item: ``{"image": (3, h, w) float32 in [0, 1], "mask": (h, w) int64, "path": image path as str}``, plus
+    ``"condition"`` (str) for a pair that has one (ACDC); the mask is ``label_map(label ids)``, by default
+    the 19 Cityscapes train ids with 255 ignored (None keeps the stored ids). ``classes`` names the mask's
+    class ids (default ``CITYSCAPES_CLASSES``, the default ``label_map``'s). With ``crop_size`` image and
+    mask get the same random window (mirror-padded first if smaller; see ``set_epoch``), for training;
+    without it items are whole images.
     """
 
     def __init__(
@@ -357,10 +362,12 @@ class SegmentationDataset(_CroppedDataset):
         crop_size: int | tuple[int, int] | None = None,
         seed: int = 0,
         label_map: Callable[[np.ndarray], np.ndarray] | None = cityscapes_train_ids,
+        classes: Sequence[str] | None = CITYSCAPES_CLASSES,
     ) -> None:
         super().__init__(crop_size, seed)
         self.pairs = list(pairs)
         self.label_map = label_map
+        self.classes = None if classes is None else tuple(classes)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -376,8 +383,11 @@ class SegmentationDataset(_CroppedDataset):
         if self.label_map is not None:
             mask = self.label_map(mask)
         image, mask = self._crop([image, mask], index, random=True)
-        return {
+        item = {
             "image": to_tensor(image),
             "mask": torch.from_numpy(mask.astype(np.int64)),
             "path": str(pair.image),
         }
+        if pair.condition is not None:
+            item["condition"] = pair.condition
+        return item

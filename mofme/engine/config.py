@@ -84,7 +84,7 @@ class FolderSource(_Section):
 TASK_DATA: dict[str, tuple[str, ...]] = {
     "restoration": ("builtin", "folder", "allweather", "paired"),
     "classification": ("scenes", "imagefolder"),
-    "segmentation": ("degradation",),
+    "segmentation": ("degradation", "cityscapes", "acdc"),
 }
 TASK_MODELS = {"restoration": "restorer_", "classification": "classifier_", "segmentation": "segmenter_"}
 
@@ -92,11 +92,21 @@ TASK_MODELS = {"restoration": "restorer_", "classification": "classifier_", "seg
 class DataConfig(_Section):
     """``type``: restoration: builtin | folder | allweather | paired; classification: scenes (the
     built-in scene task) | imagefolder (``train`` / ``val`` folders of class sub-folders);
-    segmentation: degradation (the built-in weather-mask task)."""
+    segmentation: degradation (the built-in weather-mask task) | cityscapes | acdc (``root`` the
+    dataset's folder; trained on random ``crop_size`` crops of split ``train``, validated on the whole
+    images of ``val``, 19 classes, 255 ignored)."""
 
-    type: Literal["builtin", "folder", "allweather", "paired", "scenes", "imagefolder", "degradation"] = (
-        "builtin"
-    )
+    type: Literal[
+        "builtin",
+        "folder",
+        "allweather",
+        "paired",
+        "scenes",
+        "imagefolder",
+        "degradation",
+        "cityscapes",
+        "acdc",
+    ] = "builtin"
     folders: list[FolderSource] = Field(
         default_factory=list, description="folder only: clean photo folders, weather rendered on the fly"
     )
@@ -109,7 +119,19 @@ class DataConfig(_Section):
     )
     train: str | None = Field(None, description="allweather: list file; paired: folder with input/ and gt/")
     val: str | None = Field(None, description="validation list/folder; default: val_fraction of train")
-    root: str | None = Field(None, description="allweather: folder the list paths are relative to")
+    root: str | None = Field(
+        None,
+        description="allweather: folder the list paths are relative to; cityscapes, acdc: the dataset's folder",
+    )
+    variant: Literal["clean", "foggy", "rain"] = Field(
+        "clean", description="cityscapes only: leftImg8bit, Foggy Cityscapes or Rain Cityscapes images"
+    )
+    beta: float | None = Field(
+        None, description="cityscapes foggy only: one fog density (0.005, 0.01 or 0.02); default: all three"
+    )
+    conditions: list[str] | None = Field(
+        None, description="acdc only: conditions read (fog, night, rain, snow); default: all four"
+    )
     val_fraction: float = 0.02
     crop_size: int = 64
     batch_size: int = 8

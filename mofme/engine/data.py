@@ -18,11 +18,22 @@ from mofme.data import (
 from mofme.data.builtin import builtin_sources
 from mofme.data.builtin_tasks import DEGRADATION_CLASSES, SCENE_CLASSES, DegradationDataset, SceneDataset
 from mofme.data.photos import RenderedWeatherDataset, folder_photos
-from mofme.data.recognition import ClassificationDataset, image_folder
+from mofme.data.recognition import (
+    ACDC_CONDITIONS,
+    CITYSCAPES_CLASSES,
+    ClassificationDataset,
+    SegmentationDataset,
+    SegmentationPair,
+    acdc,
+    cityscapes,
+    image_folder,
+)
 
 from .config import ConfigError, DataConfig
 
-__all__ = ["build_datasets", "class_names"]
+__all__ = ["SEGMENTATION_DATASETS", "build_datasets", "class_names", "segmentation_pairs"]
+
+SEGMENTATION_DATASETS = ("cityscapes", "acdc")  # read from disk with the 19 Cityscapes classes
 
 
 def _read_pairs(kind: str, location: str, root: str | None) -> list[ImagePair]:
@@ -54,7 +65,7 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
             clean_fraction=config.clean_fraction,
         )
         return train, BuiltinWeatherDataset("val", weathers=weathers, seed=seed)
-    if config.type in ("scenes", "degradation", "imagefolder"):
+    if config.type in ("scenes", "degradation", "imagefolder", *SEGMENTATION_DATASETS):
         return _recognition_datasets(config, seed=seed)
     if config.type == "folder":
         return _folder_training_set(config, seed=seed), BuiltinWeatherDataset(
@@ -114,6 +125,8 @@ def class_names(config: DataConfig) -> tuple[str, ...]:
         return DEGRADATION_CLASSES
     if config.type == "imagefolder":
         return _image_folder(config.train, "data.train").classes
+    if config.type in SEGMENTATION_DATASETS:
+        return CITYSCAPES_CLASSES
     raise ConfigError(f"data.type {config.type!r} has no classes")
 
 
@@ -126,9 +139,48 @@ def _image_folder(location: str | None, field: str, classes: tuple[str, ...] | N
         raise ConfigError(f"{field}: {error}") from error
 
 
+def segmentation_pairs(
+    kind: str,
+    root: str,
+    split: str,
+    *,
+    variant: str = "clean",
+    beta: float | None = None,
+    conditions: tuple[str, ...] = ACDC_CONDITIONS,
+) -> list[SegmentationPair]:
+    """The (image, label) pairs of ``split`` of a dataset of ``SEGMENTATION_DATASETS`` at ``root``:
+    :func:`~mofme.data.cityscapes` (``variant``, ``beta``) or :func:`~mofme.data.acdc` (``conditions``)."""
+    if kind == "cityscapes":
+        return cityscapes(root, split, variant=variant, beta=beta)
+    if kind == "acdc":
+        return acdc(root, split, conditions=conditions)
+    raise ValueError(f"unknown segmentation dataset {kind!r}; expected one of {SEGMENTATION_DATASETS}")
+
+
+def _segmentation_split(config: DataConfig, split: str) -> list[SegmentationPair]:
+    """``segmentation_pairs`` of ``config``; reader errors become ``ConfigError`` naming the field."""
+    if config.root is None:
+        raise ConfigError(f"data.root is required for data.type={config.type!r}: the dataset's folder")
+    field = "data.beta" if config.type == "cityscapes" else "data.conditions"
+    conditions = ACDC_CONDITIONS if config.conditions is None else tuple(config.conditions)
+    try:
+        return segmentation_pairs(
+            config.type, config.root, split, variant=config.variant, beta=config.beta, conditions=conditions
+        )
+    except DatasetError as error:  # missing folders or files under the root
+        raise ConfigError(f"data.root: {error}") from error
+    except ValueError as error:  # a beta or condition the reader does not know
+        raise ConfigError(f"{field}: {error}") from error
+
+
 def _recognition_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     """(train, val) of a recognition task: random training crops; val as the task defines it
-    (built-in tasks: their fixed val split; imagefolder: ``data.val``, centre crops)."""
+    (built-in tasks: their fixed val split; imagefolder: ``data.val``, centre crops; cityscapes, acdc:
+    the whole images of split ``val``)."""
+    if config.type in SEGMENTATION_DATASETS:
+        train = _segmentation_split(config, "train")
+        val = _segmentation_split(config, "val")
+        return SegmentationDataset(train, crop_size=config.crop_size, seed=seed), SegmentationDataset(val)
     if config.type == "imagefolder":
         train = _image_folder(config.train, "data.train")
         val = _image_folder(config.val, "data.val", classes=train.classes)

@@ -12,11 +12,13 @@ Conventions (recorded in ``report.conventions``):
 
 * items are dicts: ``"image"`` (3, H, W) float in [0, 1]; ``"label"`` (int) for classification or
   ``"mask"`` (H, W) int class ids (``ignore_index`` = unlabelled) for segmentation; optionally
-  ``"weather"`` (an index in ``WEATHER_TYPES``, -1 = clean, or a name) and ``"severity"`` (0 = clean, 1..3).
+  ``"weather"`` (an index in ``WEATHER_TYPES``, -1 = clean, or a name) and ``"severity"`` (0 = clean, 1..3),
+  or a dataset's own ``"condition"`` name (ACDC: fog / night / rain / snow; no severity).
 * groups: one per condition, named ``"clean"``, ``"<weather>/s<severity>"`` (``"<weather>"`` for severity
-  0); items without ``"weather"`` form the one group ``"all"``. ``per_weather`` pools each weather's
-  severities (``"clean"`` stays its own group) and ``overall`` pools every item. Metrics of a pooled
-  group are computed on the pooled items or pixels, never averaged over sub-groups.
+  0) or ``"<condition>"``; items with neither ``"weather"`` nor ``"condition"`` form the one group
+  ``"all"``. ``per_weather`` pools each weather's severities (``"clean"`` stays its own group) and
+  ``overall`` pools every item. Metrics of a pooled group are computed on the pooled items or pixels,
+  never averaged over sub-groups.
 * classification: top-1 accuracy; per-class accuracy = the share of a class's items predicted as that
   class (nan for a class without items in the group), ``mean_class_accuracy`` their mean over the
   classes present; ECE: the top-1 softmax probability (confidence) binned into 15 equal-width bins
@@ -80,15 +82,16 @@ _COLUMNS = {  # (key, markdown header); every value is a fraction, shown in %
     "segmentation": (("miou", "mIoU %"), ("pixel_accuracy", "pixel acc. %")),
 }
 
-Condition = tuple[str, int]  # (weather name | "clean" | "all", severity)
+Condition = tuple[str, int]  # (weather or condition name | "clean" | "all", severity)
 
 
 # ---------------------------------------------------------------------------------------------- conditions
 def item_condition(item: dict) -> Condition:
     """``(weather, severity)`` of a dataset item: ``"clean"`` for weather -1 / ``"clean"`` (severity 0),
-    a name of ``WEATHER_TYPES``, or ``("all", 0)`` for an item without a ``"weather"`` key."""
+    a name of ``WEATHER_TYPES``; ``(condition, 0)`` for an item with a ``"condition"`` name and no
+    ``"weather"``; ``("all", 0)`` for an item with neither."""
     if "weather" not in item:
-        return ("all", 0)
+        return (str(item["condition"]), 0) if "condition" in item else ("all", 0)
     weather = item["weather"]
     if isinstance(weather, Tensor):
         weather = weather.item()

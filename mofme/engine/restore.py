@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +34,7 @@ __all__ = [
     "eval_mode",
     "model_device",
     "model_patch_size",
+    "plan_outputs",
     "prepare_model",
     "restore_image",
     "restore_paths",
@@ -168,8 +169,11 @@ def _output_path(destination: Path) -> Path:
     return destination if destination.suffix.lower() in _WRITABLE else destination.with_suffix(".png")
 
 
-def _plan(inputs: Iterable[PathLike], output_dir: Path) -> list[tuple[Path, Path]]:
-    """``(input, output)`` for every image; folders keep their relative sub-paths under ``output_dir``.
+def plan_outputs(
+    inputs: Iterable[PathLike] | PathLike, output_dir: Path, *, name: Callable[[Path], Path] = _output_path
+) -> list[tuple[Path, Path]]:
+    """``(input, output)`` for every image; folders keep their relative sub-paths under ``output_dir``,
+    the output being ``name(output_dir / relative path)`` (default: the same name, .png if unwritable).
 
     Raises ``FileNotFoundError`` for a missing input and ``ValueError`` when an output would overwrite an
     input or two inputs would be written to the same output.
@@ -185,9 +189,9 @@ def _plan(inputs: Iterable[PathLike], output_dir: Path) -> list[tuple[Path, Path
             for source in list_images(item):
                 if out_root != root and _is_within(source.resolve(), out_root):
                     continue  # earlier results in an output folder nested inside the input folder
-                jobs.append((source, _output_path(output_dir / source.relative_to(item))))
+                jobs.append((source, name(output_dir / source.relative_to(item))))
         elif item.is_file():
-            jobs.append((item, _output_path(output_dir / item.name)))
+            jobs.append((item, name(output_dir / item.name)))
         else:
             raise FileNotFoundError(f"no such file or folder: '{item}'")
 
@@ -260,7 +264,7 @@ def restore_paths(
       not restored again.
     """
     output_dir = Path(output_dir)
-    jobs = _plan(inputs, output_dir)
+    jobs = plan_outputs(inputs, output_dir)
     if not jobs:
         logger.warning("no images found in %s", inputs)
     run_on = prepare_model(model, device)

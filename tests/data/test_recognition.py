@@ -29,21 +29,7 @@ from mofme.data import (
     write_image,
 )
 
-
-def _image(path: Path, shape=(6, 8), seed: int = 0) -> Path:
-    return write_image(path, np.random.default_rng(seed).random((*shape, 3)).astype(np.float32))
-
-
-def _label(path: Path, ids: np.ndarray, mode: str = "L") -> Path:
-    """Write label ids as a single-channel PNG: mode L, P (ids as indices of a grey palette) or I;16."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.asarray(ids, dtype=np.uint8)
-    image = Image.fromarray(data.astype(np.uint16) if mode == "I;16" else data)
-    if mode == "P":
-        image = Image.frombytes("P", image.size, data.tobytes())
-        image.putpalette(np.repeat(np.arange(256, dtype=np.uint8), 3).tolist())
-    image.save(path)
-    return path
+from .fixtures import label_image, random_image
 
 
 def _relative(paths, root: Path) -> list[str]:
@@ -55,10 +41,10 @@ def _relative(paths, root: Path) -> list[str]:
 def folder(tmp_path) -> Path:
     root = tmp_path / "train"
     for rel in ["cat/a.png", "cat/sub/deep/b.JPG", "cat/sub/c.jpeg", "dog/x.bmp", "bird/y.tif"]:
-        _image(root / rel)
+        random_image(root / rel)
     (root / "dog" / "notes.txt").write_text("not an image")
     (root / "readme.txt").write_text("ignored")
-    _image(root / ".cache" / "z.png")  # hidden folder: not a class
+    random_image(root / ".cache" / "z.png")  # hidden folder: not a class
     return root
 
 
@@ -93,11 +79,11 @@ def test_image_folder_errors_name_missing_root_and_every_empty_class(tmp_path):
     with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "absent"))):
         image_folder(tmp_path / "absent")
     (tmp_path / "flat").mkdir()
-    _image(tmp_path / "flat" / "loose.png")
+    random_image(tmp_path / "flat" / "loose.png")
     with pytest.raises(DatasetError, match="no class folders"):
         image_folder(tmp_path / "flat")
     root = tmp_path / "sparse"
-    _image(root / "full" / "a.png")
+    random_image(root / "full" / "a.png")
     (root / "empty").mkdir()
     (root / "text_only").mkdir()
     (root / "text_only" / "labels.txt").write_text("x")
@@ -115,8 +101,8 @@ def test_image_folder_check_headers_reports_unreadable_files(folder):
 
 
 def test_classification_dataset_crops_and_batches(tmp_path):
-    _image(tmp_path / "a" / "big.png", shape=(20, 30), seed=1)
-    _image(tmp_path / "b" / "small.png", shape=(8, 9), seed=2)
+    random_image(tmp_path / "a" / "big.png", shape=(20, 30), seed=1)
+    random_image(tmp_path / "b" / "small.png", shape=(8, 9), seed=2)
     found = image_folder(tmp_path)
     evaluation = ClassificationDataset(found, crop_size=(10, 12))
     item = evaluation[0]
@@ -143,15 +129,19 @@ _RAIN = ["alpha_0.01_beta_0.005_dropsize_0.01_pattern_1", "alpha_0.03_beta_0.015
 def city(tmp_path) -> Path:
     for town, names in _NAMES.items():
         for name in names:
-            _label(tmp_path / "gtFine" / "train" / town / f"{name}_gtFine_labelIds.png", np.full((6, 8), 7))
-            _image(tmp_path / "gtFine" / "train" / town / f"{name}_gtFine_color.png")
-            _image(tmp_path / "leftImg8bit" / "train" / town / f"{name}_leftImg8bit.png")
+            label_image(
+                tmp_path / "gtFine" / "train" / town / f"{name}_gtFine_labelIds.png", np.full((6, 8), 7)
+            )
+            random_image(tmp_path / "gtFine" / "train" / town / f"{name}_gtFine_color.png")
+            random_image(tmp_path / "leftImg8bit" / "train" / town / f"{name}_leftImg8bit.png")
             for beta in ("0.005", "0.01", "0.02"):
-                _image(
+                random_image(
                     tmp_path / "leftImg8bit_foggy/train" / town / f"{name}_leftImg8bit_foggy_beta_{beta}.png"
                 )
             for rain in _RAIN:
-                _image(tmp_path / "leftImg8bit_rain/train" / town / f"{name}_leftImg8bit_rain_{rain}.png")
+                random_image(
+                    tmp_path / "leftImg8bit_rain/train" / town / f"{name}_leftImg8bit_rain_{rain}.png"
+                )
     return tmp_path
 
 
@@ -196,7 +186,7 @@ def test_cityscapes_rain_pairs(city):
 
 def test_cityscapes_missing_label_and_wrong_size_are_named(city):
     (city / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png").unlink()
-    _label(city / "gtFine/train/bochum/bochum_000000_000313_gtFine_labelIds.png", np.zeros((5, 8)))
+    label_image(city / "gtFine/train/bochum/bochum_000000_000313_gtFine_labelIds.png", np.zeros((5, 8)))
     with pytest.raises(DatasetError) as error:
         cityscapes(city, "train")
     assert error.value.problems == [
@@ -226,9 +216,11 @@ def acdc_root(tmp_path) -> Path:
     for condition in ("fog", "night"):
         for name in ("GOPR0475_frame_000041", "GOPR0476_frame_000010"):
             sequence = name.split("_")[0]
-            _image(tmp_path / "rgb_anon" / condition / "train" / sequence / f"{name}_rgb_anon.png")
-            _image(tmp_path / "rgb_anon" / condition / "train_ref" / sequence / f"{name}_rgb_ref_anon.png")
-            _label(
+            random_image(tmp_path / "rgb_anon" / condition / "train" / sequence / f"{name}_rgb_anon.png")
+            random_image(
+                tmp_path / "rgb_anon" / condition / "train_ref" / sequence / f"{name}_rgb_ref_anon.png"
+            )
+            label_image(
                 tmp_path / "gt" / condition / "train" / sequence / f"{name}_gt_labelIds.png", np.ones((6, 8))
             )
     return tmp_path
@@ -242,6 +234,8 @@ def test_acdc_pairs_per_condition(acdc_root):
         for n in ("GOPR0475_frame_000041", "GOPR0476_frame_000010")
     ]
     assert all(p.image.name.replace("_rgb_anon", "_gt_labelIds") == p.label.name for p in pairs)
+    assert [p.condition for p in pairs] == ["night", "night", "fog", "fog"]
+    assert [item["condition"] for item in SegmentationDataset(pairs)] == ["night", "night", "fog", "fog"]
     assert len(acdc(acdc_root, "train", conditions="fog")) == 2
     with pytest.raises(DatasetError) as error:  # the default asks for all four conditions
         acdc(acdc_root, "train")
@@ -282,8 +276,8 @@ def test_cityscapes_train_ids_match_the_official_table():
 def test_read_label_modes(tmp_path):
     ids = np.array([[0, 7, 26], [33, 255, 24]])
     for mode in ("L", "P", "I;16"):
-        assert Image.open(_label(tmp_path / "m.png", ids, mode)).mode == mode
-        np.testing.assert_array_equal(read_label(_label(tmp_path / f"{mode}.png", ids, mode)), ids)
+        assert Image.open(label_image(tmp_path / "m.png", ids, mode)).mode == mode
+        np.testing.assert_array_equal(read_label(label_image(tmp_path / f"{mode}.png", ids, mode)), ids)
     write_image(tmp_path / "rgb.png", np.zeros((2, 3, 3)))
     with pytest.raises(ImageReadError, match=re.escape("rgb.png")):
         read_label(tmp_path / "rgb.png")
@@ -291,12 +285,13 @@ def test_read_label_modes(tmp_path):
 
 def test_segmentation_dataset_gives_train_ids(city):
     ids = np.array([[7, 8, 26, 0, 255, 33, 24, 21]] * 6)
-    _label(city / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png", ids)
+    label_image(city / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png", ids)
     dataset = SegmentationDataset(cityscapes(city, "train"))
     item = dataset[0]
     assert item["mask"].dtype == torch.int64 and item["mask"].shape == (6, 8)
     assert item["mask"][0].tolist() == [0, 1, 13, 255, 255, 18, 11, 8]
     assert item["image"].shape == (3, 6, 8) and item["path"].endswith("aachen_000000_000019_leftImg8bit.png")
+    assert "condition" not in item and dataset.classes == CITYSCAPES_CLASSES  # Cityscapes: no condition
     raw = SegmentationDataset(cityscapes(city, "train"), label_map=None)[0]["mask"]
     assert torch.equal(raw, torch.from_numpy(ids))
 
@@ -305,7 +300,7 @@ def _position_pair(root: Path, h: int, w: int) -> SegmentationPair:
     """An image whose R, G encode (y, x) and a label whose id is y * 16 + x (h, w <= 16)."""
     yy, xx = np.mgrid[0:h, 0:w]
     image = np.stack([yy / 255.0, xx / 255.0, np.zeros((h, w))], axis=2)
-    return SegmentationPair(write_image(root / "img.png", image), _label(root / "lbl.png", yy * 16 + xx))
+    return SegmentationPair(write_image(root / "img.png", image), label_image(root / "lbl.png", yy * 16 + xx))
 
 
 @pytest.mark.parametrize("crop_size", [(5, 7), (14, 6)])  # the second one needs padding
@@ -323,6 +318,8 @@ def test_segmentation_crop_keeps_image_and_mask_aligned(tmp_path, crop_size):
 
 
 def test_segmentation_dataset_rejects_a_mismatched_label(tmp_path):
-    pair = SegmentationPair(_image(tmp_path / "img.png"), _label(tmp_path / "lbl.png", np.zeros((6, 7))))
+    pair = SegmentationPair(
+        random_image(tmp_path / "img.png"), label_image(tmp_path / "lbl.png", np.zeros((6, 7)))
+    )
     with pytest.raises(DatasetError, match=re.escape("lbl.png: label shape (6, 7) != image shape (6, 8)")):
         SegmentationDataset([pair])[0]

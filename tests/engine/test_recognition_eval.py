@@ -409,3 +409,86 @@ def test_cli_eval_of_a_classifier_on_an_image_folder(tmp_path, small_scenes, cap
     assert metrics["overall"]["images"] == 4
     assert main([*args, "--output", str(out), "--data", "scenes"]) == 2
     assert "predicts 2 classes but the data set has 11" in capsys.readouterr().err
+
+
+def test_ignored_pixels_score_as_if_they_were_removed(seg_data):
+    """A band of 255 labels gives the metrics of the same image cropped to its labelled part."""
+    banded, cropped = [], []
+    for item in seg_data:
+        mask = item["mask"].clone()
+        mask[mask == IGNORE] = 0  # every pixel labelled but the band
+        width = mask.shape[1] - 9
+        mask[:, width:] = IGNORE
+        banded.append({"image": item["image"], "mask": mask})
+        cropped.append({"image": item["image"][:, :, :width].clone(), "mask": mask[:, :width].clone()})
+    banded, cropped = Items(banded, seg_data.classes), Items(cropped, seg_data.classes)
+    whole = evaluate_segmenter(NearestLevel(), banded, tile=16, overlap=4)
+    assert metrics_of(whole) == metrics_of(evaluate_segmenter(NearestLevel(), cropped, tile=16, overlap=4))
+    labelled = sum(int((item["mask"] != IGNORE).sum()) for item in banded)
+    assert whole.overall["pixels"] == labelled < sum(item["mask"].numel() for item in banded)
+
+
+# ---------------------------------------------------------------------------------------------- Cityscapes / ACDC
+@pytest.fixture
+def city_segmenter(tmp_path):
+    """An untrained 19-class segmenter, saved."""
+    from mofme.models import create_model
+
+    create_model("segmenter_tiny", num_classes=19, ffn="dense").save_pretrained(tmp_path / "segmenter")
+    return tmp_path / "segmenter"
+
+
+def test_cli_eval_of_a_segmenter_on_a_cityscapes_tree(tmp_path, city_segmenter):
+    from mofme.cli import main
+    from mofme.data import CITYSCAPES_CLASSES, cityscapes_train_ids, read_label
+    from tests.data.fixtures import cityscapes_tree
+
+    root = cityscapes_tree(tmp_path / "cityscapes", splits=("val",))
+    out = tmp_path / "report"
+    args = ["eval", "--checkpoint", str(city_segmenter), "--data", "cityscapes", "--root", str(root)]
+    assert main([*args, "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    overall = metrics["overall"]
+    assert metrics["classes"] == list(overall["iou"]) == list(CITYSCAPES_CLASSES)
+    assert 0.0 <= overall["miou"] <= 1.0 and overall["images"] == 4
+    assert list(metrics["per_condition"]) == ["all"] and metrics["meta"]["data"] == "cityscapes"
+    labels = sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
+    labelled = sum(int((cityscapes_train_ids(read_label(p)) != IGNORE).sum()) for p in labels)
+    assert overall["pixels"] == labelled < 4 * 64 * 128  # the unlabeled id 0 is left out
+
+
+def test_cli_eval_of_a_segmenter_on_acdc_reports_each_condition(tmp_path, city_segmenter):
+    from mofme.cli import main
+    from tests.data.fixtures import acdc_tree
+
+    root = acdc_tree(tmp_path / "acdc", splits=("val",))
+    out = tmp_path / "report"
+    args = ["eval", "--checkpoint", str(city_segmenter), "--data", "acdc", "--root", str(root)]
+    assert main([*args, "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        sorted(metrics["per_condition"]) == sorted(metrics["per_weather"]) == ["fog", "night", "rain", "snow"]
+    )
+    assert all(group["images"] == 1 for group in metrics["per_condition"].values())
+    assert metrics["overall"]["images"] == 4
+
+
+def test_cli_eval_of_cityscapes_errors(tmp_path, city_segmenter, capsys):
+    from mofme.cli import main
+    from mofme.models import create_model
+    from tests.data.fixtures import cityscapes_tree
+
+    root = cityscapes_tree(tmp_path / "cityscapes", splits=("val",), cities=1, per_city=1)
+    create_model("classifier_tiny", num_classes=19).save_pretrained(tmp_path / "classifier")
+    base = ["eval", "--data", "cityscapes", "--output", str(tmp_path / "out")]
+    cases = [
+        (["--checkpoint", str(tmp_path / "classifier"), "--root", str(root)], "is a segmentation task"),
+        (["--checkpoint", str(city_segmenter)], "needs --root"),
+        (["--checkpoint", str(city_segmenter), "--root", str(root), "--split", "test"], "leftImg8bit/test"),
+        (["--checkpoint", str(city_segmenter), "--root", str(root), "--data", "acdc", "--variant", "foggy"],
+         "--variant applies to --data cityscapes only"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main([*base, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
