@@ -16,12 +16,29 @@ TINY = [
 ]
 
 
+TRAINED = ["dense", "moe", "mofme", "mofme-uar"]  # every kind of result; all variants: below
+
+
+@pytest.mark.parametrize("variant", STUDY_VARIANTS)
+def test_every_study_variant_builds_the_ffn_it_names(tmp_path, variant):
+    from mofme.apps.study import _config
+    from mofme.nn import DenseFFN, MoFME, SparseMoE
+
+    config = _config(variant, 0, tmp_path, TINY, 1)
+    ffn = config.model.build().blocks[0].ffn
+    expected = {"dense": DenseFFN, "moe": SparseMoE}.get(variant, MoFME)
+    assert type(ffn) is expected
+    if expected is MoFME:
+        assert ffn.modulation.kind == ("lowrank" if "lowrank" in variant else "generator")
+        assert type(ffn.router).__name__ == ("UncertaintyAwareRouter" if "uar" in variant else "TopKRouter")
+
+
 @pytest.mark.slow
 def test_study_on_tiny_settings(tmp_path):
-    result = run_study(tmp_path, seeds=2, steps=2, overrides=TINY)
+    result = run_study(tmp_path, seeds=2, steps=2, overrides=TINY, variants=TRAINED)
     summary = json.loads((tmp_path / "study.json").read_text())["summary"]
-    assert list(summary) == list(STUDY_VARIANTS)
-    assert len(result.runs) == 2 * len(STUDY_VARIANTS)
+    assert list(summary) == TRAINED
+    assert len(result.runs) == 2 * len(TRAINED)
     for variant, entry in summary.items():
         mean, std = entry["mean_psnr"]
         runs = [r["metrics"]["mean"]["psnr"] for r in result.runs if r["variant"] == variant]

@@ -33,6 +33,7 @@ from mofme.models import load_model
 __all__ = ["TASK_RECIPES", "compare", "main", "summarise"]
 
 TASK_RECIPES = {"scenes": "scenes_vit", "degradation": "degradation_vit"}
+COMPARED_VARIANTS = ("dense", "moe", "mofme", "mofme-uar")  # the default of --variants
 
 
 def _eval_set(task: str, split: str):
@@ -206,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=768)
-    parser.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS), choices=list(STUDY_VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=list(COMPARED_VARIANTS), choices=list(STUDY_VARIANTS)
+    )
     parser.add_argument(
         "overrides", nargs="*", help="recipe overrides for every run, e.g. data.batch_size=16"
     )

@@ -44,6 +44,7 @@ STUDY_VARIANTS: dict[str, list[str]] = {
     "moe": ["model.ffn=moe", "model.router=linear"],
     "mofme": ["model.ffn=mofme", "model.router=linear"],
     "mofme-uar": ["model.ffn=mofme", "model.router=uar"],
+    "mofme-lowrank": ["model.ffn=mofme", "model.router=linear", "model.modulation=lowrank"],
 }
 
 

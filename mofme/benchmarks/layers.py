@@ -56,13 +56,15 @@ def _forward(layer: nn.Module, x: torch.Tensor, dispatch: str | None = None) -> 
 def bench_group(
     experts: int, top_k: int, *, dim: int, tokens: int, warmup: int, repeats: int, reference: bool, device
 ) -> list[Row]:
-    """Dense, MoE, MoFME generator/static (and the all-experts references) at one (E, k)."""
+    """Dense, MoE, MoFME generator / low-rank (r = D / 8) / static (and the all-experts references)
+    at one (E, k)."""
     torch.manual_seed(0)
     x = torch.randn(tokens, dim, device=device)
     layers: dict[str, nn.Module] = {
         "dense": DenseFFN(dim),
         "moe": SparseMoE(dim, experts, top_k),
         "mofme-generator": MoFME(dim, experts, top_k, modulation="generator"),
+        "mofme-lowrank": MoFME(dim, experts, top_k, modulation="lowrank"),
         "mofme-static": MoFME(dim, experts, top_k, modulation="static"),
     }
     for layer in layers.values():
@@ -131,9 +133,12 @@ def ratios(rows: list[Row], router: dict | None) -> dict[str, float]:
     if gen and static and moe:
         out["E=128 k=4: MoFME generator latency / dense"] = gen.vs_dense
         out["E=128 k=4: MoFME static latency / dense"] = static.vs_dense
+        lowrank = find("mofme-lowrank", 128, 4)
+        if lowrank:
+            out["E=128 k=4: MoFME low-rank latency / dense"] = lowrank.vs_dense
         out["E=128 k=4: MoFME generator latency / SparseMoE"] = gen.latency_ms / moe.latency_ms
         out["E=128 k=4: MoFME generator params / SparseMoE"] = gen.params / moe.params
-    for layer in ("mofme-generator", "mofme-static"):
+    for layer in ("mofme-generator", "mofme-lowrank", "mofme-static"):
         for k in sorted({r.top_k for r in rows}):
             small, large = find(layer, 16, k), find(layer, 512, k)
             if small and large:

@@ -1,6 +1,6 @@
 """Whole-restorer benchmark (``mofme bench``): parameters, FLOPs, latency, memory, training step.
 
-For each E the restorers are built once (dense, MoE, MoFME generator, MoFME static) and timed
+For each E the restorers are built once (dense, MoE, MoFME generator, low-rank, static) and timed
 side by side, interleaved repeat by repeat. The "reference" rows are the published computation
 (every expert for every token), obtained by switching the same models to ``dispatch="dense"``.
 Latency: eval-mode forward under ``torch.no_grad()`` after warm-up, median (synchronised on CUDA).
@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict] = {
     "dense": {"ffn": "dense"},
     "moe": {"ffn": "moe"},
     "mofme-generator": {"ffn": "mofme", "modulation": "generator"},
+    "mofme-lowrank": {"ffn": "mofme", "modulation": "lowrank"},
     "mofme-static": {"ffn": "mofme", "modulation": "static"},
 }
 REFERENCES = {"moe-reference": "moe", "mofme-generator-reference": "mofme-generator"}

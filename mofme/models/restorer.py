@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import FFN_LAYERS, ROUTERS, MoEOutput, build_ffn
+from ..nn.mofme import MODULATIONS
 from .hub import PretrainedMixin
 
 __all__ = [
@@ -55,9 +56,6 @@ __all__ = [
 _LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
 
 
-MODULATIONS = ("generator", "static")
-
-
 @dataclass(frozen=True)
 class FFNChoice:
     """The FFN of every transformer block, as :func:`ffn_from_config` builds it; the fields both
@@ -67,7 +65,8 @@ class FFNChoice:
     num_experts: int = 16
     top_k: int = 2
     router: str = "linear"  # a name of mofme.nn.ROUTERS: "linear" | "uar"
-    modulation: str = "generator"  # "generator" | "static" (mofme only)
+    modulation: str = "generator"  # "generator" | "lowrank" | "static" (mofme only; lowrank's
+    # rank through ffn_kwargs={"modulation_rank": r}, default D / 8)
     router_kwargs: dict[str, Any] | None = None
     ffn_kwargs: dict[str, Any] | None = None  # more FFN layer arguments, e.g. {"dispatch": "dense"}
 

@@ -9,12 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from .dispatch import (
+    Assignments,
     capacity_mask,
     dense_combine_weights,
     group_by_expert,
     grouped_linear,
     scatter_tokens,
     slot_weights,
+    uses_grouped_mm,
 )
 from .routed import Dispatch, RoutedLayer
 from .routers import RouterOutput, TopKRouter
@@ -49,10 +51,10 @@ class ExpertFFNs(nn.Module):
         self.act = act_layer()
         self.drop = nn.Dropout(dropout)
 
-    def grouped(self, rows: Tensor, counts: list[int]) -> Tensor:
-        """Rows grouped by expert (A, D) -> (A, D), expert e applied to its block."""
-        hidden = self.drop(self.act(grouped_linear(rows, counts, self.w1, self.b1)))
-        return self.drop(grouped_linear(hidden, counts, self.w2, self.b2))
+    def grouped(self, rows: Tensor, groups: Assignments) -> Tensor:
+        """Rows grouped by expert (A, D) -> (A, D), expert e applied to its block of ``groups``."""
+        hidden = self.drop(self.act(grouped_linear(rows, groups, self.w1, self.b1)))
+        return self.drop(grouped_linear(hidden, groups, self.w2, self.b2))
 
     def expert(self, index: int, x: Tensor) -> Tensor:
         """Expert ``index`` applied to every row of x (N, D)."""
@@ -105,8 +107,9 @@ class SparseMoE(RoutedLayer):
     def compute(self, tokens: Tensor, routing: RouterOutput, *, sparse: bool) -> Tensor:
         keep = self.keep_mask(routing.indices)
         if sparse:
-            groups = group_by_expert(routing.indices, self.num_experts, keep)
-            out = self.experts.grouped(tokens.index_select(0, groups.token), groups.counts)
+            on_device = uses_grouped_mm(tokens, self.dim, self.experts.w1.shape[-1])
+            groups = group_by_expert(routing.indices, self.num_experts, keep, on_device=on_device)
+            out = self.experts.grouped(tokens.index_select(0, groups.token), groups)
             return scatter_tokens(
                 out * slot_weights(groups, routing.weights).to(out.dtype), groups, tokens.shape[0]
             )

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dispatch import count_per_expert
+
 __all__ = [
     "ROUTERS",
     "RouterOutput",
@@ -54,7 +56,7 @@ def load_balancing_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Ten
 
     ``probs`` (N, E) routing probabilities; ``indices`` (N, k) chosen experts.
     """
-    counts = torch.bincount(indices.reshape(-1), minlength=num_experts).to(probs.dtype)
+    counts = count_per_expert(indices.reshape(-1), num_experts).to(probs.dtype)
     fraction = counts / max(indices.numel(), 1)
     return num_experts * torch.sum(fraction * probs.mean(dim=0))
 

@@ -37,6 +37,11 @@ def test_layer_benchmark_rows_flops_and_json(tmp_path, capsys):
     router = 2 * tokens * dim * 4 / 1e9
     assert rows[("moe", 2)]["gflops"] == pytest.approx(2 * rows[("dense", 0)]["gflops"] + router)
     assert rows[("mofme-generator", 2)]["gflops"] < rows[("mofme-generator-reference", 2)]["gflops"]
+    # low-rank r = D / 8: 3 D r = 0.375 D^2 multiply-adds per chosen expert instead of 2 D^2
+    per_token = 2 * (2 - 0.375) * dim * dim * 2 / 1e9
+    assert rows[("mofme-generator", 2)]["gflops"] - rows[("mofme-lowrank", 2)]["gflops"] == pytest.approx(
+        tokens * per_token
+    )
     assert rows[("moe", 1)]["gflops"] < rows[("moe", 2)]["gflops"]
     assert result["router_training"]["uar_vs_linear"] > 0
     assert "| mofme-static |" in capsys.readouterr().out
@@ -67,11 +72,12 @@ def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
     args = parser.parse_args([*tiny, "--train-repeats", "1", "--device", "cpu", *files])
     result = restorer.run(args)
     rows = result["rows"]
-    assert len(rows) == 12  # two groups of six, each timed side by side
-    assert [r["model"] for r in rows[6:]] == [
+    assert len(rows) == 14  # two groups of seven, each timed side by side
+    assert [r["model"] for r in rows[7:]] == [
         "dense",
         "moe",
         "mofme-generator",
+        "mofme-lowrank",
         "mofme-static",
         "moe-reference",
         "mofme-generator-reference",
@@ -80,6 +86,11 @@ def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
     assert by[("moe-reference", 4)]["params"] == by[("moe", 4)]["params"]
     assert by[("moe-reference", 4)]["gflops"] > by[("moe", 4)]["gflops"]  # k=1 of 4 experts
     assert by[("mofme-generator", 4)]["params"] < by[("moe", 4)]["params"]
+    assert (
+        by[("mofme-static", 4)]["params"]
+        < by[("mofme-lowrank", 4)]["params"]
+        < by[("mofme-generator", 4)]["params"]
+    )
     assert all(
         r["memory_mb"] > 0 and r["train_step_ms"] > 0 for r in rows if not r["model"].endswith("reference")
     )
@@ -112,12 +123,12 @@ def _restorer_row(model: str, value: float) -> restorer.Row:
 
 def test_every_shipped_limit_names_a_ratio_the_benchmarks_measure():
     shipped = Path(__file__).parents[2] / "docs" / "results" / "targets.toml"
-    names = ["dense", "moe", "mofme-generator", "mofme-static", "moe-reference"]
+    names = ["dense", "moe", "mofme-generator", "mofme-lowrank", "mofme-static", "moe-reference"]
     measured = restorer.ratios([_restorer_row(name, i + 1.0) for i, name in enumerate(names)], 128)
     assert set(load_limits(shipped, "restorer")) == set(measured)
     rows = [
         layers.Row(layer, experts, k, 1, 1.0, 1.0, 1.0)
-        for layer in ("dense", "moe", "mofme-generator", "mofme-static")
+        for layer in ("dense", "moe", "mofme-generator", "mofme-lowrank", "mofme-static")
         for experts in (16, 128, 512)
         for k in (1, 2, 4)
     ]

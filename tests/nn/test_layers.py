@@ -88,14 +88,18 @@ def _explicit_mofme(layer: MoFME, x: torch.Tensor, indices, weights) -> torch.Te
         h = torch.nn.functional.gelu(a) * b
         m = torch.zeros_like(h)
         for e, w in zip(chosen.tolist(), mix, strict=True):
-            film = mod.bias[e] + (h @ mod.weight[e] if mod.weight is not None else 0)
+            film = mod.bias[e]
+            if mod.kind == "generator":
+                film = film + h @ mod.weight[e]
+            elif mod.kind == "lowrank":
+                film = film + (h @ mod.down[e]) @ mod.up[e]
             gamma, beta = film[:dim], film[dim:]
             m = m + w * (gamma * h + beta)
         rows.append(layer.ffn(m))
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("modulation", ["generator", "static"])
+@pytest.mark.parametrize("modulation", ["generator", "lowrank", "static"])
 def test_mofme_equals_its_per_token_formula(modulation):
     layer = build("mofme-generator-linear", modulation=modulation).double().eval()
     with torch.no_grad():  # away from the identity start, so that gamma and beta differ
@@ -159,8 +163,12 @@ def test_parameter_counts_match_closed_forms(dim, experts, hidden):
         assert _count(SparseMoE(dim, experts, 2, hidden_dim=hidden)) == experts * ffn + router
         generator = MoFME(dim, experts, 2, hidden_dim=hidden, modulation="generator")
         static = MoFME(dim, experts, 2, hidden_dim=hidden, modulation="static")
+        lowrank = MoFME(dim, experts, 2, hidden_dim=hidden, modulation="lowrank")
     assert _count(generator) == gate + router + experts * 2 * (dim * dim + dim) + ffn
     assert _count(static) == gate + router + experts * 2 * dim + ffn
+    rank = dim // 8  # the default
+    assert lowrank.modulation.rank == rank
+    assert _count(lowrank) == gate + router + experts * (3 * dim * rank + 2 * dim) + ffn
 
 
 def test_capacity_serves_first_choices_before_second_choices():
@@ -209,6 +217,9 @@ def test_constructor_arguments_are_validated():
         MoFME(8, 4, 5)
     with pytest.raises(ValueError, match="modulation"):
         MoFME(8, 4, 2, modulation="bogus")
+    for kind, rank in (("generator", 2), ("lowrank", 0), ("lowrank", 9)):
+        with pytest.raises(ValueError, match="rank"):
+            MoFME(8, 4, 2, modulation=kind, modulation_rank=rank)
     with pytest.raises(ValueError, match="router"):
         SparseMoE(8, 4, 2, router="bogus")
     with pytest.raises(ValueError, match="dispatch"):

@@ -20,6 +20,8 @@ VARIANTS: dict[str, dict] = {
         kind="mofme", router="uar", router_kwargs=dict(calibration="whitening")
     ),
     "mofme-generator-uar-none": dict(kind="mofme", router="uar", router_kwargs=dict(calibration="none")),
+    "mofme-lowrank-linear": dict(kind="mofme", router="linear", modulation="lowrank", modulation_rank=4),
+    "mofme-lowrank-uar": dict(kind="mofme", router="uar", modulation="lowrank"),  # default rank D / 8
     "mofme-static-linear": dict(kind="mofme", router="linear", modulation="static"),
     "mofme-static-uar": dict(kind="mofme", router="uar", modulation="static"),
 }
