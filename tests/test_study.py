@@ -49,6 +49,37 @@ def test_study_on_tiny_settings(tmp_path):
     assert "uar_change" in summary["mofme-uar"] and "uar_change" not in summary["mofme"]
     assert all(0 <= m <= 1 for m, _ in summary["mofme-uar"]["uar_change"])
     report = (tmp_path / "report.md").read_text()
-    assert "MoFME vs MoE" in report and "mofme-uar" in report
+    assert "Paired differences" in report and "| mofme - moe | 2 |" in report and "mofme-uar" in report
+    paired = json.loads((tmp_path / "study.json").read_text())["paired"]
+    assert set(paired) == {"mofme - moe", "mofme - dense", "mofme-uar - mofme"}  # no low-rank run here
     for name in ("psnr.png", "routing_moe.png", "routing_mofme.png", "routing_mofme-uar.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_paired_comparisons_use_the_same_seeds_and_images_and_weigh_weathers_equally():
+    from mofme.apps.study_report import paired_comparisons
+
+    weathers = ["rain", "rain", "rain", "snow"]
+
+    def run(variant, seed, psnrs):
+        images = [
+            {"name": f"img{i}", "weather": w, "psnr": p}
+            for i, (w, p) in enumerate(zip(weathers, psnrs, strict=True))
+        ]
+        return {"variant": variant, "seed": seed, "images": images[::-1]}  # order must not matter
+
+    runs = [
+        run("moe", 0, [20, 21, 22, 30]),
+        run("moe", 1, [20, 21, 22, 30]),
+        run("mofme", 0, [21, 22, 23, 30.4]),  # +1 dB on rain, +0.4 on snow
+        run("mofme", 1, [21, 22, 23, 30.6]),  # +1 dB on rain, +0.6 on snow
+        run("mofme", 2, [0, 0, 0, 0]),  # a seed MoE lacks: left out of the pair
+        run("dense", 0, [25, 25, 25, 25]),
+    ]
+    paired = paired_comparisons(runs)
+    assert set(paired) == {"mofme - moe", "mofme - dense"}
+    mofme_moe = paired["mofme - moe"]
+    assert mofme_moe["seeds"] == 2 and mofme_moe["images"] == 4
+    assert mofme_moe["mean"] == pytest.approx((1 + 0.5) / 2)  # each weather counts once
+    assert mofme_moe["low"] <= mofme_moe["mean"] <= mofme_moe["high"] and mofme_moe["claim"] == 0.1
+    assert paired["mofme - dense"]["seeds"] == 1

@@ -110,6 +110,7 @@ def _train_and_score(
         "nmi": routing_nmi(counts) if routed else [],
         "uar_change": uar_selection_change(model, test, seed=seed) if routed else [],
         "expert_counts": counts.tolist() if routed else None,
+        "images": [{"name": r.name, "weather": r.weather, "psnr": r.psnr} for r in report.images],
     }
     return run, model
 

@@ -8,9 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from mofme.apps.paired import PairedDifference, paired_difference, weather_weights
 from mofme.data import WEATHER_TYPES
 
-__all__ = ["plot_psnr", "report_markdown", "summarise", "write_study"]
+__all__ = ["PAIRS", "paired_comparisons", "plot_psnr", "report_markdown", "summarise", "write_study"]
+
+# (A, B, the claimed gain of A over B in dB, what the pair asks)
+PAIRS: tuple[tuple[str, str, float, str], ...] = (
+    ("mofme", "moe", 0.1, "MoFME vs MoE (paper: +0.1 to +0.2 dB)"),
+    ("mofme", "dense", 0.0, "MoFME vs dense"),
+    ("mofme-uar", "mofme", 0.0, "UaR vs linear router (both MoFME)"),
+    ("mofme-lowrank", "mofme", 0.0, "low-rank vs full generator"),
+)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -37,7 +46,43 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
     return summary
 
 
-def report_markdown(summary: dict, protocol: dict) -> str:
+def _psnr_matrix(runs: list[dict], variant: str, seeds: list[int], names: list[str]) -> np.ndarray:
+    """(seeds, images) restored PSNR of ``variant``'s runs, in the given seed and image order."""
+    by_seed = {
+        r["seed"]: {i["name"]: i["psnr"] for i in r["images"]} for r in runs if r["variant"] == variant
+    }
+    return np.array([[by_seed[s][n] for n in names] for s in seeds])
+
+
+def paired_comparisons(runs: list[dict]) -> dict[str, dict]:
+    """For each pair of :data:`PAIRS` whose variants both ran (with per-image scores): the paired
+    difference of the mean-over-weather PSNR over the seeds both have (:mod:`mofme.apps.paired`,
+    two-way t-interval, 95 %) and its decision in words."""
+    out = {}
+    for a, b, claim, title in PAIRS:
+        mine = [r for r in runs if r["variant"] in (a, b) and "images" in r]
+        seeds = sorted(
+            {r["seed"] for r in mine if r["variant"] == a} & {r["seed"] for r in mine if r["variant"] == b}
+        )
+        if not seeds:
+            continue
+        images = next(r["images"] for r in mine)
+        names = [i["name"] for i in images]
+        result: PairedDifference = paired_difference(
+            _psnr_matrix(mine, a, seeds, names),
+            _psnr_matrix(mine, b, seeds, names),
+            weights=weather_weights([i["weather"] for i in images]),
+        )
+        out[f"{a} - {b}"] = {
+            "title": title,
+            "claim": claim,
+            **result.to_dict(),
+            "decision": result.decision(claim=claim),
+        }
+    return out
+
+
+def report_markdown(summary: dict, protocol: dict, paired: dict | None = None) -> str:
     lines = [
         "# mofme study: dense vs MoE vs MoFME at an equal budget",
         "",
@@ -60,7 +105,22 @@ def report_markdown(summary: dict, protocol: dict) -> str:
     first = next(iter(summary.values()))
     lines += ["", f"Degraded input: mean PSNR {first['input_psnr']:.2f} dB.", ""]
     verdicts = []
-    if {"mofme", "moe", "dense"} <= summary.keys():
+    if paired:
+        lines += [
+            "## Paired differences",
+            "",
+            "Mean over weather of the per-image PSNR difference A - B, same seeds and images for both;",
+            "95 % two-way random-effects t-interval over seeds x images (mofme.apps.paired).",
+            "",
+            "| A - B | seeds | images | mean dB | 95 % interval | decision |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        for name, p in paired.items():
+            lines.append(
+                f"| {name} | {p['seeds']} | {p['images']} | {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {p['decision']} |"
+            )
+        lines.append("")
+    elif {"mofme", "moe", "dense"} <= summary.keys():
         gap_moe = summary["mofme"]["mean_psnr"][0] - summary["moe"]["mean_psnr"][0]
         gap_dense = summary["mofme"]["mean_psnr"][0] - summary["dense"]["mean_psnr"][0]
         verdicts.append(
@@ -69,10 +129,12 @@ def report_markdown(summary: dict, protocol: dict) -> str:
         verdicts.append(
             f"- MoFME vs dense: {gap_dense:+.2f} dB (claim: >= 0) -> {'holds' if gap_dense >= 0 else 'does NOT hold'}."
         )
-    if {"mofme-uar", "mofme"} <= summary.keys():
+    if not paired and {"mofme-uar", "mofme"} <= summary.keys():
         gap_uar = summary["mofme-uar"]["mean_psnr"][0] - summary["mofme"]["mean_psnr"][0]
         verdicts.append(f"- UaR vs linear router (both MoFME): {gap_uar:+.2f} dB.")
-    lines += ["## Verdict", "", *verdicts, "", "## Routing", ""]
+    if verdicts:
+        lines += ["## Verdict", "", *verdicts, ""]
+    lines += ["## Routing", ""]
     lines += [
         "| variant | NMI(weather; expert) per layer | UaR MC selection differs from deterministic (per layer) |",
         "|---|---|---|",
@@ -113,9 +175,10 @@ def write_study(output: Path, *, protocol: dict, runs: list[dict], variants: lis
     """Summarise ``runs`` and write ``study.json``, ``report.md`` and ``psnr.png`` into ``output``;
     returns the summary (per variant: parameters, latency, mean and std over seeds per metric)."""
     summary = summarise(runs, variants)
+    paired = paired_comparisons(runs)
     (output / "study.json").write_text(
-        json.dumps({"protocol": protocol, "summary": summary, "runs": runs}, indent=2)
+        json.dumps({"protocol": protocol, "summary": summary, "paired": paired, "runs": runs}, indent=2)
     )
-    (output / "report.md").write_text(report_markdown(summary, protocol))
+    (output / "report.md").write_text(report_markdown(summary, protocol, paired))
     plot_psnr(summary, output / "psnr.png")
     return summary
