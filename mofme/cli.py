@@ -1,4 +1,4 @@
-"""The ``mofme`` command line: demo | train | eval | restore | masks | synth | bench | study | bench-layers."""
+"""The ``mofme`` command line: demo | train | eval | restore | serve | masks | synth | bench | study | bench-layers."""
 
 from __future__ import annotations
 
@@ -203,6 +203,22 @@ def _restore(args: argparse.Namespace) -> int:
     return _report_failed(result.failed)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from mofme.apps.serve import ServeSettings, run_server
+
+    settings = ServeSettings(
+        max_upload_bytes=round(args.max_upload_mb * 1e6),
+        max_pixels=round(args.max_megapixels * 1e6),
+        tile=args.tile,
+        overlap=args.overlap,
+        max_queue=args.max_queue,
+    )
+    run_server(
+        checkpoint=args.checkpoint, host=args.host, port=args.port, settings=settings, device=args.device
+    )
+    return 0
+
+
 def _report_failed(failed: list) -> int:
     """Name each ``(path, reason)`` that could not be processed on stderr; the exit status."""
     for path, reason in failed:
@@ -353,6 +369,22 @@ def build_parser() -> argparse.ArgumentParser:
     tiled(restore)
     restore.set_defaults(func=_restore)
 
+    serve = commands.add_parser(
+        "serve",
+        help="restore photos from a local web page (needs the serve extra: pip install 'mofme[serve]')",
+    )
+    tiled(serve)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--max-upload-mb", type=float, default=50.0, help="largest file accepted (MB)")
+    serve.add_argument(
+        "--max-megapixels", type=float, default=25.0, help="largest image accepted, width x height (MP)"
+    )
+    serve.add_argument("--max-queue", type=int, default=32, help="photos queued or restoring at once")
+    serve.set_defaults(func=_serve, tile=128, overlap=16)  # ServeSettings' defaults (measured there)
+
     masks = commands.add_parser(
         "masks",
         help="weather masks of your own photos (files or folders, any size) by a degradation segmenter: "
@@ -413,11 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVE_MODULES = ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart")
+
+
 def _missing(error: ModuleNotFoundError) -> int:
     """The layer-only install lacks the pipeline's libraries: say which extra brings them."""
+    serve = (error.name or "").split(".")[0] in SERVE_MODULES
+    needs = "mofme serve needs the serve" if serve else "the command line needs the restoration"
+    extra = "serve" if serve else "restoration"
     print(
-        f"mofme: error: {error.name} is not installed; the command line needs the restoration "
-        "extras: pip install 'mofme[restoration]'",
+        f"mofme: error: {error.name} is not installed; {needs} extras: pip install 'mofme[{extra}]'",
         file=sys.stderr,
     )
     return 2

@@ -1,0 +1,248 @@
+"""Load check of ``mofme serve``: N concurrent clients on the loopback address, each uploading photos.
+
+    python -m mofme.benchmarks.serve --clients 8 --uploads 5 --size 1000x1000 --json docs/results/serve_load.json
+
+Starts ``mofme serve`` in a subprocess on a free loopback port, then each client thread uploads
+``--uploads`` photos one after another (a built-in photo resized to ``--size`` with rendered rain or
+haze, rendered before the clock starts), polls its job and downloads the restored PNG. A request is
+answered correctly when the PNG has the input's size and is closer (PSNR) to the clean photo than the
+upload was. Reports throughput, latency percentiles (upload to download), the server's restore time per
+photo, the PSNR gain of the answers over the uploads and the server process's peak resident memory (``VmHWM``). Exit status 1 if any request was lost
+or wrong. Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "run_load", "upload", "wait_result"]
+
+HOST = "127.0.0.1"
+WEATHERS = ("rain", "haze")  # the shipped model's clear gains: a correct answer is measurable
+
+
+def upload(url: str, data: bytes, *, name: str, timeout: float = 120.0) -> dict:
+    """POST one file as the multipart field ``file``; the job's status (HTTP errors raise)."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    request = urllib.request.Request(f"{url}/api/jobs", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def wait_result(url: str, job_id: str, *, timeout: float = 600.0, poll: float = 0.1) -> tuple[dict, bytes]:
+    """Poll a job until it is done or failed; ``(status, restored PNG bytes or b"")``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{url}/api/jobs/{job_id}", timeout=60) as response:
+            status = json.load(response)
+        if status["state"] in ("done", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    if status["state"] != "done":
+        return status, b""
+    with urllib.request.urlopen(f"{url}{status['restored_url']}", timeout=60) as response:
+        return status, response.read()
+
+
+def _psnr(image: np.ndarray, clean: np.ndarray) -> float:
+    import torch
+
+    from mofme.metrics import psnr
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))[None]
+
+    return float(psnr(tensor(image), tensor(clean))[0])
+
+
+def _decode(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+
+
+def _photos(count: int, size: tuple[int, int]) -> list[tuple[np.ndarray, bytes, float]]:
+    """``count`` (clean, degraded PNG bytes, PSNR of the upload) at ``size`` (width, height)."""
+    from PIL import Image
+
+    from mofme.apps.serve.jobs import png_bytes
+    from mofme.data import builtin_photos, render_weather
+
+    native = dict(builtin_photos("test", long_side=None))["china"]
+    resized = Image.fromarray((native * 255 + 0.5).astype(np.uint8)).resize(size, Image.BICUBIC)
+    clean = np.asarray(resized, dtype=np.float32) / 255
+    photos = []
+    for k in range(count):
+        degraded = render_weather(clean, WEATHERS[k % len(WEATHERS)], severity=2, seed=k).degraded
+        data = png_bytes(degraded)
+        photos.append((clean, data, _psnr(_decode(data), clean)))
+    return photos
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(port: int, options: Sequence[str], *, timeout: float) -> tuple[subprocess.Popen, dict]:
+    """``mofme serve`` on ``127.0.0.1:port`` and its ``/api/health``, once it answers."""
+    command = [sys.executable, "-m", "mofme", "serve", "--host", HOST, "--port", str(port), *options]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mofme serve exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/api/health", timeout=5) as response:
+                return server, json.load(response)
+        except OSError:
+            time.sleep(0.25)
+    server.terminate()
+    raise RuntimeError(f"mofme serve did not answer within {timeout:.0f} s")
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory of a process (Linux ``VmHWM``), MB; None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _client(url: str, photos: list, uploads: int, client: int, records: list, lock: threading.Lock) -> None:
+    """One client: ``uploads`` round trips, one after another; appends a record per request."""
+    for k in range(uploads):
+        clean, data, before = photos[(client + k) % len(photos)]
+        record: dict = {"client": client, "upload": k, "correct": False}
+        start = time.perf_counter()
+        try:
+            status, png = wait_result(url, upload(url, data, name=f"client{client}-{k}.png")["id"])
+            record["latency_s"] = time.perf_counter() - start
+            record["restore_s"], record["state"] = status.get("seconds"), status["state"]
+            if png:
+                restored = _decode(png)
+                record["psnr_gain_db"] = round(_psnr(restored, clean) - before, 3)
+                record["correct"] = restored.shape == clean.shape and record["psnr_gain_db"] > 0
+            else:
+                record["error"] = status.get("error")
+        except Exception as error:  # a lost request is a result, not a crash
+            record["error"] = f"{type(error).__name__}: {error}"
+        with lock:
+            records.append(record)
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    p50, p90 = np.percentile(values, [50, 90])
+    summary = {"min": min(values), "p50": float(p50), "p90": float(p90), "max": max(values)}
+    return {key: round(value, 3) for key, value in summary.items()}
+
+
+def run_load(*, clients: int, uploads: int, size: tuple[int, int], server_options: Sequence[str]) -> dict:
+    """Start a server, run the clients, stop the server; the report (see the module docstring)."""
+    photos = _photos(min(clients * uploads, 4), size)
+    port = _free_port()
+    load_before = os.getloadavg()
+    server, health = _start_server(port, server_options, timeout=300)
+    records: list[dict] = []
+    lock = threading.Lock()
+    try:
+        url = f"http://{HOST}:{port}"
+        threads = [
+            threading.Thread(target=_client, args=(url, photos, uploads, c, records, lock))
+            for c in range(clients)
+        ]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+        peak = _peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(60)
+    answered = [r for r in records if "latency_s" in r]
+    return {
+        "clients": clients,
+        "uploads_per_client": uploads,
+        "size": f"{size[0]}x{size[1]}",
+        "server_options": list(server_options),
+        "server_torch_threads": health.get("torch_threads"),
+        "requests": clients * uploads,
+        "answered": len(answered),
+        "correct": sum(r["correct"] for r in records),
+        "wall_s": round(wall, 3),
+        "photos_per_minute": round(60 * len(answered) / wall, 2),
+        "latency_s": _percentiles([r["latency_s"] for r in answered]),
+        "restore_s": _percentiles([r["restore_s"] for r in answered if r.get("restore_s") is not None]),
+        "psnr_gain_db": _percentiles([r["psnr_gain_db"] for r in answered if "psnr_gain_db" in r]),
+        "server_peak_rss_mb": None if peak is None else round(peak, 1),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "failures": [r for r in records if not r["correct"]],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .timing import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--uploads", type=int, default=5, help="uploads per client, one after another")
+    parser.add_argument("--size", default="1000x1000", help="WIDTHxHEIGHT of every photo")
+    parser.add_argument("--checkpoint", default=None, help="served model (default: the shipped weights)")
+    parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--overlap", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    options = []
+    for flag in ("checkpoint", "tile", "overlap"):
+        if getattr(args, flag) is not None:
+            options += [f"--{flag}", str(getattr(args, flag))]
+    report = run_load(
+        clients=args.clients, uploads=args.uploads, size=(width, height), server_options=options
+    )
+    report = {"machine": machine(), **report}
+    lat = report["latency_s"] or {}
+    print(
+        f"{report['correct']}/{report['requests']} correct, {report['answered']} answered in "
+        f"{report['wall_s']:.1f} s ({report['photos_per_minute']} photos/min); latency p50 {lat.get('p50')} s, "
+        f"p90 {lat.get('p90')} s, max {lat.get('max')} s; server peak memory {report['server_peak_rss_mb']} MB"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["correct"] == report["requests"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Test inputs for the server: a built-in photo with rendered rain, and broken files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mofme.data import builtin_photos, render_weather
+from mofme.metrics import psnr
+
+
+def weather_photo(
+    *, name: str = "china", weather: str = "rain", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, degraded) float32 (H, W, 3) on the 8-bit grid: a held-out built-in photo (long side 256)
+    with rendered weather at severity 2."""
+    clean = dict(builtin_photos("test"))[name]
+    degraded = render_weather(clean, weather, severity=2, seed=seed).degraded
+    return clean, np.round(degraded * 255) / 255
+
+
+def encode(image: np.ndarray, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(
+        buffer, format=format, **options
+    )
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+
+
+def psnr_db(image: np.ndarray, reference: np.ndarray) -> float:
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]  # noqa: E731
+    return float(psnr(as_tensor(image), as_tensor(reference))[0])
+
+
+def truncated_jpeg(image: np.ndarray) -> bytes:
+    data = encode(image, "JPEG", quality=90)
+    return data[: len(data) // 2]
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid 1-bit black PNG of side x side pixels: a few kB that decode to side^2 pixels."""
+    rows = zlib.compress(bytes((1 + -(-side // 8)) * side), 9)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
