@@ -82,6 +82,7 @@ def _eval(args: argparse.Namespace) -> int:
         tile=args.tile,
         overlap=args.overlap,
         save_images=args.save_images,
+        fast=args.fast,
     )
     report.meta.update({"checkpoint": str(args.checkpoint), "data": args.data})
     json_path, md_path = report.save(args.output)
@@ -198,7 +199,9 @@ def _restore(args: argparse.Namespace) -> int:
     from mofme.models import load_restorer
 
     model = load_restorer(args.checkpoint, device=args.device)
-    result = restore_paths(model, args.inputs, args.output, tile=args.tile, overlap=args.overlap)
+    result = restore_paths(
+        model, args.inputs, args.output, tile=args.tile, overlap=args.overlap, fast=args.fast
+    )
     print(f"restored {len(result.written)} image(s) into {args.output}")
     return _report_failed(result.failed)
 
@@ -314,12 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overlap", type=int, default=32)
         p.add_argument("--device", default="cpu")
 
+    def fast_path(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--no-fast",
+            dest="fast",
+            action="store_false",
+            help="restorers on the CPU: run the plain modules instead of the inference fast path "
+            "(oneDNN, channels-last; the same outputs to float32 rounding)",
+        )
+
     ev = commands.add_parser(
         "eval",
         help="restorers: PSNR/SSIM per weather type on full-resolution test pairs; classifiers and "
         "segmenters: accuracy / mIoU per weather condition",
     )
     tiled(ev)
+    fast_path(ev)
     ev.add_argument(
         "--data",
         required=True,
@@ -367,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("inputs", nargs="+")
     restore.add_argument("--output", required=True)
     tiled(restore)
+    fast_path(restore)
     restore.set_defaults(func=_restore)
 
     serve = commands.add_parser(

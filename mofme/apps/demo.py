@@ -32,6 +32,8 @@ from mofme.configs import recipe_path
 from mofme.data import BUILTIN_LONG_SIDE, WEATHER_TYPES, BuiltinWeatherDataset, builtin_photos
 from mofme.engine.config import Config, load_config
 from mofme.engine.evaluate import EvalReport, evaluate
+from mofme.engine.fastpath import inference_model
+from mofme.engine.restore import model_device
 from mofme.engine.trainer import train as train_model
 from mofme.losses import RestorationLoss
 from mofme.metrics import psnr, quantize
@@ -167,19 +169,20 @@ def run_demo(
         model = load_restorer(source)
         print(f"[mofme demo] restoring the built-in test split with {source}")
     test = BuiltinWeatherDataset("test", seed=TEST_SEED, long_side=test_size)
-    report = evaluate(model, test, progress=progress)  # the recipes' conventions: RGB, no crop, 256 tiles
+    runner = inference_model(model.eval(), device=model_device(model))  # the CPU fast path, if it applies
+    report = evaluate(runner, test, progress=progress)  # the recipes' conventions: RGB, no crop, 256 tiles
     report.meta.update(
         {
             "command": "mofme demo" + (f" --train --seed {seed}" if train else ""),
             "checkpoint": source,
             "data": f"built-in test split (photos rocket, china; {len(test)} renders, seed {TEST_SEED})",
             "train_steps": steps,
-            "clean_psnr": clean_passthrough(model, long_side=test_size),
+            "clean_psnr": clean_passthrough(runner, long_side=test_size),
         }
     )
     report.meta.pop("seconds", None)  # the metrics files hold no machine-dependent number
     report.save(output)
-    comparison_grid(_comparison_rows(model, test, test_size), output / "comparison.png")
+    comparison_grid(_comparison_rows(runner, test, test_size), output / "comparison.png")
     _routing_figure(model, test, output)
     total = (time.monotonic() - started) / 60
     print(report.to_markdown())

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_gflops", "machine", "peak_memory_mb", "time_side_by_side"]
+__all__ = ["count_gflops", "machine", "peak_memory_mb", "peak_rss_mb", "time_side_by_side"]
 
 
 def _sync(device: torch.device) -> None:
@@ -62,6 +66,28 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device, module: torch
     with tracker:
         fn()
     return tracker.get_tracker_snapshot("peak")[device]["Total"] / 2**20
+
+
+def peak_rss_mb(fn: Callable[[], object]) -> tuple[float, float] | None:
+    """Peak resident memory of the process during one call of ``fn``, in MiB: ``(peak, peak - before)``,
+    everything the process holds (Python, libraries, the model, every buffer). For calls that
+    :func:`peak_memory_mb` cannot follow (a module called many times, oneDNN's opaque tensors). Linux
+    only (``/proc/self/clear_refs`` resets the high-water mark); None elsewhere."""
+    status, clear = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+    def read(field: str) -> float:
+        return int(re.search(rf"{field}:\s+(\d+) kB", status.read_text()).group(1)) / 1024
+
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back what earlier calls freed
+        before = read("VmRSS")
+        clear.write_text("5")
+    except (OSError, AttributeError):
+        return None
+    fn()
+    peak = read("VmHWM")
+    return peak, peak - before
 
 
 def machine() -> dict:

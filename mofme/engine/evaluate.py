@@ -9,7 +9,9 @@ Protocol (recorded in ``report.conventions``):
 * input and target are read at full resolution, never resized; a size mismatch is an error naming the
   pair. Every pair of the source is evaluated (no truncation).
 * the input is restored with tiled inference (:func:`mofme.engine.restore.restore_image`: ``tile`` /
-  ``overlap`` windows, ``multiple_of`` = the model's patch size; model in eval mode, no gradients).
+  ``overlap`` windows, ``multiple_of`` = the model's patch size; model in eval mode, no gradients; a
+  :class:`~mofme.models.Restorer` on the CPU through its inference fast path, :mod:`mofme.engine.fastpath`,
+  unless ``fast=False``).
 * the restored output, the target and the degraded input are rounded to 8-bit levels
   (:func:`mofme.metrics.quantize`; a no-op for 8-bit files), as saving the output as a PNG would do.
 * PSNR / SSIM (:mod:`mofme.metrics`: RGB, or BT.601 Y with ``y_channel``; ``crop_border``) of the restored
@@ -43,6 +45,7 @@ from .._types import PathLike
 from ..data.io import read_image, write_image
 from ..data.weather import WEATHER_TYPES
 from ..metrics import psnr, quantize, ssim
+from .fastpath import inference_model
 from .restore import eval_mode, model_patch_size, prepare_model, restore_tensor
 
 __all__ = ["EvalReport", "GroupMetrics", "ImageMetrics", "evaluate"]
@@ -302,6 +305,7 @@ def evaluate(
     device: str | torch.device | None = None,
     save_images: PathLike | None = None,
     progress: bool = True,
+    fast: bool = True,
 ) -> EvalReport:
     """Evaluate ``model`` on every pair of ``pairs_or_dataset`` (see the module docstring for the protocol
     and the accepted sources).
@@ -314,6 +318,8 @@ def evaluate(
             are computed there too, in float64.
         save_images: if given, the 8-bit restored outputs are written there as ``<weather>/<stem>.png``.
         progress: show a tqdm bar over the images.
+        fast: a Restorer on the CPU runs through its inference fast path (:mod:`mofme.engine.fastpath`,
+            same outputs to float32 rounding); False: the plain modules.
 
     Raises:
         ValueError: input and target differ in size (naming the pair), or the source is empty.
@@ -338,6 +344,7 @@ def evaluate(
     start = time.perf_counter()
     total = len(pairs_or_dataset) if hasattr(pairs_or_dataset, "__len__") else None
     with eval_mode(model), tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
+        runner = inference_model(model, device=run_on, fast=fast)
         for inp, tgt, weather, name, tgt_path, severity in _samples(pairs_or_dataset):
             if inp.shape != tgt.shape:
                 where = f" (target '{tgt_path}')" if tgt_path is not None else ""
@@ -346,7 +353,7 @@ def evaluate(
                     f"target {tgt.shape[1]}x{tgt.shape[2]} (HxW); targets are never resized"
                 )
             restored = restore_tensor(
-                model, inp, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
+                runner, inp, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
             )
             restored = quantize(restored)[None]
             target = quantize(tgt.to(run_on))[None]

@@ -9,7 +9,9 @@ Inference is tiled (:func:`mofme.engine.tiling.tiled_apply`): ``tile x tile`` wi
 ``overlap`` pixels, ``batch_size`` windows per forward pass, blended with raised-cosine weights, so memory is
 bounded by the tile size and a 4000x3000 photo restores on a CPU with a few GB. The model runs in eval
 mode under ``torch.no_grad`` (its previous train/eval state is restored afterwards); the window side must
-be a multiple of the model's patch size (``model.patch_size`` or ``model.config.patch_size``).
+be a multiple of the model's patch size (``model.patch_size`` or ``model.config.patch_size``). On the CPU
+a :class:`~mofme.models.Restorer` runs through its inference fast path (:mod:`mofme.engine.fastpath`: a
+oneDNN, channels-last copy, same outputs to float32 rounding) unless ``fast=False``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from .._types import PathLike
 from ..data.io import ImageReadError, list_images, read_image, write_image
+from .fastpath import inference_model
 from .tiling import tiled_apply
 
 __all__ = [
@@ -109,8 +112,8 @@ def _model_fn(model: nn.Module, device: torch.device):
     """``(B, 3, h, w)`` tiles on any device -> restored float32 tiles on ``device``."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
-    def fn(tiles: Tensor) -> Tensor:
-        return _image_of(model(tiles.to(device=device, dtype=dtype))).float()
+    def fn(tiles: Tensor) -> Tensor:  # contiguous: a fast-path model's images are channels-last
+        return _image_of(model(tiles.to(device=device, dtype=dtype))).float().contiguous()
 
     return fn
 
@@ -133,6 +136,7 @@ def restore_image(
     overlap: int = 32,
     batch_size: int = 1,
     device: str | torch.device | None = None,
+    fast: bool = True,
 ) -> Tensor:
     """Restore one image with bounded memory.
 
@@ -143,6 +147,8 @@ def restore_image(
         tile, overlap, batch_size: see :func:`~mofme.engine.tiling.tiled_apply`; ``tile`` must be a
             multiple of the model's patch size.
         device: where the model runs; None keeps the model where it is, otherwise the model is moved there.
+        fast: run a Restorer on the CPU through its inference fast path
+            (:func:`~mofme.engine.fastpath.inference_model`); False: the plain modules.
 
     Returns:
         float32 (3, H, W) on the CPU, not clamped or quantized (a Restorer's output lies in (0, 1)).
@@ -151,7 +157,8 @@ def restore_image(
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
     run_on = prepare_model(model, device)
     with eval_mode(model):
-        out = restore_tensor(model, image, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size)
+        runner = inference_model(model, device=run_on, fast=fast)
+        out = restore_tensor(runner, image, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size)
     return out.cpu()
 
 
@@ -245,6 +252,7 @@ def restore_paths(
     batch_size: int = 1,
     device: str | torch.device | None = None,
     progress: bool = True,
+    fast: bool = True,
 ) -> RestoreResult:
     """Restore image files and folders into ``output_dir``.
 
@@ -262,6 +270,8 @@ def restore_paths(
       written when an output would overwrite an input (e.g. ``output_dir`` is the input folder) or two
       inputs map to the same output. Results already in an output folder nested inside an input folder are
       not restored again.
+    * ``fast``: a Restorer on the CPU runs through its inference fast path (:mod:`mofme.engine.fastpath`);
+      False runs the plain modules (``mofme restore --no-fast``).
     """
     output_dir = Path(output_dir)
     jobs = plan_outputs(inputs, output_dir)
@@ -273,6 +283,7 @@ def restore_paths(
     from tqdm.auto import tqdm
 
     with eval_mode(model), tqdm(jobs, desc="restore", unit="img", disable=not progress) as bar:
+        runner = inference_model(model, device=run_on, fast=fast)
         for source, destination in bar:
             bar.set_postfix_str(source.name, refresh=False)
             try:
@@ -284,7 +295,7 @@ def restore_paths(
             tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
             del image
             restored = restore_tensor(
-                model, tensor, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
+                runner, tensor, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
             )
             array = restored.cpu().permute(1, 2, 0).numpy()
             del restored, tensor

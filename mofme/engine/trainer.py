@@ -102,6 +102,7 @@ def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, fl
         dataset,
         **conv.model_dump(),
         progress=False,
+        fast=False,  # training's validation keeps the plain modules (mofme.engine.fastpath is for inference)
     )
     model.train(was_training)
     scores = {weather: group.psnr for weather, group in report.per_weather.items()}

@@ -328,6 +328,16 @@ class Restorer(TokenGridModel, nn.Module):
         """The position embedding for an (h, w) token grid, (1, h * w, D)."""
         return resample_position(self.pos_embed, grid)
 
+    def unpatchify(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Tokens (N, h * w, D) on an (h, w) grid -> features (N, 4C, h P, w P): ``to_pixels``, then
+        pixel shuffle. A ``to_pixels`` replacement with an ``unpatchify(tokens, grid)`` method (the CPU
+        fast path's, :mod:`mofme.engine.fastpath`) computes the same features its own way."""
+        fused = getattr(self.to_pixels, "unpatchify", None)
+        if fused is not None:
+            return fused(tokens, grid)
+        feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
+        return F.pixel_shuffle(feats, self.patch_size)
+
     def forward(self, image: Tensor) -> RestorerOutput:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
@@ -343,8 +353,7 @@ class Restorer(TokenGridModel, nn.Module):
             tokens, out = block(tokens)
             aux = aux + out.aux_loss.float()
             routing.append(grid_routing(out, grid))
-        feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
-        logits = self.tail(F.pixel_shuffle(feats, self.patch_size))
+        logits = self.tail(self.unpatchify(tokens, grid))
         if self.residual:
             logits = logits + torch.logit(padded.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
         return RestorerOutput(torch.sigmoid(logits[..., :height, :width]), aux, routing)

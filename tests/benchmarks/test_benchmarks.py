@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mofme.benchmarks import layers, render, restorer
+from mofme.benchmarks import fastpath, layers, render, restorer
 from mofme.benchmarks.targets import load_limits
 from mofme.data import SEVERITIES, WEATHER_TYPES
 
@@ -162,3 +162,17 @@ def test_segmenter_benchmark_memory_grows_with_the_tile_and_is_checked(tmp_path,
         ("tiny tile=64: peak GiB", False),
     ]
     assert "| tiny |" in capsys.readouterr().out
+
+
+def test_fastpath_benchmark_times_both_paths_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "fastpath.json"
+    args = ["--size", "72x40", "--preset", "tiny", "--tile", "32", "--overlap", "8"]
+    assert fastpath.main([*args, "--warmup", "0", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["path"] for row in result["rows"]] == ["plain", "fast"]
+    assert all(row["median_s"] > 0 and row["peak_rss_mb"] > 0 for row in result["rows"])
+    assert result["settings"]["size"] == "72x40" and result["max_abs_diff"] < 1e-4
+    assert "| fast |" in capsys.readouterr().out
+    assert fastpath.parse_size("4000x3000") == (3000, 4000)
+    with pytest.raises(argparse.ArgumentTypeError):
+        fastpath.parse_size("4000")
