@@ -3,7 +3,7 @@ how often the Uncertainty-aware Router's MC selection differs from its determini
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,22 +23,28 @@ __all__ = [
 ]
 
 
+def _weather_routing(model: nn.Module, items: Iterable[dict], key: str) -> Iterator[tuple[int, list]]:
+    """Per item with a weather (index >= 0): the index and the ``(indices, weights)`` of each routed
+    layer (dense layers left out), from one eval-mode forward of ``item[key]`` alone."""
+    model.eval()
+    for item in items:
+        if item["weather"] >= 0:
+            routing = model(item[key].unsqueeze(0)).routing
+            yield item["weather"], [(i, w) for i, w in routing if i is not None]
+
+
 @torch.no_grad()
 def expert_counts(model: nn.Module, items: Iterable[dict], *, key: str = "input") -> np.ndarray:
     """(routed layers, weathers, experts) counts of token assignments, in the order of the model's
     ``routing`` output, over dataset items ``{key: (3, H, W), "weather": index}`` (items without
     weather, index -1, are skipped); the model runs in eval mode. No routed layer: shape (0, W, E)."""
-    model.eval()
     experts = model.config.num_experts
     counts: np.ndarray | None = None
-    for item in items:
-        if item["weather"] < 0:
-            continue
-        routing = [i for i, _ in model(item[key].unsqueeze(0)).routing if i is not None]
+    for weather, routing in _weather_routing(model, items, key):
         if counts is None:
             counts = np.zeros((len(routing), len(WEATHER_TYPES), experts), dtype=np.int64)
-        for layer, indices in enumerate(routing):
-            counts[layer, item["weather"]] += np.bincount(indices.flatten().numpy(), minlength=experts)
+        for layer, (indices, _) in enumerate(routing):
+            counts[layer, weather] += np.bincount(indices.flatten().numpy(), minlength=experts)
     return counts if counts is not None else np.zeros((0, len(WEATHER_TYPES), experts), dtype=np.int64)
 
 
@@ -102,20 +108,15 @@ def weather_routing_mass(
     """Per weather item (weather index >= 0), the share of each expert in the routing weight of its
     tokens, per routed layer: ``(usage (items, layers, experts), weathers (items,))``; each usage
     row sums to 1. Eval mode, one item at a time."""
-    model.eval()
     experts = model.config.num_experts
     usage, weathers = [], []
-    for item in items:
-        if item["weather"] < 0:
-            continue
+    for weather, routing in _weather_routing(model, items, key):
         rows = []
-        for indices, weights in model(item[key].unsqueeze(0)).routing:
-            if indices is None:
-                continue
+        for indices, weights in routing:
             mass = torch.zeros(experts).index_add_(0, indices.flatten(), weights.flatten().float())
             rows.append((mass / mass.sum()).numpy())
         usage.append(rows)
-        weathers.append(item["weather"])
+        weathers.append(weather)
     return np.asarray(usage, dtype=np.float64).reshape(len(weathers), -1, experts), np.asarray(weathers)
 
 
