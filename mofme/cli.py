@@ -261,7 +261,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from mofme.apps.study import run_study
+    from mofme.apps.study import load_settings, run_study
 
     command = "mofme study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else "mofme study"
     run_study(
@@ -269,6 +269,8 @@ def _study(args: argparse.Namespace) -> int:
         minutes_per_run=args.minutes_per_run,
         seeds=args.seeds,
         variants=args.variants,
+        settings=load_settings(args.settings) if args.settings else None,
+        experts=args.experts,
         steps=args.steps or None,
         overrides=args.overrides,
         command=command.strip(),
@@ -441,7 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--minutes-per-run", type=float, default=4.0, help="with --steps 0: the slowest variant's budget"
     )
     study.add_argument("--seeds", type=int, default=3)
-    study.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS), choices=list(STUDY_VARIANTS))
+    study.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help=f"variants to run (default: all of {', '.join(STUDY_VARIANTS)} and those of --settings)",
+    )
+    study.add_argument(
+        "--settings", help="YAML file of more named variants, name: [override, ...] (e.g. a routing sweep)"
+    )
+    study.add_argument(
+        "--experts",
+        nargs="+",
+        type=int,
+        help="scaling study: run every routed variant once per number of experts (same k), e.g. 4 16 64 128",
+    )
     study.add_argument(
         "--steps",
         type=int,

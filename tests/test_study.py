@@ -24,7 +24,7 @@ def test_every_study_variant_builds_the_ffn_it_names(tmp_path, variant):
     from mofme.apps.study import _config
     from mofme.nn import DenseFFN, MoFME, SparseMoE
 
-    config = _config(variant, 0, tmp_path, TINY, 1)
+    config = _config(STUDY_VARIANTS[variant], 0, tmp_path, TINY, 1)
     ffn = config.model.build().blocks[0].ffn
     expected = {"dense": DenseFFN, "moe": SparseMoE}.get(variant, MoFME)
     assert type(ffn) is expected
@@ -52,8 +52,21 @@ def test_study_on_tiny_settings(tmp_path):
     assert "Paired differences" in report and "| mofme - moe | 2 |" in report and "mofme-uar" in report
     paired = json.loads((tmp_path / "study.json").read_text())["paired"]
     assert set(paired) == {"mofme - moe", "mofme - dense", "mofme-uar - mofme"}  # no low-rank run here
-    for name in ("psnr.png", "routing_moe.png", "routing_mofme.png", "routing_mofme-uar.png"):
+    for name in (
+        "psnr.png",
+        "routing_moe.png",
+        "routing_mofme.png",
+        "routing_mofme-uar.png",
+        "nmi_training.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
+    curves = {r["variant"]: r["nmi_curve"] for r in result.runs if r["seed"] == 0}
+    assert curves["dense"] == [] and [p["step"] for p in curves["mofme"]] == [2]  # validated once, at the end
+    # run again: every finished run is reused, none trained again
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/result.json")}
+    again = run_study(tmp_path, seeds=2, steps=2, overrides=TINY, variants=TRAINED)
+    assert [r["metrics"] for r in again.runs] == [r["metrics"] for r in result.runs]
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/result.json")} == stamps
 
 
 def test_paired_comparisons_use_the_same_seeds_and_images_and_weigh_weathers_equally():

@@ -12,7 +12,9 @@ how often UaR's MC selection differs from its deterministic one).
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from mofme.apps.analysis import expert_counts, expert_usage, routing_nmi, uar_selection_change
 from mofme.apps.plots import routing_heatmaps
 from mofme.apps.study_report import write_study
 from mofme.benchmarks.timing import machine, time_side_by_side
-from mofme.configs import recipe_path
+from mofme.configs import recipe_path, study_settings_path
 from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.engine.config import Config, load_config
 from mofme.engine.data import build_datasets
@@ -35,7 +38,7 @@ from mofme.engine.trainer import train
 from mofme.models import Restorer, load_restorer
 from mofme.nn import aux_loss
 
-__all__ = ["STUDY_VARIANTS", "StudyResult", "run_study"]
+__all__ = ["STUDY_VARIANTS", "StudyResult", "load_settings", "run_study", "study_grid"]
 
 RECIPE = "demo_cpu"
 DEFAULT_STEPS = 1024  # a step count, not a time: the study gives the same figures on every machine
@@ -55,16 +58,52 @@ class StudyResult:
     runs: list[dict] = field(default_factory=list)
 
 
-def _config(variant: str, seed: int, output: Path, overrides: list[str], epochs: int) -> Config:
+def load_settings(path: str | Path) -> dict[str, list[str]]:
+    """A YAML file (or the name of a shipped one, e.g. ``"specialisation"``) of named study settings, ``name: [override, ...]`` (the overrides of ``mofme
+    train``, e.g. ``"model.router_kwargs={balance_coef: 0.1}"``), added to :data:`STUDY_VARIANTS`."""
+    path = study_settings_path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of setting name -> list of overrides")
+    for name, overrides in raw.items():
+        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+            raise ValueError(f"{path}: setting {name!r} must be a list of 'key=value' overrides")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            raise ValueError(f"{path}: setting name {name!r} may use only letters, digits, '_', '.', '-'")
+    return {str(name): list(overrides) for name, overrides in raw.items()}
+
+
+def study_grid(
+    variants: list[str], *, table: dict[str, list[str]] | None = None, experts: list[int] | None = None
+) -> dict[str, list[str]]:
+    """Run name -> overrides. With ``experts``, every routed variant runs once per expert count, as
+    ``<variant>-e<E>`` (the scaling study: same k, so the same compute per token); ``dense`` once."""
+    table = table or STUDY_VARIANTS
+    unknown = [v for v in variants if v not in table]
+    if unknown:
+        raise ValueError(f"unknown study variant(s) {unknown}: choose from {list(table)}")
+    grid = {}
+    for variant in variants:
+        if not experts or "model.ffn=dense" in table[variant]:
+            grid[variant] = list(table[variant])
+            continue
+        for count in experts:
+            grid[f"{variant}-e{count}"] = [*table[variant], f"model.num_experts={count}"]
+    return grid
+
+
+def _config(variant: list[str], seed: int, output: Path, overrides: list[str], epochs: int) -> Config:
+    """The recipe with a variant's overrides (``variant``), then the run's, then ``overrides``."""
     return load_config(
         recipe_path(RECIPE),
         [
-            *STUDY_VARIANTS[variant],
+            *variant,
             f"train.seed={seed}",
             f"train.output_dir={output}",
             f"train.epochs={epochs}",
             "train.max_minutes=null",
             "train.progress=false",
+            "train.log_routing=true",
             *overrides,
         ],
     )
@@ -87,15 +126,44 @@ def _seconds_per_step(config: Config, steps: int = 6) -> float:
     return time_side_by_side({"step": step}, warmup=2, repeats=steps, device=torch.device("cpu"))["step"]
 
 
+def _trained(config: Config) -> tuple[Path, int]:
+    """Train ``config``'s run to its end: continued from its checkpoints when its folder holds the
+    same configuration (a study stopped midway), else from scratch. (best dir, steps)."""
+    run_dir = Path(config.train.output_dir)
+    saved = run_dir / "config.yaml"
+    resume = saved.exists() and saved.read_text() == config.to_yaml() and (run_dir / "checkpoints").exists()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    result = train(config, resume=resume)
+    return result.best_dir, result.steps
+
+
+def _nmi_curve(run_dir: Path) -> list[dict]:
+    """``[{"step": s, "nmi": [per layer]}]`` from the run's ``log.jsonl`` (``train.log_routing``)."""
+    log = run_dir / "log.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    curve = {}  # by step: a resumed run logs again the validations after its last checkpoint
+    for entry in entries:
+        if entry.get("kind") == "routing":
+            layers = sorted((k for k in entry if k.startswith("nmi_layer")), key=lambda k: int(k[9:]))
+            curve[entry["step"]] = [entry[k] for k in layers]
+    return [{"step": step, "nmi": nmi} for step, nmi in sorted(curve.items())]
+
+
 def _train_and_score(
     config: Config, test: BuiltinWeatherDataset, *, variant: str, seed: int
 ) -> tuple[dict, Restorer]:
-    """Train one variant for one seed; its test metrics and routing analysis, and the best model."""
+    """Train one variant for one seed; its test metrics and routing analysis, and the best model.
+    The result is kept in ``result.json`` of the run's folder and reused by a study run again with
+    the same configuration, so a study stopped by a crash loses at most the run it was in."""
     run_dir = Path(config.train.output_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    result = train(config)
-    model = load_restorer(result.best_dir)
+    done = run_dir / "result.json"
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved["config"] == config.to_yaml():
+            return saved["run"], load_restorer(run_dir / "best")
+    best_dir, steps = _trained(config)
+    model = load_restorer(best_dir)
     report = evaluate(model, test, **config.eval.model_dump(), progress=False)
     metrics = {w: g.to_dict() for w, g in report.per_weather.items()}
     metrics["mean"] = report.mean_over_weather.to_dict()
@@ -104,14 +172,16 @@ def _train_and_score(
     run = {
         "variant": variant,
         "seed": seed,
-        "steps": result.steps,
+        "steps": steps,
         "params": sum(p.numel() for p in model.parameters()),
         "metrics": metrics,
         "nmi": routing_nmi(counts) if routed else [],
         "uar_change": uar_selection_change(model, test, seed=seed) if routed else [],
         "expert_counts": counts.tolist() if routed else None,
         "images": [{"name": r.name, "weather": r.weather, "psnr": r.psnr} for r in report.images],
+        "nmi_curve": _nmi_curve(run_dir),
     }
+    done.write_text(json.dumps({"config": config.to_yaml(), "run": run}))
     return run, model
 
 
@@ -161,34 +231,17 @@ def _protocol(*, command: str, started: float, steps: int, seeds: int, image: to
     }
 
 
-def run_study(
-    output: str | Path = "mofme-study",
-    *,
-    steps: int | None = DEFAULT_STEPS,
-    minutes_per_run: float = 4.0,
-    seeds: int = 3,
-    variants: list[str] | None = None,
-    overrides: list[str] | None = None,
-    command: str = "mofme study",
-) -> StudyResult:
-    """Train and evaluate every variant for every seed for ``steps`` optimiser steps (``None``: fit
-    them to ``minutes_per_run``); write ``report.md``, ``study.json`` and the figures."""
-    started = time.monotonic()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    variants = variants or list(STUDY_VARIANTS)
-    overrides = overrides or []
-    probe = {v: _config(v, 0, output / "probe", overrides, 1) for v in variants}
-    steps, epochs = _steps(probe, steps, minutes_per_run)
-    print(
-        f"[mofme study] {len(variants)} variants x {seeds} seeds, {steps} steps each ({epochs} epochs)",
-        flush=True,
-    )
+def _run_grid(
+    grid: dict[str, list[str]], *, seeds: int, epochs: int, output: Path, overrides: list[str]
+) -> tuple[list[dict], dict[str, Restorer]]:
+    """Every run of ``grid`` x seeds (seed-major, so every variant has seed 0 early); the runs and
+    the seed-0 models (for latency), with each routed seed-0 model's routing heatmaps written."""
     test = BuiltinWeatherDataset("test")
     runs, models = [], {}
     for seed in range(seeds):
-        for variant in variants:
-            config = _config(variant, seed, output / "runs" / f"{variant}-seed{seed}", overrides, epochs)
+        for variant, variant_overrides in grid.items():
+            run_dir = output / "runs" / f"{variant}-seed{seed}"
+            config = _config(variant_overrides, seed, run_dir, overrides, epochs)
             run, model = _train_and_score(config, test, variant=variant, seed=seed)
             runs.append(run)
             if seed == 0:
@@ -200,11 +253,46 @@ def run_study(
                 f"[mofme study] {variant} seed {seed}: mean PSNR {run['metrics']['mean']['psnr']:.2f} dB",
                 flush=True,
             )
-    image = test[0]["input"].unsqueeze(0)
+    return runs, models
+
+
+def run_study(
+    output: str | Path = "mofme-study",
+    *,
+    steps: int | None = DEFAULT_STEPS,
+    minutes_per_run: float = 4.0,
+    seeds: int = 3,
+    variants: list[str] | None = None,
+    settings: dict[str, list[str]] | None = None,
+    experts: list[int] | None = None,
+    overrides: list[str] | None = None,
+    command: str = "mofme study",
+) -> StudyResult:
+    """Train and evaluate every variant for every seed for ``steps`` optimiser steps (``None``: fit
+    them to ``minutes_per_run``); write ``report.md``, ``study.json`` and the figures.
+
+    ``settings`` adds named variants (:func:`load_settings`) to :data:`STUDY_VARIANTS`; ``experts``
+    runs every routed variant once per expert count (:func:`study_grid`). Finished runs found in
+    ``output`` with the same configuration are reused, unfinished ones resumed."""
+    started = time.monotonic()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    table = {**STUDY_VARIANTS, **(settings or {})}
+    grid = study_grid(variants or list(table), table=table, experts=experts)
+    overrides = overrides or []
+    probe = {v: _config(o, 0, output / "probe", overrides, 1) for v, o in grid.items()}
+    steps, epochs = _steps(probe, steps, minutes_per_run)
+    print(
+        f"[mofme study] {len(grid)} variants x {seeds} seeds, {steps} steps each ({epochs} epochs)",
+        flush=True,
+    )
+    runs, models = _run_grid(grid, seeds=seeds, epochs=epochs, output=output, overrides=overrides)
+    image = BuiltinWeatherDataset("test")[0]["input"].unsqueeze(0)
     latency = _latency_ms(models, image)
     for run in runs:
         run["latency_ms"] = latency[run["variant"]]
     protocol = _protocol(command=command, started=started, steps=steps, seeds=seeds, image=image)
-    summary = write_study(output, protocol=protocol, runs=runs, variants=variants)
+    protocol["variants"] = grid
+    summary = write_study(output, protocol=protocol, runs=runs, variants=list(grid))
     print((output / "report.md").read_text())
     return StudyResult(output, summary, runs)

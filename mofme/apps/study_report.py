@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,17 @@ import numpy as np
 from mofme.apps.paired import PairedDifference, paired_difference, weather_weights
 from mofme.data import WEATHER_TYPES
 
-__all__ = ["PAIRS", "paired_comparisons", "plot_psnr", "report_markdown", "summarise", "write_study"]
+__all__ = [
+    "PAIRS",
+    "expert_scaling",
+    "paired_comparisons",
+    "plot_nmi_curves",
+    "plot_psnr",
+    "plot_scaling",
+    "report_markdown",
+    "summarise",
+    "write_study",
+]
 
 # (A, B, the claimed gain of A over B in dB, what the pair asks)
 PAIRS: tuple[tuple[str, str, float, str], ...] = (
@@ -54,12 +65,24 @@ def _psnr_matrix(runs: list[dict], variant: str, seeds: list[int], names: list[s
     return np.array([[by_seed[s][n] for n in names] for s in seeds])
 
 
+def _pairs(variants: set[str]) -> list[tuple[str, str, float, str]]:
+    """:data:`PAIRS`, and for a scaling study (``<variant>-e<E>`` names) each pair at every E
+    (``dense`` has no E)."""
+    counts = sorted({int(m.group(1)) for v in variants if (m := re.fullmatch(r".+-e(\d+)", v))})
+    pairs = list(PAIRS)
+    for count in counts:
+        for a, b, claim, title in PAIRS:
+            b_name = b if b == "dense" else f"{b}-e{count}"
+            pairs.append((f"{a}-e{count}", b_name, claim, f"{title}, E={count}"))
+    return pairs
+
+
 def paired_comparisons(runs: list[dict]) -> dict[str, dict]:
-    """For each pair of :data:`PAIRS` whose variants both ran (with per-image scores): the paired
-    difference of the mean-over-weather PSNR over the seeds both have (:mod:`mofme.apps.paired`,
-    two-way t-interval, 95 %) and its decision in words."""
+    """For each pair of :data:`PAIRS` (at every E of a scaling study) whose variants both ran (with
+    per-image scores): the paired difference of the mean-over-weather PSNR over the seeds both have
+    (:mod:`mofme.apps.paired`, two-way t-interval, 95 %) and its decision in words."""
     out = {}
-    for a, b, claim, title in PAIRS:
+    for a, b, claim, title in _pairs({r["variant"] for r in runs}):
         mine = [r for r in runs if r["variant"] in (a, b) and "images" in r]
         seeds = sorted(
             {r["seed"] for r in mine if r["variant"] == a} & {r["seed"] for r in mine if r["variant"] == b}
@@ -82,7 +105,7 @@ def paired_comparisons(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def report_markdown(summary: dict, protocol: dict, paired: dict | None = None) -> str:
+def _results_section(summary: dict, protocol: dict) -> list[str]:
     lines = [
         "# mofme study: dense vs MoE vs MoFME at an equal budget",
         "",
@@ -103,24 +126,30 @@ def report_markdown(summary: dict, protocol: dict, paired: dict | None = None) -
             + f" | **{s['mean_psnr'][0]:.2f} +- {s['mean_psnr'][1]:.2f}** | {s['mean_ssim'][0]:.4f} +- {s['mean_ssim'][1]:.4f} |"
         )
     first = next(iter(summary.values()))
-    lines += ["", f"Degraded input: mean PSNR {first['input_psnr']:.2f} dB.", ""]
+    return [*lines, "", f"Degraded input: mean PSNR {first['input_psnr']:.2f} dB.", ""]
+
+
+def _paired_section(paired: dict) -> list[str]:
+    lines = [
+        "## Paired differences",
+        "",
+        "Mean over weather of the per-image PSNR difference A - B, same seeds and images for both;",
+        "95 % two-way random-effects t-interval over seeds x images (mofme.apps.paired).",
+        "",
+        "| A - B | seeds | images | mean dB | 95 % interval | decision |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for name, p in paired.items():
+        lines.append(
+            f"| {name} | {p['seeds']} | {p['images']} | {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {p['decision']} |"
+        )
+    return [*lines, ""]
+
+
+def _unpaired_verdicts(summary: dict) -> list[str]:
+    """Gaps of means, for runs stored without per-image scores (older studies)."""
     verdicts = []
-    if paired:
-        lines += [
-            "## Paired differences",
-            "",
-            "Mean over weather of the per-image PSNR difference A - B, same seeds and images for both;",
-            "95 % two-way random-effects t-interval over seeds x images (mofme.apps.paired).",
-            "",
-            "| A - B | seeds | images | mean dB | 95 % interval | decision |",
-            "|---|---:|---:|---:|---|---|",
-        ]
-        for name, p in paired.items():
-            lines.append(
-                f"| {name} | {p['seeds']} | {p['images']} | {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {p['decision']} |"
-            )
-        lines.append("")
-    elif {"mofme", "moe", "dense"} <= summary.keys():
+    if {"mofme", "moe", "dense"} <= summary.keys():
         gap_moe = summary["mofme"]["mean_psnr"][0] - summary["moe"]["mean_psnr"][0]
         gap_dense = summary["mofme"]["mean_psnr"][0] - summary["dense"]["mean_psnr"][0]
         verdicts.append(
@@ -129,13 +158,33 @@ def report_markdown(summary: dict, protocol: dict, paired: dict | None = None) -
         verdicts.append(
             f"- MoFME vs dense: {gap_dense:+.2f} dB (claim: >= 0) -> {'holds' if gap_dense >= 0 else 'does NOT hold'}."
         )
-    if not paired and {"mofme-uar", "mofme"} <= summary.keys():
+    if {"mofme-uar", "mofme"} <= summary.keys():
         gap_uar = summary["mofme-uar"]["mean_psnr"][0] - summary["mofme"]["mean_psnr"][0]
         verdicts.append(f"- UaR vs linear router (both MoFME): {gap_uar:+.2f} dB.")
-    if verdicts:
-        lines += ["## Verdict", "", *verdicts, ""]
-    lines += ["## Routing", ""]
-    lines += [
+    return ["## Verdict", "", *verdicts, ""] if verdicts else []
+
+
+def _scaling_section(scaling: dict[str, list[dict]]) -> list[str]:
+    lines = [
+        "## Scaling with the number of experts (same k)",
+        "",
+        "| variant | E | params | latency ms | mean PSNR | latency / E-smallest |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for base, rows in scaling.items():
+        for row in rows:
+            mean, std = row["mean_psnr"]
+            ratio = row["latency_ms"] / rows[0]["latency_ms"]
+            lines.append(
+                f"| {base} | {row['experts']} | {row['params']:,} | {row['latency_ms']:.1f} | {mean:.2f} +- {std:.2f} | {ratio:.2f}x |"
+            )
+    return [*lines, "", "Figure: `scaling.png`.", ""]
+
+
+def _routing_section(summary: dict, curves: bool) -> list[str]:
+    lines = [
+        "## Routing",
+        "",
         "| variant | NMI(weather; expert) per layer | UaR MC selection differs from deterministic (per layer) |",
         "|---|---|---|",
     ]
@@ -143,10 +192,25 @@ def report_markdown(summary: dict, protocol: dict, paired: dict | None = None) -
         nmi = ", ".join(f"{m:.3f} +- {d:.3f}" for m, d in s.get("nmi", [])) or "-"
         change = ", ".join(f"{100 * m:.1f}% +- {100 * d:.1f}" for m, d in s.get("uar_change", [])) or "-"
         lines.append(f"| {variant} | {nmi} | {change} |")
-    lines += [
-        "",
-        "Figures: `psnr.png` (per weather type, error bars = std over seeds), `routing_<variant>.png` (seed 0).",
-    ]
+    figures = "Figures: `psnr.png` (per weather type, error bars = std over seeds), `routing_<variant>.png` (seed 0)"
+    if curves:
+        figures += ", `nmi_training.png` (validation NMI over training, best layer, mean over seeds)"
+    return [*lines, "", figures + "."]
+
+
+def report_markdown(
+    summary: dict,
+    protocol: dict,
+    paired: dict | None = None,
+    *,
+    scaling: dict[str, list[dict]] | None = None,
+    curves: bool = False,
+) -> str:
+    lines = _results_section(summary, protocol)
+    lines += _paired_section(paired) if paired else _unpaired_verdicts(summary)
+    if scaling:
+        lines += _scaling_section(scaling)
+    lines += _routing_section(summary, curves)
     return "\n".join(lines) + "\n"
 
 
@@ -171,14 +235,96 @@ def plot_psnr(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def expert_scaling(summary: dict) -> dict[str, list[dict]]:
+    """Per base variant of a scaling study (``<variant>-e<E>``): rows ``{experts, params,
+    latency_ms, mean_psnr: (mean, std)}`` sorted by E; empty without such variants."""
+    scaling: dict[str, list[dict]] = {}
+    for name, entry in summary.items():
+        if match := re.fullmatch(r"(.+)-e(\d+)", name):
+            row = {k: entry[k] for k in ("params", "latency_ms", "mean_psnr")}
+            scaling.setdefault(match.group(1), []).append({"experts": int(match.group(2)), **row})
+    return {base: sorted(rows, key=lambda r: r["experts"]) for base, rows in scaling.items()}
+
+
+def plot_scaling(scaling: dict[str, list[dict]], path: Path, dense: dict | None = None) -> None:
+    """Restored PSNR (± std over seeds), parameters and latency against the number of experts,
+    one line per base variant; ``dense`` (a summary entry) as a horizontal reference."""
+    from mofme.apps.plots import pyplot
+
+    plt = pyplot()
+    panels = (("mean_psnr", "restored PSNR (dB)"), ("params", "parameters"), ("latency_ms", "latency (ms)"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for base, rows in scaling.items():
+            experts = [r["experts"] for r in rows]
+            if key == "mean_psnr":
+                ax.errorbar(
+                    experts, *zip(*(r[key] for r in rows), strict=True), marker="o", capsize=3, label=base
+                )
+            else:
+                ax.plot(experts, [r[key] for r in rows], marker="o", label=base)
+        if dense is not None:
+            ax.axhline(
+                dense[key][0] if key == "mean_psnr" else dense[key], color="grey", ls="--", label="dense"
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log" if key == "params" else "linear")
+        ax.set_xlabel("experts E (same k)")
+        ax.set_ylabel(label)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_nmi_curves(runs: list[dict], path: Path) -> bool:
+    """NMI(weather; expert) on the validation split over training, the largest over layers, mean
+    over seeds, one line per variant (runs trained with ``train.log_routing``); False: no curves."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        for point in run.get("nmi_curve") or []:
+            curves.setdefault(run["variant"], {}).setdefault(point["step"], []).append(max(point["nmi"]))
+    if not curves:
+        return False
+    from mofme.apps.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for variant, by_step in curves.items():
+        steps = sorted(by_step)
+        ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker=".", label=variant)
+    ax.set_xlabel("step")
+    ax.set_ylabel("NMI(weather; expert), best layer")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write_study(output: Path, *, protocol: dict, runs: list[dict], variants: list[str]) -> dict:
     """Summarise ``runs`` and write ``study.json``, ``report.md`` and ``psnr.png`` into ``output``;
     returns the summary (per variant: parameters, latency, mean and std over seeds per metric)."""
     summary = summarise(runs, variants)
     paired = paired_comparisons(runs)
     (output / "study.json").write_text(
-        json.dumps({"protocol": protocol, "summary": summary, "paired": paired, "runs": runs}, indent=2)
+        json.dumps(
+            {
+                "protocol": protocol,
+                "summary": summary,
+                "paired": paired,
+                "scaling": expert_scaling(summary),
+                "runs": runs,
+            },
+            indent=2,
+        )
     )
-    (output / "report.md").write_text(report_markdown(summary, protocol, paired))
+    scaling = expert_scaling(summary)
+    if scaling:
+        plot_scaling(scaling, output / "scaling.png", dense=summary.get("dense"))
+    curves = plot_nmi_curves(runs, output / "nmi_training.png")
+    (output / "report.md").write_text(
+        report_markdown(summary, protocol, paired, scaling=scaling, curves=curves)
+    )
     plot_psnr(summary, output / "psnr.png")
     return summary

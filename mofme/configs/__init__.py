@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["recipe_path", "recipes"]
+__all__ = ["recipe_path", "recipes", "study_settings_path"]
 
 _HERE = Path(__file__).parent
 
@@ -23,5 +23,20 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if not shipped.is_file():
         raise FileNotFoundError(
             f"no config file {name_or_path!r} and no shipped recipe of that name; shipped: {recipes()}"
+        )
+    return shipped
+
+
+def study_settings_path(name_or_path: str | Path) -> Path:
+    """A YAML file path as given, or the shipped study settings of that name (``"specialisation"``,
+    in ``studies/``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = _HERE / "studies" / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in (_HERE / "studies").glob("*.yaml"))
+        raise FileNotFoundError(
+            f"no settings file {name_or_path!r} and no shipped settings of that name; shipped: {names}"
         )
     return shipped

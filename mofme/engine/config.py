@@ -175,6 +175,11 @@ class LossConfig(_Section):
     smooth_l1_beta: float = 1.0
     perceptual_weight: float = 0.0
     vgg_weights: str | None = None
+    weather_mi: float = Field(
+        0.0,
+        ge=0.0,
+        description="restoration: subtract this x I(weather; expert) of each batch (routing specialisation)",
+    )
 
 
 class TrainConfig(_Section):
@@ -192,6 +197,9 @@ class TrainConfig(_Section):
     device: str = "auto"
     output_dir: str = "runs/default"
     progress: bool = True
+    log_routing: bool = Field(
+        False, description="at each validation, log NMI(weather; expert) per routed layer (restoration)"
+    )
 
 
 class EvalConfig(_Section):
@@ -223,6 +231,10 @@ class Config(_Section):
             name is not None and not name.startswith(prefix)
         ):
             raise ValueError(f"task {self.task!r} needs model.name = one of the registered {prefix}* models")
+        if self.train.log_routing and self.task != "restoration":
+            raise ValueError(
+                "train.log_routing needs task 'restoration' (weather-labelled validation images)"
+            )
         return self
 
     def to_yaml(self) -> str:

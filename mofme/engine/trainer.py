@@ -33,9 +33,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from mofme.data import WEATHER_TYPES
 from mofme.losses import RestorationLoss
 from mofme.models import load_model
-from mofme.nn import aux_loss
+from mofme.nn import aux_loss, label_expert_mutual_information, routing_probs
 
 from ..atomic import staged_directory
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -316,6 +317,9 @@ class TrainingRecipe:
             evaluated = self.ema.module if self.ema is not None else self.model
             scores = self._scores(evaluated)
             self.logger.log(self.step, "val", {f"{self.metric}_{k}": v for k, v in scores.items()})
+            routing = self._routing_scores(evaluated) if self.cfg.log_routing else {}
+            if routing:
+                self.logger.log(self.step, "routing", routing)
             if self.best_score is None or scores["mean"] > self.best_score:
                 self.best_score = scores["mean"]
                 with staged_directory(self.best_dir) as stage:
@@ -327,6 +331,16 @@ class TrainingRecipe:
 
     def _scores(self, model: nn.Module) -> dict[str, float]:
         return validate(model, self.val_set, self.config)
+
+    def _routing_scores(self, model: nn.Module) -> dict[str, float]:
+        """``nmi_layer<i>``: NMI(weather; expert) of each routed layer on the validation split
+        (:func:`mofme.apps.analysis.routing_nmi`); nothing for a model without routed layers."""
+        from mofme.apps.analysis import expert_counts, routing_nmi
+
+        was_training = model.training
+        nmi = routing_nmi(expert_counts(model, self.val_set))
+        model.train(was_training)
+        return {f"nmi_layer{i}": value for i, value in enumerate(nmi)}
 
     # ------------------------------------------------------------------------------------ budget
     def seconds_spent(self) -> float:
@@ -385,7 +399,31 @@ class TrainingRecipe:
             restored = self.net(inputs)
             losses = self.criterion(restored.image.float(), targets)
             loss = losses.total + aux_loss(self.model)
-        return loss, {"pixel": losses.pixel, "aux": restored.aux_loss}
+            parts = {"pixel": losses.pixel, "aux": restored.aux_loss}
+            if self.config.loss.weather_mi:
+                mutual_information = self._weather_mutual_information(batch)
+                loss = loss - self.config.loss.weather_mi * mutual_information
+                parts["weather_mi"] = mutual_information.detach()
+        return loss, parts
+
+    def _weather_mutual_information(self, batch: dict) -> Tensor:
+        """I(weather; expert) of this batch's images, mean over routed layers (``loss.weather_mi``:
+        :func:`mofme.nn.label_expert_mutual_information` of each image's mean routing probabilities)."""
+        if "weather" not in batch:
+            raise ValueError(
+                f"loss.weather_mi needs weather-labelled training items; data.type {self.config.data.type!r} has none"
+            )
+        weather = batch["weather"].to(self.device)
+        layers = routing_probs(self.model)
+        if not layers:
+            raise ValueError("loss.weather_mi needs a model with routed layers (model.ffn moe or mofme)")
+        values = [
+            label_expert_mutual_information(
+                p.reshape(len(weather), -1, p.shape[-1]).mean(1), weather, len(WEATHER_TYPES)
+            )
+            for p in layers
+        ]
+        return torch.stack(values).mean()
 
     def _train_step(self, batch: dict) -> dict[str, float] | None:
         """One optimiser step; the logged values on logging steps, else None."""

@@ -7,13 +7,14 @@ from .moe import ExpertFFNs, SparseMoE
 from .mofme import FeatureModulation, GatedProjection, MoFME
 from .output import MoEOutput
 from .registry import FFN_LAYERS, build_ffn
-from .routed import RoutedLayer, aux_loss
+from .routed import RoutedLayer, aux_loss, routing_probs
 from .routers import (
     ROUTERS,
     RouterOutput,
     TopKRouter,
     UncertaintyAwareRouter,
     build_router,
+    label_expert_mutual_information,
     load_balancing_loss,
     router_z_loss,
 )
@@ -41,8 +42,10 @@ __all__ = [
     "build_router",
     "group_by_expert",
     "grouped_linear",
+    "label_expert_mutual_information",
     "load_balancing_loss",
     "mix_rows",
     "router_z_loss",
+    "routing_probs",
     "scatter_tokens",
 ]

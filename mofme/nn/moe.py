@@ -18,7 +18,7 @@ from .dispatch import (
     slot_weights,
     uses_grouped_mm,
 )
-from .routed import Dispatch, RoutedLayer
+from .routed import Dispatch, RouteBy, RoutedLayer
 from .routers import RouterOutput, TopKRouter
 
 __all__ = ["ExpertFFNs", "SparseMoE"]
@@ -66,7 +66,8 @@ class SparseMoE(RoutedLayer):
     """Conventional top-k MoE; ``layer(x)`` with x (..., dim) -> :class:`MoEOutput`.
 
     Args:
-        dim, num_experts, top_k, hidden_dim, router, dropout, dispatch, router_kwargs: as :class:`MoFME`.
+        dim, num_experts, top_k, hidden_dim, router, dropout, dispatch, route_by, router_kwargs: as
+            :class:`MoFME`.
         capacity_factor: None (dropless, default) or c > 0: each expert takes at most
             ``ceil(c * N * k / E)`` assignments, the rest are dropped (they contribute zero).
 
@@ -84,11 +85,18 @@ class SparseMoE(RoutedLayer):
         dropout: float = 0.0,
         capacity_factor: float | None = None,
         dispatch: Dispatch = "sparse",
+        route_by: RouteBy = "token",
         act_layer: type[nn.Module] = nn.GELU,
         router_kwargs: dict | None = None,
     ) -> None:
         super().__init__(
-            dim, num_experts, top_k, router=router, router_kwargs=router_kwargs, dispatch=dispatch
+            dim,
+            num_experts,
+            top_k,
+            router=router,
+            router_kwargs=router_kwargs,
+            dispatch=dispatch,
+            route_by=route_by,
         )
         if capacity_factor is not None and capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be positive or None, got {capacity_factor}")

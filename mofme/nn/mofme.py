@@ -39,7 +39,7 @@ from .dispatch import (
     uses_grouped_mm,
 )
 from .ffn import FeedForward
-from .routed import Dispatch, RoutedLayer
+from .routed import Dispatch, RouteBy, RoutedLayer
 from .routers import RouterOutput, TopKRouter
 
 __all__ = ["FeatureModulation", "GatedProjection", "MoFME"]
@@ -147,6 +147,8 @@ class MoFME(RoutedLayer):
         modulation_rank: r of ``"lowrank"`` (default D / 8).
         dropout: dropout inside the shared FFN.
         dispatch: ``"sparse"`` (only the chosen experts) or ``"dense"`` (all experts, reference).
+        route_by: ``"token"`` (each token routed, published) or ``"image"`` (each sample routed once
+            on its mean token; see :class:`RoutedLayer`).
         router_kwargs: passed to the router (noise_std, balance_coef, z_coef, samples, ...).
 
     Parameters: (2 D^2 + 2 D) + (D E + E) + E * 2(D^2 + D) [generator], E (3 D r + 2 D)
@@ -165,11 +167,18 @@ class MoFME(RoutedLayer):
         modulation_rank: int | None = None,
         dropout: float = 0.0,
         dispatch: Dispatch = "sparse",
+        route_by: RouteBy = "token",
         act_layer: type[nn.Module] = nn.GELU,
         router_kwargs: dict | None = None,
     ) -> None:
         super().__init__(
-            dim, num_experts, top_k, router=router, router_kwargs=router_kwargs, dispatch=dispatch
+            dim,
+            num_experts,
+            top_k,
+            router=router,
+            router_kwargs=router_kwargs,
+            dispatch=dispatch,
+            route_by=route_by,
         )
         self.gate = GatedProjection(dim)
         self.modulation = FeatureModulation(dim, num_experts, kind=modulation, rank=modulation_rank)

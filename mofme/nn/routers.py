@@ -13,6 +13,10 @@ Auxiliary losses (both returned unscaled and also summed, with their coefficient
   Default coefficient 1e-2 (Switch).
 * router z-loss (ST-MoE, Zoph et al. 2022): ``mean(logsumexp(logits)^2)``, which keeps logits
   small. Default coefficient 1e-3 (ST-MoE).
+
+A third, opt-in signal needs labels the router does not see (:func:`label_expert_mutual_information`,
+the task-expert mutual information of Mod-Squad, Chen et al. 2023): maximised, it makes images of
+one label (here: weather type) use their own experts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "UncertaintyAwareRouter",
     "build_router",
     "combine_weights",
+    "label_expert_mutual_information",
     "load_balancing_loss",
     "router_z_loss",
 ]
@@ -59,6 +64,25 @@ def load_balancing_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Ten
     counts = count_per_expert(indices.reshape(-1), num_experts).to(probs.dtype)
     fraction = counts / max(indices.numel(), 1)
     return num_experts * torch.sum(fraction * probs.mean(dim=0))
+
+
+def label_expert_mutual_information(probs: Tensor, labels: Tensor, num_labels: int) -> Tensor:
+    """Mutual information I(label; expert) in nats of the soft joint distribution
+    ``P(l, e) = mean_i [label_i = l] * p_i(e)`` (Mod-Squad's task-expert MI).
+
+    ``probs`` (B, E): each sample's routing probabilities (e.g. the mean over its tokens), rows
+    summing to 1; ``labels`` (B,) int64 in [0, num_labels), negative = unlabelled, left out. 0 when
+    no sample is labelled. Between 0 and min(log num_labels, log E); maximising it also spreads the
+    load over the experts (its H(expert) term), so it needs no balance loss of its own.
+    """
+    kept = labels >= 0
+    if not bool(kept.any()):
+        return probs.sum() * 0.0
+    probs = probs[kept].float()
+    onehot = F.one_hot(labels[kept], num_labels).to(probs.dtype)
+    joint = onehot.T @ probs / probs.shape[0]  # (L, E)
+    marginals = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
+    return torch.sum(joint * (torch.log(joint + _TINY) - torch.log(marginals + _TINY)))
 
 
 def router_z_loss(logits: Tensor) -> Tensor:

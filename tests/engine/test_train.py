@@ -386,3 +386,45 @@ def test_weight_decay_pulls_matrices_but_not_film_vectors(decay_all):
         torch.testing.assert_close(p.detach(), expected, msg=name)
     gammas = [p[:, : p.shape[1] // 2] for n, p in model.named_parameters() if n.endswith("modulation.bias")]
     assert gammas and all(torch.all(g == (shrunk if decay_all else 1.0)) for g in gammas)
+
+
+def test_log_routing_logs_the_validation_nmi_of_the_model_it_validates(tmp_path):
+    from mofme.apps.analysis import expert_counts, routing_nmi
+    from mofme.engine.data import build_datasets
+    from mofme.models import load_restorer
+
+    output = tmp_path / "run"
+    config = load_config(_write_config(tmp_path, output, epochs=2, eval_every=1, log_routing=True))
+    result = train(config)
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    routing = {r["step"]: r for r in records if r["kind"] == "routing"}
+    assert sorted(routing) == sorted(r["step"] for r in records if r["kind"] == "val") == [4, 8]
+    best_step = json.loads((result.best_dir / "metrics.json").read_text())["step"]
+    _, val_set = build_datasets(config.data, seed=0)
+    expected = routing_nmi(expert_counts(load_restorer(result.best_dir), val_set))
+    assert [routing[best_step]["nmi_layer0"]] == pytest.approx(expected, abs=1e-9)  # tiny preset: 1 layer
+
+
+def test_log_routing_needs_weather_labelled_restoration_data():
+    with pytest.raises(ValueError, match="log_routing"):
+        load_config("configs/scenes_vit.yaml", ["train.log_routing=true"])
+
+
+def test_weather_mi_rewards_the_routing_information_of_the_batch(tmp_path):
+    from mofme.nn import label_expert_mutual_information, routing_probs
+
+    overrides = ["loss.weather_mi=0.5", "data.clean_fraction=0.25"]
+    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
+    batch = next(iter(recipe._loader(0, 0)))
+    loss, parts = recipe._loss(batch)
+    (probs,) = routing_probs(recipe.model)  # the tiny preset: one routed layer, (B, tokens, E)
+    assert probs.shape[:2] == (4, 64)
+    weather = batch["weather"]
+    expected = label_expert_mutual_information(probs.mean(dim=1), weather, 4).detach()
+    assert float(parts["weather_mi"]) == pytest.approx(float(expected)) and float(expected) > 0
+    total = parts["pixel"] + parts["aux"] - 0.5 * parts["weather_mi"]
+    assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
+    dense = load_config(_write_config(tmp_path, tmp_path / "dense"), [*overrides, "model.ffn=dense"])
+    recipe = trainer.TrainingRecipe(dense).setup()
+    with pytest.raises(ValueError, match="routed layers"):
+        recipe._loss(next(iter(recipe._loader(0, 0))))

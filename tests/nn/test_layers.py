@@ -258,3 +258,20 @@ def test_a_router_module_can_be_passed_in(layer_class):
         layer_class(DIM, EXPERTS + 1, TOP_K, router=router)
     with pytest.raises(ValueError, match="router_kwargs"):
         layer_class(DIM, EXPERTS, TOP_K, router=router, router_kwargs={"z_coef": 0.0})
+
+
+@pytest.mark.parametrize("name", ["moe-image-routed", "mofme-generator-image-routed"])
+def test_image_routing_gives_every_token_of_a_sample_the_choice_made_on_its_mean_token(name):
+    layer = build(name).double().eval()
+    x = torch.randn(3, 4, 5, DIM, dtype=torch.float64)  # (B, H, W, D)
+    out = layer(x)
+    per_sample = layer.router(x.reshape(3, -1, DIM).mean(dim=1))  # the rule, computed here
+    for b in range(3):
+        assert torch.equal(out.expert_indices[b], per_sample.indices[b].expand(4, 5, TOP_K))
+        torch.testing.assert_close(out.expert_weights[b], per_sample.weights[b].expand(4, 5, TOP_K))
+    token_routed = build(name.replace("image-routed", "linear") if "moe" in name else "mofme-generator-uar")
+    token_routed.load_state_dict(layer.state_dict())
+    token_out = token_routed.double().eval()(x)
+    assert not torch.equal(token_out.expert_indices, out.expert_indices)  # the two rules really differ
+    with pytest.raises(ValueError, match="route_by"):
+        build(name, route_by="patch")

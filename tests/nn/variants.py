@@ -24,6 +24,8 @@ VARIANTS: dict[str, dict] = {
     "mofme-lowrank-uar": dict(kind="mofme", router="uar", modulation="lowrank"),  # default rank D / 8
     "mofme-static-linear": dict(kind="mofme", router="linear", modulation="static"),
     "mofme-static-uar": dict(kind="mofme", router="uar", modulation="static"),
+    "moe-image-routed": dict(kind="moe", router="linear", route_by="image"),
+    "mofme-generator-image-routed": dict(kind="mofme", router="uar", route_by="image"),
 }
 ROUTED = [name for name, spec in VARIANTS.items() if spec["kind"] != "dense"]
 

@@ -1,0 +1,158 @@
+"""The study's orchestration without training: the variant grid, settings files, reuse and
+resume of finished and stopped runs, the scaling and NMI-curve reports."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mofme.apps import study
+from mofme.apps.study import STUDY_VARIANTS, load_settings, study_grid
+from mofme.apps.study_report import expert_scaling, paired_comparisons, plot_nmi_curves, plot_scaling
+
+
+def test_study_grid_runs_each_routed_variant_at_every_expert_count_and_dense_once():
+    grid = study_grid(["dense", "moe", "mofme"], experts=[4, 64])
+    assert list(grid) == ["dense", "moe-e4", "moe-e64", "mofme-e4", "mofme-e64"]
+    assert grid["dense"] == STUDY_VARIANTS["dense"]
+    assert grid["mofme-e64"] == [*STUDY_VARIANTS["mofme"], "model.num_experts=64"]
+    assert study_grid(["moe"]) == {"moe": STUDY_VARIANTS["moe"]}
+    with pytest.raises(ValueError, match="unknown study variant"):
+        study_grid(["mofme-nonsense"])
+
+
+def test_settings_files_add_named_variants_and_bad_ones_are_named(tmp_path):
+    good = tmp_path / "sweep.yaml"
+    good.write_text('bal0: [model.ffn=mofme, "model.router_kwargs={balance_coef: 0.0}"]\n')
+    settings = load_settings(good)
+    assert settings == {"bal0": ["model.ffn=mofme", "model.router_kwargs={balance_coef: 0.0}"]}
+    table = {**STUDY_VARIANTS, **settings}
+    assert study_grid(["bal0", "moe"], table=table)["bal0"] == settings["bal0"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bal0: model.ffn=mofme\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*bal0"):
+        load_settings(bad)
+    bad.write_text("'a b': [model.ffn=mofme]\n")
+    with pytest.raises(ValueError, match="setting name"):
+        load_settings(bad)
+
+
+def _tiny_config(tmp_path, overrides=()):
+    tiny = ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"]
+    return study._config(STUDY_VARIANTS["mofme"], 0, tmp_path / "run", [*tiny, *overrides], 1)
+
+
+def test_a_stopped_run_is_resumed_and_a_changed_one_restarted(tmp_path, monkeypatch):
+    calls = []
+
+    class Result:
+        best_dir, steps = tmp_path / "run" / "best", 2
+
+    def fake_train(config, *, resume=False):
+        calls.append(resume)
+        return Result()
+
+    monkeypatch.setattr(study, "train", fake_train)
+    config = _tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    study._trained(config)  # nothing there yet
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config.to_yaml())
+    study._trained(config)  # same configuration, with checkpoints: continue
+    changed = _tiny_config(tmp_path, ["optim.lr=0.5"])
+    study._trained(changed)  # another configuration: start again, the old run removed
+    assert calls == [False, True, False]
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, monkeypatch):
+    config = _tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    config.model.build().save_pretrained(run_dir / "best")
+    saved = {"variant": "mofme", "seed": 0, "metrics": {"mean": {"psnr": 1.0}}}
+    (run_dir / "result.json").write_text(json.dumps({"config": config.to_yaml(), "run": saved}))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(study, "_trained", no_training)
+    run, model = study._train_and_score(config, [], variant="mofme", seed=0)
+    assert run == saved and model.config.num_experts == 4
+    with pytest.raises(AssertionError, match="trained again"):
+        study._train_and_score(_tiny_config(tmp_path, ["optim.lr=0.5"]), [], variant="mofme", seed=0)
+
+
+def test_nmi_curve_keeps_one_point_per_step_from_the_log(tmp_path):
+    lines = [
+        {"step": 4, "kind": "routing", "nmi_layer1": 0.2, "nmi_layer0": 0.1},
+        {"step": 4, "kind": "val", "psnr_mean": 20.0},
+        {"step": 8, "kind": "routing", "nmi_layer0": 0.3, "nmi_layer1": 0.4},
+        {"step": 8, "kind": "routing", "nmi_layer0": 0.5, "nmi_layer1": 0.6},  # logged again after a resume
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    assert study._nmi_curve(tmp_path) == [{"step": 4, "nmi": [0.1, 0.2]}, {"step": 8, "nmi": [0.5, 0.6]}]
+    assert study._nmi_curve(tmp_path / "missing") == []
+
+
+def _summary_entry(params, latency, psnr):
+    return {"params": params, "latency_ms": latency, "mean_psnr": (psnr, 0.1)}
+
+
+def test_expert_scaling_rows_are_sorted_by_expert_count_and_plotted(tmp_path):
+    summary = {
+        "dense": _summary_entry(100, 1.0, 20.0),
+        "moe-e64": _summary_entry(6400, 3.0, 21.0),
+        "moe-e4": _summary_entry(400, 2.0, 20.5),
+        "mofme-e4": _summary_entry(150, 1.5, 20.7),
+    }
+    scaling = expert_scaling(summary)
+    assert list(scaling) == ["moe", "mofme"]
+    assert [r["experts"] for r in scaling["moe"]] == [4, 64]
+    assert scaling["moe"][1] == {"experts": 64, "params": 6400, "latency_ms": 3.0, "mean_psnr": (21.0, 0.1)}
+    assert expert_scaling({"dense": summary["dense"]}) == {}
+    plot_scaling(scaling, tmp_path / "scaling.png", dense=summary["dense"])
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_a_scaling_study_pairs_variants_at_the_same_expert_count():
+    rng = np.random.default_rng(0)
+
+    def run(variant, seed, offset):
+        images = [
+            {"name": f"i{i}", "weather": w, "psnr": 20 + offset + rng.normal(0, 0.01)}
+            for i, w in enumerate("rrss")
+        ]
+        return {"variant": variant, "seed": seed, "images": images}
+
+    runs = [
+        run(v, s, o)
+        for s in (0, 1)
+        for v, o in (("moe-e4", 0), ("mofme-e4", 1), ("moe-e16", 0), ("dense", 0))
+    ]
+    paired = paired_comparisons(runs)
+    assert set(paired) == {"mofme-e4 - moe-e4", "mofme-e4 - dense"}  # no mofme-e16: nothing to pair
+    assert paired["mofme-e4 - moe-e4"]["mean"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_nmi_curves_are_plotted_only_when_runs_logged_them(tmp_path):
+    runs = [{"variant": "mofme", "nmi_curve": []}]
+    assert not plot_nmi_curves(runs, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    runs = [
+        {"variant": "mofme", "nmi_curve": [{"step": 4, "nmi": [0.1, 0.3]}, {"step": 8, "nmi": [0.2, 0.1]}]}
+    ]
+    assert plot_nmi_curves(runs, tmp_path / "nmi.png") and (tmp_path / "nmi.png").stat().st_size > 0
+
+
+def test_every_shipped_specialisation_setting_builds_a_routed_model():
+    import torch
+
+    from mofme.nn import MoFME
+
+    settings = load_settings("specialisation")
+    assert len(settings) >= 6
+    for name, overrides in settings.items():
+        config = study._config(overrides, 0, "unused", [], 1)
+        with torch.device("meta"):
+            ffn = config.model.build().blocks[0].ffn
+        assert isinstance(ffn, MoFME), name
+        assert config.train.log_routing  # every study run logs its routing over training
