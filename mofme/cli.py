@@ -271,6 +271,7 @@ def _study(args: argparse.Namespace) -> int:
         variants=args.variants,
         settings=load_settings(args.settings) if args.settings else None,
         experts=args.experts,
+        recipe=args.recipe,
         steps=args.steps or None,
         overrides=args.overrides,
         command=command.strip(),
@@ -426,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
-    from mofme.apps.study import DEFAULT_STEPS, STUDY_VARIANTS
+    from mofme.apps.study import DEFAULT_STEPS, RECIPE, STUDY_VARIANTS
     from mofme.benchmarks.restorer import add_arguments as add_bench_arguments
 
     whole = commands.add_parser(
@@ -448,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help=f"variants to run (default: all of {', '.join(STUDY_VARIANTS)} and those of --settings)",
+    )
+    study.add_argument(
+        "--recipe",
+        default=RECIPE,
+        help="every run's base recipe, a shipped name or YAML path (e.g. allweather_paper_mofme on a GPU)",
     )
     study.add_argument(
         "--settings", help="YAML file of more named variants, name: [override, ...] (e.g. a routing sweep)"

@@ -156,3 +156,14 @@ def test_every_shipped_specialisation_setting_builds_a_routed_model():
             ffn = config.model.build().blocks[0].ffn
         assert isinstance(ffn, MoFME), name
         assert config.train.log_routing  # every study run logs its routing over training
+
+
+def test_a_study_can_run_on_another_recipe():
+    paper = study._config(STUDY_VARIANTS["moe"], 1, "unused", [], 2, recipe="allweather_paper_mofme")
+    assert (paper.model.preset, paper.model.ffn, paper.train.seed, paper.train.epochs) == (
+        "paper",
+        "moe",
+        1,
+        2,
+    )
+    assert study._config(STUDY_VARIANTS["moe"], 1, "unused", [], 2).model.preset == "small"

@@ -1,7 +1,7 @@
 """``mofme study``: dense vs MoE vs MoFME (linear router) vs MoFME (UaR) at an equal budget.
 
-Protocol (written into the report): the demo recipe (built-in benchmark, small preset) for every
-variant; the same number of optimiser steps for all (1,024 by default; optionally fitted so that
+Protocol (written into the report): the demo recipe (built-in benchmark, small preset; another
+with ``recipe``) for every variant; the same number of optimiser steps for all (1,024 by default; optionally fitted so that
 the slowest variant takes about ``minutes_per_run`` on this machine), the same data order and
 initial seed per seed; model selection on the validation photo; evaluation on the held-out test
 photos. The summary, report and figures are written by :mod:`mofme.apps.study_report`: mean +- std
@@ -92,10 +92,12 @@ def study_grid(
     return grid
 
 
-def _config(variant: list[str], seed: int, output: Path, overrides: list[str], epochs: int) -> Config:
-    """The recipe with a variant's overrides (``variant``), then the run's, then ``overrides``."""
+def _config(
+    variant: list[str], seed: int, output: Path, overrides: list[str], epochs: int, *, recipe: str = RECIPE
+) -> Config:
+    """``recipe`` with a variant's overrides (``variant``), then the run's, then ``overrides``."""
     return load_config(
-        recipe_path(RECIPE),
+        recipe_path(recipe),
         [
             *variant,
             f"train.seed={seed}",
@@ -213,7 +215,9 @@ def _steps(probe: dict[str, Config], steps: int | None, minutes_per_run: float) 
     return epochs * steps_per_epoch, epochs
 
 
-def _protocol(*, command: str, started: float, steps: int, seeds: int, image: torch.Tensor) -> dict:
+def _protocol(
+    *, command: str, recipe: str, started: float, steps: int, seeds: int, image: torch.Tensor
+) -> dict:
     host = machine()
     return {
         "command": command,
@@ -223,7 +227,7 @@ def _protocol(*, command: str, started: float, steps: int, seeds: int, image: to
         "steps": steps,
         "seeds": seeds,
         "text": (
-            f"recipe `{RECIPE}` (small preset, built-in benchmark) for every variant; {steps} optimiser steps each, "
+            f"recipe `{recipe}` for every variant; {steps} optimiser steps each, "
             f"seeds 0..{seeds - 1} (same data order and seed for every variant); "
             "best checkpoint on the validation photo; test photos never seen in training or selection; "
             f"latency: forward of one {tuple(image.shape[-2:])} test image, median of 5, side by side."
@@ -232,16 +236,20 @@ def _protocol(*, command: str, started: float, steps: int, seeds: int, image: to
 
 
 def _run_grid(
-    grid: dict[str, list[str]], *, seeds: int, epochs: int, output: Path, overrides: list[str]
+    grid: dict[str, list[str]], *, recipe: str, seeds: int, epochs: int, output: Path, overrides: list[str]
 ) -> tuple[list[dict], dict[str, Restorer]]:
     """Every run of ``grid`` x seeds (seed-major, so every variant has seed 0 early); the runs and
     the seed-0 models (for latency), with each routed seed-0 model's routing heatmaps written."""
+    from tqdm.auto import tqdm
+
     test = BuiltinWeatherDataset("test")
     runs, models = [], {}
+    progress = tqdm(total=seeds * len(grid), desc="study", unit="run", dynamic_ncols=True)
     for seed in range(seeds):
         for variant, variant_overrides in grid.items():
+            progress.set_postfix_str(f"{variant} seed {seed}")
             run_dir = output / "runs" / f"{variant}-seed{seed}"
-            config = _config(variant_overrides, seed, run_dir, overrides, epochs)
+            config = _config(variant_overrides, seed, run_dir, overrides, epochs, recipe=recipe)
             run, model = _train_and_score(config, test, variant=variant, seed=seed)
             runs.append(run)
             if seed == 0:
@@ -249,10 +257,11 @@ def _run_grid(
                 if run["expert_counts"] is not None:
                     usage = expert_usage(np.asarray(run["expert_counts"]))
                     routing_heatmaps(usage, WEATHER_TYPES, output / f"routing_{variant}.png")
-            print(
-                f"[mofme study] {variant} seed {seed}: mean PSNR {run['metrics']['mean']['psnr']:.2f} dB",
-                flush=True,
+            progress.write(
+                f"[mofme study] {variant} seed {seed}: mean PSNR {run['metrics']['mean']['psnr']:.2f} dB"
             )
+            progress.update()
+    progress.close()
     return runs, models
 
 
@@ -265,13 +274,15 @@ def run_study(
     variants: list[str] | None = None,
     settings: dict[str, list[str]] | None = None,
     experts: list[int] | None = None,
+    recipe: str = RECIPE,
     overrides: list[str] | None = None,
     command: str = "mofme study",
 ) -> StudyResult:
     """Train and evaluate every variant for every seed for ``steps`` optimiser steps (``None``: fit
     them to ``minutes_per_run``); write ``report.md``, ``study.json`` and the figures.
 
-    ``settings`` adds named variants (:func:`load_settings`) to :data:`STUDY_VARIANTS`; ``experts``
+    ``recipe`` (a shipped name or a YAML path; default the demo's) is every run's base, e.g.
+    ``allweather_paper_mofme`` for the published network on a GPU. ``settings`` adds named variants (:func:`load_settings`) to :data:`STUDY_VARIANTS`; ``experts``
     runs every routed variant once per expert count (:func:`study_grid`). Finished runs found in
     ``output`` with the same configuration are reused, unfinished ones resumed."""
     started = time.monotonic()
@@ -280,18 +291,22 @@ def run_study(
     table = {**STUDY_VARIANTS, **(settings or {})}
     grid = study_grid(variants or list(table), table=table, experts=experts)
     overrides = overrides or []
-    probe = {v: _config(o, 0, output / "probe", overrides, 1) for v, o in grid.items()}
+    probe = {v: _config(o, 0, output / "probe", overrides, 1, recipe=recipe) for v, o in grid.items()}
     steps, epochs = _steps(probe, steps, minutes_per_run)
     print(
         f"[mofme study] {len(grid)} variants x {seeds} seeds, {steps} steps each ({epochs} epochs)",
         flush=True,
     )
-    runs, models = _run_grid(grid, seeds=seeds, epochs=epochs, output=output, overrides=overrides)
+    runs, models = _run_grid(
+        grid, recipe=recipe, seeds=seeds, epochs=epochs, output=output, overrides=overrides
+    )
     image = BuiltinWeatherDataset("test")[0]["input"].unsqueeze(0)
     latency = _latency_ms(models, image)
     for run in runs:
         run["latency_ms"] = latency[run["variant"]]
-    protocol = _protocol(command=command, started=started, steps=steps, seeds=seeds, image=image)
+    protocol = _protocol(
+        command=command, recipe=recipe, started=started, steps=steps, seeds=seeds, image=image
+    )
     protocol["variants"] = grid
     summary = write_study(output, protocol=protocol, runs=runs, variants=list(grid))
     print((output / "report.md").read_text())
