@@ -1,11 +1,16 @@
 """Layer benchmark: parameters, FLOPs and median latency of DenseFFN, SparseMoE and MoFME.
 
     python -m mofme.benchmarks.layers [--experts 4 16 64 128 512] [--top-k 1 2 4] [--json F]
+        [--device cuda --dtype bf16 --mode train --tokens 28800 --mixtral]
 
 For each (E, k) the layers are built once and timed side by side, interleaved repeat by repeat, so
 that every ratio to DenseFFN comes from one run on the same machine state. Latency: forward in
 eval mode under ``torch.no_grad()``, after warm-up, median of the repeats (synchronised on CUDA).
-FLOPs: ``torch.utils.flop_counter`` on one forward (2 per multiply-add). The "reference" rows are
+``--mode train`` times forward + backward (train mode, loss = mean output + aux loss) instead.
+``--dtype bf16|fp16`` runs layers and tokens in that dtype (routers keep float32 inside).
+``--mixtral`` adds the transformers Mixtral sparse block of the same D, E, k (SwiGLU experts of equal
+FLOPs, :mod:`mofme.benchmarks.mixtral`) in each experts backend the installed version offers.
+FLOPs: ``torch.utils.flop_counter`` on one call (2 per multiply-add). The "reference" rows are
 the published computation (every expert for every token); they are timed for E up to
 ``--reference-max-experts``. The router section times a training step (forward + backward) of
 MoFME with the linear router and with UaR.
@@ -22,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mofme.nn import DenseFFN, MoFME, SparseMoE
+from mofme.nn import DenseFFN, MoEOutput, MoFME, SparseMoE
 
+from .mixtral import MixtralLayer, equal_flops_hidden, implementations
 from .targets import check_targets, load_limits, targets_markdown
 from .timing import count_gflops, machine, time_side_by_side
 
@@ -43,23 +49,31 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _forward(layer: nn.Module, x: torch.Tensor, dispatch: str | None = None) -> Callable[[], object]:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _forward(
+    layer: nn.Module, x: torch.Tensor, dispatch: str | None = None, *, train: bool = False
+) -> Callable[[], object]:
+    """One call of ``layer`` on ``x``: a no-grad forward, or with ``train`` forward + backward of
+    the mean output (+ the layer's aux loss), gradients cleared after."""
+
     def run() -> object:
         if dispatch is not None:
             layer.dispatch = dispatch
-        with torch.no_grad():
-            return layer(x)
+        if not train:
+            with torch.no_grad():
+                return layer(x)
+        out = layer(x)
+        loss = out.output.float().mean() + out.aux_loss if isinstance(out, MoEOutput) else out.float().mean()
+        loss.backward()
+        layer.zero_grad(set_to_none=True)
+        return None
 
     return run
 
 
-def bench_group(
-    experts: int, top_k: int, *, dim: int, tokens: int, warmup: int, repeats: int, reference: bool, device
-) -> list[Row]:
-    """Dense, MoE, MoFME generator / low-rank (r = D / 8) / static (and the all-experts references)
-    at one (E, k)."""
-    torch.manual_seed(0)
-    x = torch.randn(tokens, dim, device=device)
+def _layers(experts: int, top_k: int, *, dim: int, mixtral: list[str]) -> dict[str, nn.Module]:
     layers: dict[str, nn.Module] = {
         "dense": DenseFFN(dim),
         "moe": SparseMoE(dim, experts, top_k),
@@ -67,12 +81,39 @@ def bench_group(
         "mofme-lowrank": MoFME(dim, experts, top_k, modulation="lowrank"),
         "mofme-static": MoFME(dim, experts, top_k, modulation="static"),
     }
+    for implementation in mixtral:
+        layers[f"mixtral-{implementation}"] = MixtralLayer(
+            dim, experts, top_k, hidden=equal_flops_hidden(dim), implementation=implementation
+        )
+    return layers
+
+
+def bench_group(
+    experts: int,
+    top_k: int,
+    *,
+    dim: int,
+    tokens: int,
+    warmup: int,
+    repeats: int,
+    reference: bool,
+    device,
+    dtype: torch.dtype = torch.float32,
+    train: bool = False,
+    mixtral: list[str] = (),
+) -> list[Row]:
+    """Dense, MoE, MoFME generator / low-rank (r = D / 8) / static (the all-experts references,
+    the Mixtral blocks) at one (E, k)."""
+    torch.manual_seed(0)
+    x = torch.randn(tokens, dim, device=device, dtype=dtype)
+    layers = _layers(experts, top_k, dim=dim, mixtral=list(mixtral))
     for layer in layers.values():
-        layer.to(device).eval()
-    fns = {name: _forward(layer, x, None if name == "dense" else "sparse") for name, layer in layers.items()}
+        layer.to(device=device, dtype=dtype).train(train)
+    dispatch = {name: None if name == "dense" or name.startswith("mixtral") else "sparse" for name in layers}
+    fns = {name: _forward(layer, x, dispatch[name], train=train) for name, layer in layers.items()}
     if reference:
-        fns["moe-reference"] = _forward(layers["moe"], x, "dense")
-        fns["mofme-generator-reference"] = _forward(layers["mofme-generator"], x, "dense")
+        fns["moe-reference"] = _forward(layers["moe"], x, "dense", train=train)
+        fns["mofme-generator-reference"] = _forward(layers["mofme-generator"], x, "dense", train=train)
     flops = {name: count_gflops(fn) for name, fn in fns.items()}
     latency = time_side_by_side(fns, warmup=warmup, repeats=repeats, device=device)
     rows = []
@@ -138,6 +179,9 @@ def ratios(rows: list[Row], router: dict | None) -> dict[str, float]:
             out["E=128 k=4: MoFME low-rank latency / dense"] = lowrank.vs_dense
         out["E=128 k=4: MoFME generator latency / SparseMoE"] = gen.latency_ms / moe.latency_ms
         out["E=128 k=4: MoFME generator params / SparseMoE"] = gen.params / moe.params
+        for row in rows:
+            if row.layer.startswith("mixtral-") and (row.experts, row.top_k) == (128, 4):
+                out[f"E=128 k=4: MoFME generator latency / {row.layer}"] = gen.latency_ms / row.latency_ms
     for layer in ("mofme-generator", "mofme-lowrank", "mofme-static"):
         for k in sorted({r.top_k for r in rows}):
             small, large = find(layer, 16, k), find(layer, 512, k)
@@ -187,6 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--router-top-k", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument(
+        "--mode", choices=["forward", "train"], default="forward", help="train: forward + backward"
+    )
+    parser.add_argument(
+        "--mixtral",
+        action="store_true",
+        help="add transformers' Mixtral block in each experts backend it has",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--targets", type=Path, default=None, help="check the ratios against this file's [layers] limits"
@@ -194,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limits = load_limits(args.targets, "layers") if args.targets else {}
     device = torch.device(args.device)
+    mixtral = implementations() if args.mixtral else []
+    if args.mixtral and not mixtral:
+        parser.error("--mixtral needs the transformers package (pip install transformers)")
     rows: list[Row] = []
     for experts in args.experts:
         for top_k in args.top_k:
@@ -208,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=args.repeats,
                 reference=experts <= args.reference_max_experts and top_k == max(args.top_k),
                 device=device,
+                dtype=DTYPES[args.dtype],
+                train=args.mode == "train",
+                mixtral=mixtral,
             )
             rows += group
             print(

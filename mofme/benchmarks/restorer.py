@@ -5,7 +5,8 @@ side by side, interleaved repeat by repeat. The "reference" rows are the publish
 (every expert for every token), obtained by switching the same models to ``dispatch="dense"``.
 Latency: eval-mode forward under ``torch.no_grad()`` after warm-up, median (synchronised on CUDA).
 Training step: forward + backward + AdamW step (the trainer's, fused where available) on one batch. Memory: peak allocated during one
-forward, parameters included (see :func:`mofme.benchmarks.timing.peak_memory_mb`).
+forward, parameters included (see :func:`mofme.benchmarks.timing.peak_memory_mb`). ``--amp bf16``
+runs forwards and training steps under autocast, as ``train.amp`` does (``auto``: bf16 on a GPU).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from mofme.engine.optim import adamw
+from mofme.engine.trainer import autocast_context
 from mofme.models import Restorer, build_restorer
 from mofme.nn import RoutedLayer
 
@@ -57,20 +59,23 @@ def _set_dispatch(model: nn.Module, dispatch: str) -> None:
             module.dispatch = dispatch
 
 
-def _forward(model: Restorer, image: torch.Tensor, dispatch: str) -> Callable[[], object]:
+def _forward(model: Restorer, image: torch.Tensor, dispatch: str, amp: str = "off") -> Callable[[], object]:
     def run() -> object:
         _set_dispatch(model, dispatch)
-        with torch.no_grad():
+        with torch.no_grad(), autocast_context(amp, image.device)[0]:
             return model(image).image
 
     return run
 
 
-def _train_step(model: Restorer, image: torch.Tensor, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+def _train_step(
+    model: Restorer, image: torch.Tensor, optimizer: torch.optim.Optimizer, amp: str = "off"
+) -> Callable[[], None]:
     def run() -> None:
         _set_dispatch(model, "sparse")
-        out = model(image)
-        (out.image.mean() + out.aux_loss).backward()
+        with autocast_context(amp, image.device)[0]:
+            out = model(image)
+        (out.image.float().mean() + out.aux_loss).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -88,6 +93,7 @@ def bench_experts(
     repeats: int,
     train_repeats: int,
     device,
+    amp: str = "off",
 ) -> list[Row]:
     """All variants (and the references) at one E, timed side by side."""
     torch.manual_seed(0)
@@ -96,8 +102,8 @@ def bench_experts(
         name: build_restorer(preset=preset, num_experts=experts, top_k=top_k, **spec).to(device).eval()
         for name, spec in VARIANTS.items()
     }
-    forwards = {name: _forward(model, image, "sparse") for name, model in models.items()}
-    forwards |= {ref: _forward(models[base], image, "dense") for ref, base in REFERENCES.items()}
+    forwards = {name: _forward(model, image, "sparse", amp) for name, model in models.items()}
+    forwards |= {ref: _forward(models[base], image, "dense", amp) for ref, base in REFERENCES.items()}
     flops = {name: count_gflops(fn) for name, fn in forwards.items()}
     memory = {
         name: peak_memory_mb(fn, device, models[REFERENCES.get(name, name)]) for name, fn in forwards.items()
@@ -108,7 +114,7 @@ def bench_experts(
         for model in models.values():
             model.train()
         steps = {
-            name: _train_step(model, image, adamw(model.parameters(), lr=1e-6))
+            name: _train_step(model, image, adamw(model.parameters(), lr=1e-6), amp)
             for name, model in models.items()
         }
         train_ms = {
@@ -214,6 +220,7 @@ def run(args: argparse.Namespace) -> dict:
             repeats=args.repeats,
             train_repeats=args.train_repeats,
             device=device,
+            amp=args.amp,
         )
         print(f"E={experts}: " + ", ".join(f"{r.model} {r.latency_ms:.0f} ms" for r in group), flush=True)
         rows += group
@@ -246,6 +253,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-repeats", type=int, default=3, help="0 skips the training-step timing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--amp", choices=["off", "auto", "bf16", "fp16"], default="off", help="autocast, as train.amp"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument(

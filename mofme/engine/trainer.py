@@ -74,7 +74,9 @@ class _SkipSampler(Sampler[int]):
         return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
 
 
-def _autocast(amp: str, device: torch.device):
+def autocast_context(amp: str, device: torch.device):
+    """(autocast context, GradScaler or None) for ``train.amp``: ``"auto"`` (bf16 on a CUDA GPU that
+    has it, else off), ``"off"``, ``"bf16"`` or ``"fp16"`` (with a scaler)."""
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
     if amp == "off":
@@ -251,7 +253,7 @@ class TrainingRecipe:
         )
         decay = self.cfg.ema_decay
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
-        self.autocast, self.scaler = _autocast(self.cfg.amp, self.device)
+        self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
 
     # ------------------------------------------------------------------------------- checkpoints
     def load_checkpoint(self) -> None:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mofme.benchmarks import fastpath, layers, render, restorer
 from mofme.benchmarks.targets import load_limits
@@ -45,6 +46,34 @@ def test_layer_benchmark_rows_flops_and_json(tmp_path, capsys):
     assert rows[("moe", 1)]["gflops"] < rows[("moe", 2)]["gflops"]
     assert result["router_training"]["uar_vs_linear"] > 0
     assert "| mofme-static |" in capsys.readouterr().out
+
+
+def test_layer_benchmark_training_mode_and_the_mixtral_baseline(tmp_path):
+    pytest.importorskip("transformers")
+    from mofme.benchmarks.mixtral import MixtralLayer, equal_flops_hidden, implementations
+
+    dim, tokens = 16, 20
+    common = ["--experts", "4", "--top-k", "2", "--dim", str(dim), "--tokens", str(tokens)]
+    common += ["--repeats", "1", "--warmup", "0", "--router-experts", "0", "--mixtral"]
+    for mode in ("forward", "train"):
+        assert layers.main([*common, "--mode", mode, "--json", str(tmp_path / f"{mode}.json")]) == 0
+    forward, train = (
+        {r["layer"]: r for r in json.loads((tmp_path / f"{m}.json").read_text())["rows"]}
+        for m in ("forward", "train")
+    )
+    assert {f"mixtral-{i}" for i in implementations()} <= forward.keys() and "mixtral-eager" in forward
+    # backward: the weight gradients of both matmuls and the input gradient of the second
+    assert train["dense"]["gflops"] == pytest.approx(2.5 * forward["dense"]["gflops"])
+    # equal FLOPs: a SwiGLU expert of width 2H/3 costs what a GELU expert of width H does
+    assert equal_flops_hidden(384) == 1024 and 3 * 384 * equal_flops_hidden(384) == 2 * 384 * 1536
+    eager = MixtralLayer(dim, 4, 2, hidden=equal_flops_hidden(dim))
+    x = torch.randn(tokens, dim)
+    for implementation in implementations():  # every backend computes the same block
+        other = MixtralLayer(dim, 4, 2, hidden=equal_flops_hidden(dim), implementation=implementation)
+        other.load_state_dict(eager.state_dict())
+        torch.testing.assert_close(other(x), eager(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not offered"):
+        MixtralLayer(dim, 4, 2, hidden=8, implementation="nonsense")
 
 
 def test_restorer_benchmark_rows_targets_json_and_plot(tmp_path):
@@ -176,3 +205,16 @@ def test_fastpath_benchmark_times_both_paths_and_writes_json(tmp_path, capsys):
     assert fastpath.parse_size("4000x3000") == (3000, 4000)
     with pytest.raises(argparse.ArgumentTypeError):
         fastpath.parse_size("4000")
+
+
+def test_compile_report_finds_the_breaks_of_the_cpu_loop_and_none_in_a_dense_model(tmp_path):
+    from mofme.benchmarks import compile as compile_check
+
+    common = ["--preset", "tiny", "--size", "32", "--batch", "2", "--backend", "eager", "--repeats", "1"]
+    for ffn in ("dense", "mofme"):
+        assert compile_check.main([*common, "--ffn", ffn, "--json", str(tmp_path / f"{ffn}.json")]) == 0
+    dense, mofme = (json.loads((tmp_path / f"{f}.json").read_text()) for f in ("dense", "mofme"))
+    assert dense["explain"]["graph_breaks"] == 0 and dense["explain"]["graphs"] == 1
+    assert mofme["explain"]["graph_breaks"] > 0  # the loop's per-expert group sizes come from the host
+    assert all("dispatch.py" in reason for reason in mofme["explain"]["reasons"])
+    assert dense["train_step_ms"]["compiled"] > 0 and "compile_error" not in dense

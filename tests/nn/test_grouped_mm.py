@@ -5,6 +5,8 @@ checks (no host sync, bf16 on the GPU) skip without a GPU."""
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import torch
@@ -139,3 +141,34 @@ def test_cuda_grouped_mm_equals_the_dense_reference(name):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         fast, reference = _run(layer, x, "auto"), _run(layer, x, "loop", dispatch_kind="dense")
     torch.testing.assert_close(fast[0].output.float(), reference[0].output.float(), rtol=0.05, atol=0.05)
+
+
+@CUDA
+def test_a_short_restorer_training_on_cuda_with_bf16_autocast(tmp_path):
+    from mofme.engine.config import load_config
+    from mofme.engine.trainer import train
+    from mofme.models import load_restorer
+
+    overrides = [
+        "model.preset=tiny",
+        "model.num_experts=4",
+        "data.samples_per_epoch=16",
+        "data.batch_size=4",
+        "data.crop_size=32",
+        "train.epochs=2",
+        "train.eval_every=1",
+        "train.device=cuda",
+        "train.amp=bf16",
+        "train.progress=false",
+        f"train.output_dir={tmp_path}",
+    ]
+    result = train(load_config("configs/demo_cpu.yaml", overrides))
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
+    assert result.steps == 8 and losses and all(math.isfinite(v) for v in losses)
+    model = load_restorer(result.best_dir)  # saved from the GPU, loaded on the CPU
+    assert next(model.parameters()).device.type == "cpu"
+    assert torch.isfinite(model(torch.rand(1, 3, 32, 32)).image).all()
