@@ -3,14 +3,14 @@ how often the Uncertainty-aware Router's MC selection differs from its determini
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from mofme.data import WEATHER_TYPES
+from mofme.engine.routing import expert_counts, expert_usage, routing_nmi, weather_routing
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter
 
 __all__ = [
@@ -21,50 +21,6 @@ __all__ = [
     "uar_selection_change",
     "weather_routing_mass",
 ]
-
-
-def _weather_routing(model: nn.Module, items: Iterable[dict], key: str) -> Iterator[tuple[int, list]]:
-    """Per item with a weather (index >= 0): the index and the ``(indices, weights)`` of each routed
-    layer (dense layers left out), from one eval-mode forward of ``item[key]`` alone."""
-    model.eval()
-    for item in items:
-        if item["weather"] >= 0:
-            routing = model(item[key].unsqueeze(0)).routing
-            yield item["weather"], [(i, w) for i, w in routing if i is not None]
-
-
-@torch.no_grad()
-def expert_counts(model: nn.Module, items: Iterable[dict], *, key: str = "input") -> np.ndarray:
-    """(routed layers, weathers, experts) counts of token assignments, in the order of the model's
-    ``routing`` output, over dataset items ``{key: (3, H, W), "weather": index}`` (items without
-    weather, index -1, are skipped); the model runs in eval mode. No routed layer: shape (0, W, E)."""
-    experts = model.config.num_experts
-    counts: np.ndarray | None = None
-    for weather, routing in _weather_routing(model, items, key):
-        if counts is None:
-            counts = np.zeros((len(routing), len(WEATHER_TYPES), experts), dtype=np.int64)
-        for layer, (indices, _) in enumerate(routing):
-            counts[layer, weather] += np.bincount(indices.flatten().numpy(), minlength=experts)
-    return counts if counts is not None else np.zeros((0, len(WEATHER_TYPES), experts), dtype=np.int64)
-
-
-def expert_usage(counts: np.ndarray) -> np.ndarray:
-    """(layers, weathers, experts) counts -> the share of each expert per layer and weather (rows
-    sum to 1; a weather without tokens stays 0)."""
-    return counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
-
-
-def routing_nmi(counts: np.ndarray) -> list[float]:
-    """Per layer, the normalised mutual information (arithmetic normalisation, scikit-learn)
-    between a token assignment's weather type and its expert; ``counts`` as :func:`expert_counts`."""
-    values = []
-    for layer in counts:
-        weather, expert = np.nonzero(layer)
-        repeats = layer[weather, expert]
-        values.append(
-            float(normalized_mutual_info_score(np.repeat(weather, repeats), np.repeat(expert, repeats)))
-        )
-    return values
 
 
 @torch.no_grad()
@@ -110,7 +66,7 @@ def weather_routing_mass(
     row sums to 1. Eval mode, one item at a time."""
     experts = model.config.num_experts
     usage, weathers = [], []
-    for weather, routing in _weather_routing(model, items, key):
+    for weather, routing in weather_routing(model, items, key):
         rows = []
         for indices, weights in routing:
             mass = torch.zeros(experts).index_add_(0, indices.flatten(), weights.flatten().float())

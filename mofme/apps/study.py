@@ -27,6 +27,7 @@ import yaml
 from mofme.apps.analysis import expert_counts, expert_usage, routing_nmi, uar_selection_change
 from mofme.apps.plots import routing_heatmaps
 from mofme.apps.study_report import write_study
+from mofme.atomic import write_text_atomic
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path, study_settings_path
 from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
@@ -157,7 +158,8 @@ def _train_and_score(
 ) -> tuple[dict, Restorer]:
     """Train one variant for one seed; its test metrics and routing analysis, and the best model.
     The result is kept in ``result.json`` of the run's folder and reused by a study run again with
-    the same configuration, so a study stopped by a crash loses at most the run it was in."""
+    the same configuration; an unfinished run continues from its last checkpoint (:func:`_trained`),
+    so a study stopped by a crash loses at most the steps since that checkpoint."""
     run_dir = Path(config.train.output_dir)
     done = run_dir / "result.json"
     if done.exists():
@@ -183,7 +185,7 @@ def _train_and_score(
         "images": [{"name": r.name, "weather": r.weather, "psnr": r.psnr} for r in report.images],
         "nmi_curve": _nmi_curve(run_dir),
     }
-    done.write_text(json.dumps({"config": config.to_yaml(), "run": run}))
+    write_text_atomic(done, json.dumps({"config": config.to_yaml(), "run": run}))  # never half-written
     return run, model
 
 

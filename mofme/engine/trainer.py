@@ -336,8 +336,8 @@ class TrainingRecipe:
 
     def _routing_scores(self, model: nn.Module) -> dict[str, float]:
         """``nmi_layer<i>``: NMI(weather; expert) of each routed layer on the validation split
-        (:func:`mofme.apps.analysis.routing_nmi`); nothing for a model without routed layers."""
-        from mofme.apps.analysis import expert_counts, routing_nmi
+        (:func:`mofme.engine.routing.routing_nmi`); nothing for a model without routed layers."""
+        from .routing import expert_counts, routing_nmi
 
         was_training = model.training
         nmi = routing_nmi(expert_counts(model, self.val_set))
