@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from mofme.engine.optim import adamw
-from mofme.engine.trainer import autocast_context
 from mofme.models import build_restorer
 
+from .restorer import train_step
 from .timing import machine, time_side_by_side
 
 __all__ = ["explain_forward", "main"]
@@ -46,19 +46,6 @@ def _reason(graph_break) -> str:
     return text
 
 
-def _step(model: torch.nn.Module, image: torch.Tensor, amp: str) -> Callable[[], None]:
-    optimizer = adamw(model.parameters(), lr=1e-6)
-
-    def run() -> None:
-        with autocast_context(amp, image.device)[0]:
-            out = model(image)
-        (out.image.float().mean() + out.aux_loss).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return run
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mofme.benchmarks.compile", description=__doc__.split("\n")[0]
@@ -83,8 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     compiled.load_state_dict(eager.state_dict())
     try:
         steps = {
-            "eager": _step(eager, image, args.amp),
-            "compiled": _step(torch.compile(compiled, backend=args.backend), image, args.amp),
+            "eager": train_step(eager, image, adamw(eager.parameters(), lr=1e-6), args.amp),
+            "compiled": train_step(
+                torch.compile(compiled, backend=args.backend),
+                image,
+                adamw(compiled.parameters(), lr=1e-6),
+                args.amp,
+            ),
         }
         times = time_side_by_side(steps, warmup=3, repeats=args.repeats, device=device)
         result["train_step_ms"] = {name: seconds * 1e3 for name, seconds in times.items()}

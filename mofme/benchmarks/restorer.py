@@ -28,7 +28,7 @@ from mofme.nn import RoutedLayer
 from .targets import check_targets, load_limits, targets_markdown
 from .timing import count_gflops, machine, peak_memory_mb, time_side_by_side
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "train_step"]
 
 VARIANTS: dict[str, dict] = {
     "dense": {"ffn": "dense"},
@@ -68,7 +68,7 @@ def _forward(model: Restorer, image: torch.Tensor, dispatch: str, amp: str = "of
     return run
 
 
-def _train_step(
+def train_step(
     model: Restorer, image: torch.Tensor, optimizer: torch.optim.Optimizer, amp: str = "off"
 ) -> Callable[[], None]:
     def run() -> None:
@@ -114,7 +114,7 @@ def bench_experts(
         for model in models.values():
             model.train()
         steps = {
-            name: _train_step(model, image, adamw(model.parameters(), lr=1e-6), amp)
+            name: train_step(model, image, adamw(model.parameters(), lr=1e-6), amp)
             for name, model in models.items()
         }
         train_ms = {
