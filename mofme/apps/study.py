@@ -238,13 +238,19 @@ def _protocol(
 
 
 def _run_grid(
-    grid: dict[str, list[str]], *, recipe: str, seeds: int, epochs: int, output: Path, overrides: list[str]
+    grid: dict[str, list[str]],
+    test: BuiltinWeatherDataset,
+    *,
+    recipe: str,
+    seeds: int,
+    epochs: int,
+    output: Path,
+    overrides: list[str],
 ) -> tuple[list[dict], dict[str, Restorer]]:
     """Every run of ``grid`` x seeds (seed-major, so every variant has seed 0 early); the runs and
     the seed-0 models (for latency), with each routed seed-0 model's routing heatmaps written."""
     from tqdm.auto import tqdm
 
-    test = BuiltinWeatherDataset("test")
     runs, models = [], {}
     progress = tqdm(total=seeds * len(grid), desc="study", unit="run", dynamic_ncols=True)
     for seed in range(seeds):
@@ -299,10 +305,11 @@ def run_study(
         f"[mofme study] {len(grid)} variants x {seeds} seeds, {steps} steps each ({epochs} epochs)",
         flush=True,
     )
+    test = BuiltinWeatherDataset("test")
     runs, models = _run_grid(
-        grid, recipe=recipe, seeds=seeds, epochs=epochs, output=output, overrides=overrides
+        grid, test, recipe=recipe, seeds=seeds, epochs=epochs, output=output, overrides=overrides
     )
-    image = BuiltinWeatherDataset("test")[0]["input"].unsqueeze(0)
+    image = test[0]["input"].unsqueeze(0)
     latency = _latency_ms(models, image)
     for run in runs:
         run["latency_ms"] = latency[run["variant"]]

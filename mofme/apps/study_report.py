@@ -65,10 +65,13 @@ def _psnr_matrix(runs: list[dict], variant: str, seeds: list[int], names: list[s
     return np.array([[by_seed[s][n] for n in names] for s in seeds])
 
 
+SCALED_NAME = re.compile(r"(.+)-e(\d+)")  # a scaling study's run name: <variant>-e<E> (mofme.apps.study)
+
+
 def _pairs(variants: set[str]) -> list[tuple[str, str, float, str]]:
     """:data:`PAIRS`, and for a scaling study (``<variant>-e<E>`` names) each pair at every E
     (``dense`` has no E)."""
-    counts = sorted({int(m.group(1)) for v in variants if (m := re.fullmatch(r".+-e(\d+)", v))})
+    counts = sorted({int(m.group(2)) for v in variants if (m := SCALED_NAME.fullmatch(v))})
     pairs = list(PAIRS)
     for count in counts:
         for a, b, claim, title in PAIRS:
@@ -240,7 +243,7 @@ def expert_scaling(summary: dict) -> dict[str, list[dict]]:
     latency_ms, mean_psnr: (mean, std)}`` sorted by E; empty without such variants."""
     scaling: dict[str, list[dict]] = {}
     for name, entry in summary.items():
-        if match := re.fullmatch(r"(.+)-e(\d+)", name):
+        if match := SCALED_NAME.fullmatch(name):
             row = {k: entry[k] for k in ("params", "latency_ms", "mean_psnr")}
             scaling.setdefault(match.group(1), []).append({"experts": int(match.group(2)), **row})
     return {base: sorted(rows, key=lambda r: r["experts"]) for base, rows in scaling.items()}
@@ -307,19 +310,13 @@ def write_study(output: Path, *, protocol: dict, runs: list[dict], variants: lis
     returns the summary (per variant: parameters, latency, mean and std over seeds per metric)."""
     summary = summarise(runs, variants)
     paired = paired_comparisons(runs)
+    scaling = expert_scaling(summary)
     (output / "study.json").write_text(
         json.dumps(
-            {
-                "protocol": protocol,
-                "summary": summary,
-                "paired": paired,
-                "scaling": expert_scaling(summary),
-                "runs": runs,
-            },
+            {"protocol": protocol, "summary": summary, "paired": paired, "scaling": scaling, "runs": runs},
             indent=2,
         )
     )
-    scaling = expert_scaling(summary)
     if scaling:
         plot_scaling(scaling, output / "scaling.png", dense=summary.get("dense"))
     curves = plot_nmi_curves(runs, output / "nmi_training.png")

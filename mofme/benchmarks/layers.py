@@ -100,7 +100,7 @@ def bench_group(
     device,
     dtype: torch.dtype = torch.float32,
     train: bool = False,
-    mixtral: list[str] = (),
+    mixtral: Sequence[str] = (),
 ) -> list[Row]:
     """Dense, MoE, MoFME generator / low-rank (r = D / 8) / static (the all-experts references,
     the Mixtral blocks) at one (E, k)."""
