@@ -12,6 +12,11 @@
   normalised with the ImageNet mean / std first. The network is ``torchvision.models.vgg16().features[:16]``,
   frozen (no parameter takes a gradient) and always in eval mode.
 * ``total = pixel + perceptual_weight * perceptual`` (the published recipe uses 0.04).
+* ``particle_weight`` > 0 weights the pixel term where weather particles are (the renderer's
+  ``particles``: streak, flake and drop opacity ``m`` in [0, 1], shape ``(N, 1, H, W)``): every element
+  gets weight ``w = 1 + particle_weight * m`` and ``pixel = sum(w * smooth_l1) / sum(w)`` (a weighted
+  mean: 0 gives the plain mean). Small, sparse defects such as lens drops then weigh in the loss as
+  they weigh in the eye.
 
 The VGG16 weights are never downloaded: these machines have no network. Pass the path of torchvision's
 ImageNet checkpoint (``vgg16-397923af.pth``, a ``state_dict`` loaded with ``torch.load(weights_only=True)``)
@@ -151,6 +156,7 @@ class RestorationLoss(nn.Module):
         beta: SmoothL1 threshold (``torch.nn.functional.smooth_l1_loss``'s ``beta``).
         perceptual_weight: weight of the perceptual term; 0 disables it (no VGG is built).
         vgg_weights: path of the VGG16 weights, required when ``perceptual_weight > 0``.
+        particle_weight: extra pixel-loss weight on weather particles (``forward``'s ``particles``).
     """
 
     def __init__(
@@ -159,10 +165,14 @@ class RestorationLoss(nn.Module):
         beta: float = 1.0,
         perceptual_weight: float = 0.0,
         vgg_weights: PathLike | None = None,
+        particle_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if particle_weight < 0:
+            raise ValueError(f"particle_weight must be >= 0, got {particle_weight}")
+        self.particle_weight = float(particle_weight)
         if perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
         self.beta = float(beta)
@@ -186,10 +196,26 @@ class RestorationLoss(nn.Module):
         losses = [F.mse_loss(p, t) for p, t in zip(pred_features, target_features, strict=True)]
         return torch.stack(losses).mean()
 
-    def forward(self, pred: Tensor, target: Tensor) -> LossOutput:
+    def pixel(self, pred: Tensor, target: Tensor, particles: Tensor | None = None) -> Tensor:
+        """SmoothL1, a plain mean or weighted by ``1 + particle_weight * particles`` (module docstring)."""
+        if not self.particle_weight:
+            return F.smooth_l1_loss(pred, target, beta=self.beta)
+        if particles is None:
+            raise ValueError(
+                f"particle_weight={self.particle_weight} needs the particle masks of the batch (an item key "
+                "'particles', which rendered weather data has); set loss.particle_weight to 0 for other data"
+            )
+        if particles.shape[-2:] != pred.shape[-2:] or particles.shape[:1] != pred.shape[:1]:
+            raise ValueError(f"particles {tuple(particles.shape)} do not cover pred {tuple(pred.shape)}")
+        weight = (1.0 + self.particle_weight * particles.to(pred.dtype)).expand_as(pred)
+        elementwise = F.smooth_l1_loss(pred, target, beta=self.beta, reduction="none")
+        return (weight * elementwise).sum() / weight.sum()
+
+    def forward(self, pred: Tensor, target: Tensor, particles: Tensor | None = None) -> LossOutput:
+        """``pred``, ``target`` (N, 3, H, W); ``particles`` (N, 1, H, W), used when ``particle_weight`` > 0."""
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        pixel = F.smooth_l1_loss(pred, target, beta=self.beta)
+        pixel = self.pixel(pred, target, particles)
         if self.vgg is None:
             perceptual = pixel.new_zeros(())
             return LossOutput(pixel, pixel, perceptual)
@@ -197,4 +223,4 @@ class RestorationLoss(nn.Module):
         return LossOutput(pixel + self.perceptual_weight * perceptual, pixel, perceptual)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, perceptual_weight={self.perceptual_weight}"
+        return f"beta={self.beta}, perceptual_weight={self.perceptual_weight}, particle_weight={self.particle_weight}"

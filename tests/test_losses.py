@@ -75,3 +75,40 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     with pytest.raises(ValueError, match="not a torchvision VGG16"):
         RestorationLoss(perceptual_weight=0.04, vgg_weights=wrong)
     assert RestorationLoss(perceptual_weight=0.0, vgg_weights=None).vgg is None
+
+
+def test_particle_weight_is_the_weighted_mean_of_the_formula():
+    torch.manual_seed(1)
+    pred, target = images()
+    particles = torch.rand(2, 1, 32, 32) * (torch.rand(2, 1, 32, 32) > 0.7)
+    torch.testing.assert_close(
+        RestorationLoss(beta=0.05, particle_weight=0.0)(pred, target, particles).pixel,
+        F.smooth_l1_loss(pred, target, beta=0.05),
+    )
+    out = RestorationLoss(beta=0.05, particle_weight=3.0)(pred, target, particles)
+    diff = (pred - target).abs().double()
+    elementwise = torch.where(diff < 0.05, 0.5 * diff**2 / 0.05, diff - 0.025)
+    weight = (1 + 3.0 * particles.double()).expand(-1, 3, -1, -1)
+    expected = (weight * elementwise).sum() / weight.sum()
+    torch.testing.assert_close(out.pixel.double(), expected)
+    assert out.total is out.pixel  # no perceptual term
+
+
+def test_particle_weight_scales_the_gradient_on_particles():
+    target = torch.zeros(1, 3, 4, 4)
+    pred = torch.full((1, 3, 4, 4), 0.5, requires_grad=True)  # the same residual everywhere
+    particles = torch.zeros(1, 1, 4, 4)
+    particles[..., :2, :] = 1.0  # the top half is a drop
+    RestorationLoss(beta=0.01, particle_weight=4.0)(pred, target, particles).total.backward()
+    grad = pred.grad[0, 0]
+    assert torch.allclose(grad[:2] / grad[2:], torch.tensor(5.0))
+
+
+def test_particle_weight_needs_the_masks():
+    pred, target = images()
+    with pytest.raises(ValueError, match="particles"):
+        RestorationLoss(particle_weight=1.0)(pred, target)
+    with pytest.raises(ValueError, match="do not cover"):
+        RestorationLoss(particle_weight=1.0)(pred, target, torch.zeros(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="particle_weight"):
+        RestorationLoss(particle_weight=-1.0)

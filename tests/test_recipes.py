@@ -33,3 +33,14 @@ def test_paper_recipes_carry_the_published_optimisation():
 def test_unknown_recipe_names_the_shipped_ones():
     with pytest.raises(FileNotFoundError, match="demo_cpu"):
         recipe_path("no_such_recipe")
+
+
+def test_fine_tuning_recipes_start_from_the_model_another_recipe_trains():
+    configs = {name: load_config(recipe_path(name)) for name in recipes()}
+    best_dirs = {f"{config.train.output_dir}/best": name for name, config in configs.items()}
+    stages = {name: config for name, config in configs.items() if config.train.init_from}
+    assert "pretrained_small_drops" in stages
+    for name, config in stages.items():
+        parent = best_dirs.get(config.train.init_from)
+        assert parent is not None, f"{name}: init_from {config.train.init_from} is no recipe's best model"
+        assert config.model.resolved() == configs[parent].model.resolved(), name

@@ -137,7 +137,8 @@ class BuiltinWeatherDataset(SplitDataset):
     """Rendered (degraded, clean) pairs from the built-in photos.
 
     Item: ``{"input": (3, h, w) float32 degraded, "target": (3, h, w) clean, "mask": (1, h, w)
-    degradation mask, "weather": index in WEATHER_TYPES (-1: clean), "severity": 1..3 (0: clean), "name": str}``,
+    degradation mask, "particles": (1, h, w) streak / flake / drop opacity, "weather": index in
+    WEATHER_TYPES (-1: clean), "severity": 1..3 (0: clean), "name": str}``,
     images in [0, 1].
 
     * ``split="train"``: ``samples_per_epoch`` (default 1024) random crops of ``crop_size`` (mirror-padded

@@ -86,11 +86,14 @@ def folder_photos(folder: str | Path, *, long_sides: Sequence[int] = (256,)) -> 
 
 
 def weather_item(sample: WeatherSample, name: str) -> dict:
-    """The dataset item of a render: ``{"input", "target", "mask", "weather", "severity", "name"}``."""
+    """The dataset item of a render: ``{"input", "target", "mask", "particles", "weather", "severity",
+    "name"}`` (``mask`` and ``particles`` (1, H, W); particles zero where the render has none)."""
+    particles = sample.particles if sample.particles is not None else np.zeros_like(sample.mask)
     return {
         "input": to_tensor(sample.degraded),
         "target": to_tensor(sample.clean),
         "mask": torch.from_numpy(np.ascontiguousarray(sample.mask[None], dtype=np.float32)),
+        "particles": torch.from_numpy(np.ascontiguousarray(particles[None], dtype=np.float32)),
         "weather": weather_index(sample.weather),
         "severity": sample.severity,
         "name": name,

@@ -180,6 +180,12 @@ class LossConfig(_Section):
         ge=0.0,
         description="restoration: subtract this x I(weather; expert) of each batch (routing specialisation)",
     )
+    particle_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="restoration on rendered weather: pixel-loss weight 1 + this x particle opacity (drops, "
+        "flakes, streaks)",
+    )
 
 
 class TrainConfig(_Section):
@@ -199,6 +205,11 @@ class TrainConfig(_Section):
     progress: bool = True
     log_routing: bool = Field(
         False, description="at each validation, log NMI(weather; expert) per routed layer (restoration)"
+    )
+    init_from: str | None = Field(
+        None,
+        description="fine-tune: start from these weights (a save_pretrained directory or a shipped name) "
+        "instead of a random initialisation; the model section must describe the same architecture",
     )
 
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from mofme.data import WEATHER_TYPES
 from mofme.losses import RestorationLoss
-from mofme.models import load_model
+from mofme.models import load_model, load_weights
 from mofme.nn import aux_loss, label_expert_mutual_information, routing_probs
 
 from ..atomic import staged_directory
@@ -214,7 +214,10 @@ class TrainingRecipe:
         return self
 
     def _setup_model(self) -> nn.Module:
-        return self.config.model.build().to(self.device)
+        model = self.config.model.build()
+        if self.cfg.init_from is not None:
+            load_weights(model, self.cfg.init_from)
+        return model.to(self.device)
 
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)
@@ -222,7 +225,10 @@ class TrainingRecipe:
     def _setup_loss(self) -> nn.Module:
         loss = self.config.loss
         return RestorationLoss(
-            beta=loss.smooth_l1_beta, perceptual_weight=loss.perceptual_weight, vgg_weights=loss.vgg_weights
+            beta=loss.smooth_l1_beta,
+            perceptual_weight=loss.perceptual_weight,
+            vgg_weights=loss.vgg_weights,
+            particle_weight=loss.particle_weight,
         ).to(self.device)
 
     def _setup_optimizer(self) -> None:
@@ -399,7 +405,10 @@ class TrainingRecipe:
         inputs, targets = batch["input"].to(self.device), batch["target"].to(self.device)
         with self.autocast:
             restored = self.net(inputs)
-            losses = self.criterion(restored.image.float(), targets)
+            particles = batch.get("particles") if self.config.loss.particle_weight else None
+            if particles is not None:
+                particles = particles.to(self.device)
+            losses = self.criterion(restored.image.float(), targets, particles)
             loss = losses.total + aux_loss(self.model)
             parts = {"pixel": losses.pixel, "aux": restored.aux_loss}
             if self.config.loss.weather_mi:

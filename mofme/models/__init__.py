@@ -2,7 +2,7 @@
 models (ViT classifier and segmenter), their presets, one registry of named models, and save /
 load in the Hugging Face Hub layout."""
 
-from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, shipped_weights
+from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, load_weights, shipped_weights
 from .recognition import (
     RECOGNIZER_PRESETS,
     ClassifierOutput,
@@ -56,6 +56,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_restorer",
+    "load_weights",
     "register_model",
     "restorer_config",
     "shipped_weights",

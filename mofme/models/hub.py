@@ -28,6 +28,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "PretrainedMixin",
     "check_state_dict",
+    "load_weights",
     "read_config",
     "shipped_weights",
 ]
@@ -114,6 +115,16 @@ def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> P
     return Path(hf_hub_download(repo_id, filename, revision=revision))
 
 
+def load_weights(model: nn.Module, name_or_path: str | Path, *, revision: str | None = None) -> nn.Module:
+    """Load ``model.safetensors`` of a saved model (directory, shipped name or Hub repo id) into
+    ``model`` in place; raises naming the file when a tensor is missing, extra or of another shape."""
+    weights_path = _resolve(name_or_path, WEIGHTS_NAME, revision)
+    state = load_file(str(weights_path), device="cpu")
+    check_state_dict(model, state, source=str(weights_path))
+    model.load_state_dict(state)
+    return model
+
+
 def read_config(name_or_path: str | Path, *, revision: str | None = None) -> tuple[dict[str, Any], Path]:
     """The JSON object in ``config.json`` of a saved model, and the file's path."""
     config_path = _resolve(name_or_path, CONFIG_NAME, revision)
@@ -172,8 +183,5 @@ class PretrainedMixin:
             model = cls(**config)
         except TypeError as error:
             raise ValueError(f"{config_path}: cannot build {cls.__name__}: {error}") from error
-        weights_path = _resolve(name_or_path, WEIGHTS_NAME, revision)
-        state = load_file(str(weights_path), device="cpu")
-        check_state_dict(model, state, source=str(weights_path))
-        model.load_state_dict(state)
+        load_weights(model, name_or_path, revision=revision)
         return model.to(device).eval()

@@ -111,3 +111,15 @@ def test_folder_recipe_mixes_the_builtin_photos(folder, tmp_path):
         build_datasets(missing.data, seed=0)
     with pytest.raises(ConfigError, match=r"data\.folders must name"):
         build_datasets(load_config(None, ["data.type=folder"]).data, seed=0)
+
+
+def test_items_carry_the_renderer_particles():
+    clean = _photo(40, 40, 5)
+    for weather in ("raindrop", "haze"):
+        sample = photos.render_weather(clean, weather, severity=3, seed=2)
+        item = photos.weather_item(sample, "x")
+        assert item["particles"].shape == (1, 40, 40)
+        np.testing.assert_array_equal(item["particles"][0].numpy(), sample.particles)
+        assert (float(item["particles"].max()) > 0) == (weather == "raindrop")  # haze has no particles
+    unknown = photos.weather_item(sample._replace(particles=None), "x")
+    assert float(unknown["particles"].abs().sum()) == 0

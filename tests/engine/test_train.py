@@ -428,3 +428,39 @@ def test_weather_mi_rewards_the_routing_information_of_the_batch(tmp_path):
     recipe = trainer.TrainingRecipe(dense).setup()
     with pytest.raises(ValueError, match="routed layers"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
+
+
+def test_particle_weight_weights_the_batch_particles(tmp_path):
+    recipe = trainer.TrainingRecipe(
+        load_config(_write_config(tmp_path, tmp_path / "run"), ["loss.particle_weight=2.0"])
+    ).setup()
+    batch = next(iter(recipe._loader(0, 0)))
+    assert batch["particles"].shape == (4, 1, 32, 32) and float(batch["particles"].max()) > 0
+    rng = torch.get_rng_state()  # the UaR router draws dropout masks: replay the same draws
+    _, parts = recipe._loss(batch)
+    torch.set_rng_state(rng)
+    with torch.no_grad():
+        restored = recipe.net(batch["input"]).image.float()
+    plain = torch.nn.functional.smooth_l1_loss(restored, batch["target"])
+    weight = (1 + 2.0 * batch["particles"]).expand_as(restored)
+    errors = torch.nn.functional.smooth_l1_loss(restored, batch["target"], reduction="none")
+    assert float(parts["pixel"]) == pytest.approx(float((weight * errors).sum() / weight.sum()), rel=1e-5)
+    assert float(parts["pixel"]) != pytest.approx(float(plain), rel=1e-3)
+
+
+def test_init_from_starts_from_saved_weights_and_names_a_mismatch(tmp_path):
+    saved = build_restorer(**{"preset": "tiny", **TINY["model"]})
+    with torch.no_grad():  # weights no fresh initialisation has
+        for parameter in saved.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    saved.save_pretrained(tmp_path / "saved")
+    config = load_config(_write_config(tmp_path, tmp_path / "run"), [f"train.init_from={tmp_path / 'saved'}"])
+    recipe = trainer.TrainingRecipe(config).setup()
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(recipe.model.state_dict()[name], tensor, msg=name)
+    other = load_config(
+        _write_config(tmp_path, tmp_path / "other"),
+        [f"train.init_from={tmp_path / 'saved'}", "model.num_experts=8"],
+    )
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
+        trainer.TrainingRecipe(other).setup()
