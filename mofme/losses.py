@@ -18,6 +18,11 @@
   mean: 0 gives the plain mean). Small, sparse defects such as lens drops then weigh in the loss as
   they weigh in the eye.
 
+The drop detector of ``drop_fill`` restorers trains on the renderer's drop opacity:
+``drop_mask_loss(logits, drop_targets(particles, weather))`` is the per-pixel binary cross-entropy
+(mean over pixels) against ``particles`` on raindrop renders and 0 on every other render, so
+streaks, flakes and clean photos teach it what is not a drop.
+
 The VGG16 weights are never downloaded: these machines have no network. Pass the path of torchvision's
 ImageNet checkpoint (``vgg16-397923af.pth``, a ``state_dict`` loaded with ``torch.load(weights_only=True)``)
 or a ``.safetensors`` file with the same keys. Full VGG16 state dicts (``features.N.weight``, classifier
@@ -34,8 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._types import PathLike
+from .data.weather import WEATHER_TYPES
 
-__all__ = ["VGG_DOWNLOAD_URL", "LossOutput", "RestorationLoss", "VGGFeatures", "load_vgg_features"]
+__all__ = [
+    "VGG_DOWNLOAD_URL",
+    "DropMaskLoss",
+    "LossOutput",
+    "RestorationLoss",
+    "VGGFeatures",
+    "drop_mask_loss",
+    "drop_targets",
+    "load_vgg_features",
+]
 
 VGG_DOWNLOAD_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 _VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256)  # vgg16 ("D") up to relu3_3: features[:16]
@@ -224,3 +239,42 @@ class RestorationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, perceptual_weight={self.perceptual_weight}, particle_weight={self.particle_weight}"
+
+
+def drop_targets(particles: Tensor, weather: Tensor) -> Tensor:
+    """The drop detector's target (N, 1, H, W): ``particles`` (N, 1, H, W) on items whose ``weather``
+    (N,) index is raindrop, zero on every other item (index -1: clean)."""
+    if weather.ndim != 1 or particles.ndim != 4 or particles.shape[:2] != (len(weather), 1):
+        raise ValueError(
+            f"particles {tuple(particles.shape)} must be (N, 1, H, W) for weather {tuple(weather.shape)}"
+        )
+    is_drop = weather.to(particles.device) == WEATHER_TYPES.index("raindrop")
+    return particles * is_drop.view(-1, 1, 1, 1).to(particles.dtype)
+
+
+def drop_mask_loss(logits: Tensor, targets: Tensor, *, pos_weight: float = 1.0) -> Tensor:
+    """Mean binary cross-entropy of the drop detector's ``logits`` (N, 1, H, W) against soft
+    ``targets`` t in [0, 1] of the same shape (:func:`drop_targets`):
+    ``-(pos_weight * t * log(p) + (1 - t) * log(1 - p))``, p = sigmoid(logits); ``pos_weight`` > 1
+    counts the (rare) drop pixels more."""
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"drop logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape"
+        )
+    weight = logits.new_tensor(pos_weight) if pos_weight != 1.0 else None
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=weight)
+
+
+class DropMaskLoss(nn.Module):
+    """``loss(logits, particles, weather)``: :func:`drop_mask_loss` (with ``pos_weight``) of the drop
+    ``logits`` (N, 1, H, W) against :func:`drop_targets` of the batch's ``particles`` (N, 1, H, W)
+    and ``weather`` (N,)."""
+
+    def __init__(self, *, pos_weight: float = 1.0) -> None:
+        super().__init__()
+        if pos_weight <= 0:
+            raise ValueError(f"pos_weight must be > 0, got {pos_weight}")
+        self.pos_weight = float(pos_weight)
+
+    def forward(self, logits: Tensor, particles: Tensor, weather: Tensor) -> Tensor:
+        return drop_mask_loss(logits, drop_targets(particles, weather), pos_weight=self.pos_weight)

@@ -8,7 +8,15 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 
-from mofme.losses import LossOutput, RestorationLoss, load_vgg_features
+from mofme.data import WEATHER_TYPES
+from mofme.losses import (
+    DropMaskLoss,
+    LossOutput,
+    RestorationLoss,
+    drop_mask_loss,
+    drop_targets,
+    load_vgg_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +120,30 @@ def test_particle_weight_needs_the_masks():
         RestorationLoss(particle_weight=1.0)(pred, target, torch.zeros(2, 1, 16, 16))
     with pytest.raises(ValueError, match="particle_weight"):
         RestorationLoss(particle_weight=-1.0)
+
+
+def test_drop_targets_keep_the_particles_of_raindrop_renders_only():
+    torch.manual_seed(0)
+    particles = torch.rand(4, 1, 5, 6)
+    weather = torch.tensor([WEATHER_TYPES.index("raindrop"), WEATHER_TYPES.index("snow"), -1, 0])
+    targets = drop_targets(particles, weather)
+    assert torch.equal(targets[0], particles[0])
+    assert not targets[1:].any()  # snow flakes, a clean render and rain are no drops
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        drop_targets(particles[:, 0], weather)
+
+
+def test_drop_mask_loss_is_the_mean_binary_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 7, 9, dtype=torch.float64) * 3
+    targets = torch.rand(2, 1, 7, 9, dtype=torch.float64)
+    p = 1 / (1 + torch.exp(-logits))
+    for pos_weight in (1.0, 3.0):
+        expected = -(pos_weight * targets * torch.log(p) + (1 - targets) * torch.log(1 - p)).mean()
+        torch.testing.assert_close(drop_mask_loss(logits, targets, pos_weight=pos_weight), expected)
+    particles, weather = targets, torch.full((2,), WEATHER_TYPES.index("raindrop"))
+    torch.testing.assert_close(DropMaskLoss(pos_weight=3.0)(logits, particles, weather), expected)
+    with pytest.raises(ValueError, match="pos_weight"):
+        DropMaskLoss(pos_weight=0.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        drop_mask_loss(logits, targets[:1])

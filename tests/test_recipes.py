@@ -5,6 +5,7 @@ import torch
 
 from mofme.configs import recipe_path, recipes
 from mofme.engine.config import load_config
+from mofme.models.hub import check_state_dict
 
 
 def test_recipes_are_shipped():
@@ -39,8 +40,17 @@ def test_fine_tuning_recipes_start_from_the_model_another_recipe_trains():
     configs = {name: load_config(recipe_path(name)) for name in recipes()}
     best_dirs = {f"{config.train.output_dir}/best": name for name, config in configs.items()}
     stages = {name: config for name, config in configs.items() if config.train.init_from}
-    assert "pretrained_small_drops" in stages
+    assert {"pretrained_small_drops", "pretrained_small_fill"} <= set(stages)
     for name, config in stages.items():
-        parent = best_dirs.get(config.train.init_from)
-        assert parent is not None, f"{name}: init_from {config.train.init_from} is no recipe's best model"
-        assert config.model.resolved() == configs[parent].model.resolved(), name
+        sources = {"": config.train.init_from, **config.train.init_parts}
+        model = config.model.build()
+        for part, source in sources.items():
+            parent = best_dirs.get(source)
+            assert parent is not None, f"{name}: {part or 'init_from'} {source} is no recipe's best model"
+            # the parent's weights load: the same architecture, less the parts loaded from elsewhere
+            check_state_dict(
+                model.get_submodule(part),
+                configs[parent].model.build().state_dict(),
+                source=f"{name}: {source}",
+                new_modules=list(config.train.init_parts) if not part else (),
+            )

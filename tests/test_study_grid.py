@@ -82,6 +82,16 @@ def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, mon
         study._train_and_score(_tiny_config(tmp_path, ["optim.lr=0.5"]), [], variant="mofme", seed=0)
 
 
+def test_a_field_added_later_at_its_default_keeps_a_finished_run(tmp_path):
+    config = _tiny_config(tmp_path)
+    saved = config.to_yaml()
+    older = saved.replace("  particle_weight: 0.0\n", "")  # written before loss.particle_weight existed
+    assert older != saved and config.same_as(older)
+    assert not _tiny_config(tmp_path, ["loss.particle_weight=2"]).same_as(older)
+    assert not config.same_as(saved.replace("lr:", "lr_typo:"))  # no longer a valid configuration
+    assert not config.same_as("{unclosed")
+
+
 def test_nmi_curve_keeps_one_point_per_step_from_the_log(tmp_path):
     lines = [
         {"step": 4, "kind": "routing", "nmi_layer1": 0.2, "nmi_layer0": 0.1},

@@ -134,7 +134,7 @@ def _trained(config: Config) -> tuple[Path, int]:
     same configuration (a study stopped midway), else from scratch. (best dir, steps)."""
     run_dir = Path(config.train.output_dir)
     saved = run_dir / "config.yaml"
-    resume = saved.exists() and saved.read_text() == config.to_yaml() and (run_dir / "checkpoints").exists()
+    resume = saved.exists() and config.same_as(saved.read_text()) and (run_dir / "checkpoints").exists()
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     result = train(config, resume=resume)
@@ -164,7 +164,7 @@ def _train_and_score(
     done = run_dir / "result.json"
     if done.exists():
         saved = json.loads(done.read_text())
-        if saved["config"] == config.to_yaml():
+        if config.same_as(saved["config"]):
             return saved["run"], load_restorer(run_dir / "best")
     best_dir, steps = _trained(config)
     model = load_restorer(best_dir)

@@ -85,8 +85,14 @@ TASK_DATA: dict[str, tuple[str, ...]] = {
     "restoration": ("builtin", "folder", "allweather", "paired"),
     "classification": ("scenes", "imagefolder"),
     "segmentation": ("degradation", "cityscapes", "acdc"),
+    "drop_detection": ("builtin", "folder"),
 }
-TASK_MODELS = {"restoration": "restorer_", "classification": "classifier_", "segmentation": "segmenter_"}
+TASK_MODELS = {
+    "restoration": "restorer_",
+    "classification": "classifier_",
+    "segmentation": "segmenter_",
+    "drop_detection": "drop_detector",
+}
 
 
 class DataConfig(_Section):
@@ -186,6 +192,18 @@ class LossConfig(_Section):
         description="restoration on rendered weather: pixel-loss weight 1 + this x particle opacity (drops, "
         "flakes, streaks)",
     )
+    drop_mask_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="restoration on rendered weather, model.drop_fill models: weight of the drop "
+        "detector's binary cross-entropy against the renderer's drop opacity (mofme.losses.drop_mask_loss)",
+    )
+    drop_pos_weight: float = Field(
+        1.0,
+        gt=0.0,
+        description="drop detection (task drop_detection, loss.drop_mask_weight): weight of the drop "
+        "pixels in the binary cross-entropy (they are few)",
+    )
 
 
 class TrainConfig(_Section):
@@ -211,6 +229,11 @@ class TrainConfig(_Section):
         description="fine-tune: start from these weights (a save_pretrained directory or a shipped name) "
         "instead of a random initialisation; the model section must describe the same architecture",
     )
+    init_parts: dict[str, str] = Field(
+        default_factory=dict,
+        description="modules whose weights come from other saved models (module name -> a save_pretrained "
+        "directory or shipped name, e.g. {drop_head: runs/drop_detector/best}); init_from's file may lack them",
+    )
 
 
 class EvalConfig(_Section):
@@ -223,7 +246,7 @@ class EvalConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["restoration", "classification", "segmentation"] = "restoration"
+    task: Literal["restoration", "classification", "segmentation", "drop_detection"] = "restoration"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -250,6 +273,16 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def same_as(self, saved_yaml: str) -> bool:
+        """Whether ``saved_yaml`` (an earlier :meth:`to_yaml`) describes this configuration. Fields the
+        saved text lacks take their defaults, so a field added to the library later, left at its
+        default, keeps a finished run valid; text that no longer parses is never the same."""
+        try:
+            saved = Config.model_validate(yaml.safe_load(saved_yaml))
+        except (yaml.YAMLError, ValueError):
+            return False
+        return saved.model_dump(mode="json") == self.model_dump(mode="json")
 
 
 class ConfigError(ValueError):

@@ -34,13 +34,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.data import WEATHER_TYPES
-from mofme.losses import RestorationLoss
-from mofme.models import load_model, load_weights
+from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets
+from mofme.models import RestorerOutput, load_model, load_weights
 from mofme.nn import aux_loss, label_expert_mutual_information, routing_probs
 
 from ..atomic import staged_directory
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
-from .config import Config
+from .config import Config, ConfigError
 from .data import build_datasets
 from .distributed import setup_distributed
 from .evaluate import evaluate
@@ -215,9 +215,20 @@ class TrainingRecipe:
 
     def _setup_model(self) -> nn.Module:
         model = self.config.model.build()
+        parts = {name: self._part(model, name) for name in self.cfg.init_parts}
         if self.cfg.init_from is not None:
-            load_weights(model, self.cfg.init_from)
+            load_weights(model, self.cfg.init_from, new_modules=list(parts))
+        for name, part in parts.items():
+            load_weights(part, self.cfg.init_parts[name])
         return model.to(self.device)
+
+    @staticmethod
+    def _part(model: nn.Module, name: str) -> nn.Module:
+        """The module of ``model`` that ``train.init_parts`` names ``name``."""
+        try:
+            return model.get_submodule(name)
+        except AttributeError as error:
+            raise ConfigError(f"train.init_parts: the model has no module {name!r}") from error
 
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)
@@ -411,11 +422,30 @@ class TrainingRecipe:
             losses = self.criterion(restored.image.float(), targets, particles)
             loss = losses.total + aux_loss(self.model)
             parts = {"pixel": losses.pixel, "aux": restored.aux_loss}
+            if self.config.loss.drop_mask_weight:
+                drop_mask = self._drop_mask_loss(restored, batch)
+                loss = loss + self.config.loss.drop_mask_weight * drop_mask
+                parts["drop_mask"] = drop_mask.detach()
             if self.config.loss.weather_mi:
                 mutual_information = self._weather_mutual_information(batch)
                 loss = loss - self.config.loss.weather_mi * mutual_information
                 parts["weather_mi"] = mutual_information.detach()
         return loss, parts
+
+    def _drop_mask_loss(self, restored: RestorerOutput, batch: dict) -> Tensor:
+        """The drop detector's loss on this batch (``loss.drop_mask_weight``)."""
+        if restored.drop_logits is None:
+            raise ValueError(
+                "loss.drop_mask_weight needs a model with a drop detector (model.drop_fill: true)"
+            )
+        if "particles" not in batch or "weather" not in batch:
+            raise ValueError(
+                f"loss.drop_mask_weight needs rendered weather items (particles and weather); data.type "
+                f"{self.config.data.type!r} has none"
+            )
+        targets = drop_targets(batch["particles"], batch["weather"]).to(self.device)
+        pos_weight = self.config.loss.drop_pos_weight
+        return drop_mask_loss(restored.drop_logits.float(), targets, pos_weight=pos_weight)
 
     def _weather_mutual_information(self, batch: dict) -> Tensor:
         """I(weather; expert) of this batch's images, mean over routed layers (``loss.weather_mi``:
@@ -513,10 +543,15 @@ class TrainingRecipe:
 
 
 def recipe_class(task: str) -> type[TrainingRecipe]:
-    """The recipe of ``config.task``: restoration (this module), classification or segmentation
+    """The recipe of ``config.task``: restoration (this module), drop detection
+    (:mod:`mofme.engine.detection_recipe`), classification or segmentation
     (:mod:`mofme.engine.recognition_recipes`)."""
     if task == "restoration":
         return TrainingRecipe
+    if task == "drop_detection":
+        from .detection_recipe import DropDetectionRecipe
+
+        return DropDetectionRecipe
     from .recognition_recipes import RECOGNITION_RECIPES
 
     return RECOGNITION_RECIPES[task]

@@ -2,6 +2,7 @@
 models (ViT classifier and segmenter), their presets, one registry of named models, and save /
 load in the Hugging Face Hub layout."""
 
+from .drops import DropDetector, DropDetectorConfig
 from .hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, load_weights, shipped_weights
 from .recognition import (
     RECOGNIZER_PRESETS,
@@ -39,6 +40,8 @@ __all__ = [
     "UNET_PRESETS",
     "WEIGHTS_NAME",
     "ClassifierOutput",
+    "DropDetector",
+    "DropDetectorConfig",
     "FFNChoice",
     "PretrainedMixin",
     "RecognizerConfig",

@@ -13,6 +13,7 @@ Nothing is ever unpickled: the config is JSON, the weights are safetensors.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -62,11 +63,15 @@ def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], *, source: str) -> None:
+def check_state_dict(
+    model: nn.Module, state: dict[str, Tensor], *, source: str, new_modules: Sequence[str] = ()
+) -> None:
     """Raise a ``ValueError`` naming ``source`` and the keys if ``state`` does not fit ``model``
-    exactly (missing, unexpected, or of the wrong shape)."""
+    exactly (missing, unexpected, or of the wrong shape); tensors of the modules named in
+    ``new_modules`` (e.g. ``"drop_head"``) may be missing."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    fresh = tuple(f"{name}." for name in new_modules)
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(fresh))
     unexpected = sorted(set(state) - set(expected))
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -115,13 +120,20 @@ def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> P
     return Path(hf_hub_download(repo_id, filename, revision=revision))
 
 
-def load_weights(model: nn.Module, name_or_path: str | Path, *, revision: str | None = None) -> nn.Module:
+def load_weights(
+    model: nn.Module,
+    name_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    new_modules: Sequence[str] = (),
+) -> nn.Module:
     """Load ``model.safetensors`` of a saved model (directory, shipped name or Hub repo id) into
-    ``model`` in place; raises naming the file when a tensor is missing, extra or of another shape."""
+    ``model`` in place; raises naming the file when a tensor is missing, extra or of another shape.
+    Modules named in ``new_modules`` (added to the architecture since) keep their initialisation."""
     weights_path = _resolve(name_or_path, WEIGHTS_NAME, revision)
     state = load_file(str(weights_path), device="cpu")
-    check_state_dict(model, state, source=str(weights_path))
-    model.load_state_dict(state)
+    check_state_dict(model, state, source=str(weights_path), new_modules=new_modules)
+    model.load_state_dict(state, strict=not new_modules)
     return model
 
 

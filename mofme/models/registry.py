@@ -2,6 +2,7 @@
 
     list_models("restorer_*")                      # ['restorer_paper', 'restorer_small', 'restorer_tiny', 'restorer_unet']
     list_models("classifier_*")                    # ['classifier_small', 'classifier_tiny'] (and segmenter_*)
+    detector = create_model("drop_detector")        # lens-drop logits, the drop_head of drop_fill restorers
     model = create_model("restorer_small", ffn="moe", num_experts=8)
     model = create_model("segmenter_tiny", num_classes=19, ffn="mofme")
     model = build_restorer(preset="paper", ffn="mofme", num_experts=128, top_k=4)
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .drops import DropDetector
 from .hub import PretrainedMixin, read_config
 from .recognition import RECOGNIZER_PRESETS, ViTClassifier, ViTSegmenter
 from .restorer import PRESETS, Restorer, RestorerConfig
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 ARCHITECTURES: dict[str, type[PretrainedMixin]] = {
+    "DropDetector": DropDetector,
     "Restorer": Restorer,
     "UNetRestorer": UNetRestorer,
     "ViTClassifier": ViTClassifier,
@@ -187,3 +190,10 @@ def segmenter_tiny(**overrides: Any) -> ViTSegmenter:
 def segmenter_small(**overrides: Any) -> ViTSegmenter:
     """ViT segmenter (progressive upsampling decoder), D=128, depth 4, P=4, 4 heads x 32."""
     return _recognizer(ViTSegmenter, "small", overrides)
+
+
+@register_model
+def drop_detector(**overrides: Any) -> DropDetector:
+    """Lens-drop detector: a 5-level convolutional U-Net (widths 16-128), image -> drop logits
+    (``task: drop_detection``; the ``drop_head`` of ``drop_fill`` restorers)."""
+    return DropDetector(**overrides)

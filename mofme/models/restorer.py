@@ -10,6 +10,13 @@
       -> tail: ResBlock(4C), conv3x3 4C->2C, ResBlock(2C), conv3x3 2C->3 -> logits
       -> Sigmoid, cropped back to (H, W)                                  restored image in [0, 1]
 
+``drop_fill=True`` (not in the paper) adds a lens-drop detector: ``drop_head``, a
+:class:`~mofme.models.drops.DropDetector` on the (padded) input, gives ``drop_logits``; with
+m = sigmoid(drop_logits) the restored image is :func:`~mofme.models.fill.push_pull_fill` (image, 1 - m):
+pixels found under drops are replaced by the image around them, however large the drop. The detector
+trains on its own first (``task: drop_detection``), then with the restorer
+(``loss.drop_mask_weight``: binary cross-entropy against the renderer's drop opacity).
+
 ``pos_embed_size`` (paper preset: 240) adds a learned absolute position embedding to the tokens,
 laid out for a ``pos_embed_size`` square image (a grid of side pos_embed_size / P, ViT-style, init
 N(0, 0.02)) and resampled bicubically for other token grids, so any input size still works. The
@@ -34,6 +41,8 @@ from torch import Tensor, nn
 
 from ..nn import FFN_LAYERS, ROUTERS, MoEOutput, build_ffn
 from ..nn.mofme import MODULATIONS
+from .drops import DropDetector
+from .fill import push_pull_fill
 from .hub import PretrainedMixin
 
 __all__ = [
@@ -93,6 +102,7 @@ class RestorerConfig(FFNChoice):
     dropout: float = 0.1  # attention output and FFN dropout
     residual: bool = False  # sigmoid(tail + logit(input)) instead of sigmoid(tail)
     pos_embed_size: int | None = None  # image side of a learned position embedding; None: none
+    drop_fill: bool = False  # detect lens drops and fill them from around (module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,11 +134,13 @@ PRESETS: dict[str, RestorerConfig] = {
 class RestorerOutput(NamedTuple):
     """``image`` (N, 3, H, W) in [0, 1]; ``aux_loss`` scalar (zero for dense FFNs), to add to the
     training loss; ``routing``: per transformer layer ``(expert_indices, expert_weights)``, each
-    (N, h, w, k) over the token grid h = ceil(H / P), w = ceil(W / P) (``(None, None)`` for dense)."""
+    (N, h, w, k) over the token grid h = ceil(H / P), w = ceil(W / P) (``(None, None)`` for dense);
+    ``drop_logits`` (N, 1, H, W): the drop detector's logits (``drop_fill`` models; else None)."""
 
     image: Tensor
     aux_loss: Tensor
     routing: list[tuple[Tensor | None, Tensor | None]]
+    drop_logits: Tensor | None = None
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -323,6 +335,7 @@ class Restorer(TokenGridModel, nn.Module):
         self.tail = nn.Sequential(
             ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
         )
+        self.drop_head = DropDetector() if cfg.drop_fill else None
 
     def _position(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for an (h, w) token grid, (1, h * w, D)."""
@@ -356,4 +369,9 @@ class Restorer(TokenGridModel, nn.Module):
         logits = self.tail(self.unpatchify(tokens, grid))
         if self.residual:
             logits = logits + torch.logit(padded.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
-        return RestorerOutput(torch.sigmoid(logits[..., :height, :width]), aux, routing)
+        image, drop_logits = torch.sigmoid(logits), None
+        if self.drop_head is not None:
+            drop_logits = self.drop_head(padded)
+            image = push_pull_fill(image, 1.0 - torch.sigmoid(drop_logits))
+            drop_logits = drop_logits[..., :height, :width]
+        return RestorerOutput(image[..., :height, :width], aux, routing, drop_logits)

@@ -63,6 +63,18 @@ def test_fast_path_matches_the_plain_path(preset, ffn):
     )
 
 
+def test_fast_path_matches_the_plain_path_with_a_drop_detector():
+    torch.manual_seed(0)
+    model = build_restorer(preset="tiny", ffn="mofme", num_experts=4, top_k=2, drop_fill=True).eval()
+    torch.nn.init.normal_(model.drop_head.out.weight, std=0.5)  # a detector that finds something
+    torch.nn.init.zeros_(model.drop_head.out.bias)
+    image = torch.rand(2, 3, 37, 54)
+    with torch.no_grad():
+        plain, quick = model(image), optimize_for_cpu_inference(model)(image)
+    assert 0.05 < float(torch.sigmoid(plain.drop_logits).mean()) < 0.95
+    assert _max_diff(plain.image, quick.image) < TOL and _max_diff(plain.drop_logits, quick.drop_logits) < TOL
+
+
 def test_shipped_model_on_a_full_size_photo():
     """The default `mofme restore` settings on a real photo: rounding before a router could swap a
     nearly tied expert and differ by ~1e-3; the fast path keeps every routing decision."""

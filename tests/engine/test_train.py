@@ -21,6 +21,7 @@ from mofme.engine.checkpoint import latest_checkpoint, save_checkpoint
 from mofme.engine.config import ConfigError, load_config, parse_overrides
 from mofme.engine.optim import decay_groups
 from mofme.engine.trainer import train, warmup_cosine
+from mofme.losses import drop_mask_loss, drop_targets
 from mofme.models import build_restorer
 
 TINY = {
@@ -464,3 +465,22 @@ def test_init_from_starts_from_saved_weights_and_names_a_mismatch(tmp_path):
     )
     with pytest.raises(ValueError, match=r"model\.safetensors"):
         trainer.TrainingRecipe(other).setup()
+
+
+def test_drop_mask_weight_trains_the_drop_detector_with_the_restorer(tmp_path):
+    overrides = ["model.drop_fill=true", "loss.drop_mask_weight=0.5"]
+    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
+    batch = next(iter(recipe._loader(0, 0)))
+    rng = torch.get_rng_state()  # the UaR router draws dropout masks: replay the same draws
+    loss, parts = recipe._loss(batch)
+    torch.set_rng_state(rng)
+    with torch.no_grad():
+        logits = recipe.net(batch["input"]).drop_logits
+    expected = drop_mask_loss(logits, drop_targets(batch["particles"], batch["weather"]))
+    assert float(parts["drop_mask"]) == pytest.approx(float(expected), rel=1e-5)
+    total = parts["pixel"] + parts["aux"] + 0.5 * parts["drop_mask"]
+    assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
+    plain = load_config(_write_config(tmp_path, tmp_path / "plain"), ["loss.drop_mask_weight=0.5"])
+    recipe = trainer.TrainingRecipe(plain).setup()
+    with pytest.raises(ValueError, match="drop_fill"):
+        recipe._loss(next(iter(recipe._loader(0, 0))))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import mofme.models.fill
 import mofme.models.hub
 from mofme.models import (
     PRESETS,
@@ -24,6 +25,7 @@ from mofme.models import (
     create_model,
     list_models,
     load_restorer,
+    load_weights,
     register_model,
     restorer_config,
 )
@@ -379,3 +381,56 @@ def test_load_restorer_names_the_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "architecture": "Pix2Pix"}))
     with pytest.raises(ValueError, match="unknown architecture 'Pix2Pix'"):
         load_restorer(tmp_path)
+
+
+class _SquareDetector(torch.nn.Module):
+    """Drop logits +30 in one square of the image, -30 elsewhere (a detector with a known answer)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = torch.full_like(features[:, :1], -30.0)
+        logits[..., 8:20, 4:16] = 30.0
+        return logits
+
+
+def test_drop_fill_replaces_the_detected_pixels_from_around_them():
+    torch.manual_seed(0)
+    plain = build_restorer(preset="tiny", ffn="dense", residual=True).eval()
+    model = build_restorer(preset="tiny", ffn="dense", residual=True, drop_fill=True).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(BATCH, 3, 32, 28)  # a multiple of the patch size: no padding
+    with torch.no_grad():
+        base = plain(x).image
+        start = model(x)  # a new detector finds (almost) nothing: the model without it, nearly
+        assert torch.equal(
+            start.drop_logits, torch.full_like(start.drop_logits, start.drop_logits[0, 0, 0, 0])
+        )
+        assert torch.sigmoid(start.drop_logits[0, 0, 0, 0]) == pytest.approx(0.01)
+        assert 0 < float((start.image - base).abs().max()) <= 0.01
+        model.drop_head = _SquareDetector()
+        out = model(x)
+    weight = 1 - torch.sigmoid(out.drop_logits)
+    torch.testing.assert_close(out.image, mofme.models.fill.push_pull_fill(base, weight))
+    outside = torch.ones_like(base, dtype=torch.bool)
+    outside[..., 8:20, 4:16] = False
+    assert torch.equal(out.image[outside], base[outside])
+    assert float((out.image - base)[..., 8:20, 4:16].abs().mean()) > 0.01
+
+
+def test_drop_fill_output_shape_and_weights_from_a_model_without_it(tmp_path):
+    plain = build_restorer(preset="tiny", ffn="mofme", num_experts=EXPERTS, top_k=TOP_K)
+    plain.save_pretrained(tmp_path / "plain")
+    model = build_restorer(
+        preset="tiny", ffn="mofme", num_experts=EXPERTS, top_k=TOP_K, drop_fill=True
+    ).eval()
+    with pytest.raises(ValueError, match=r"model\.safetensors.*missing tensors \['drop_head"):
+        load_weights(model, tmp_path / "plain")
+    load_weights(model, tmp_path / "plain", new_modules=["drop_head"])
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="missing tensors"):  # only the named modules may be missing
+        load_weights(model, tmp_path / "plain", new_modules=["tail"])
+    out = model(torch.rand(1, 3, 13, 18))
+    assert out.image.shape == (1, 3, 13, 18) and out.drop_logits.shape == (1, 1, 13, 18)
+    assert plain(torch.rand(1, 3, 8, 8)).drop_logits is None
+    model.save_pretrained(tmp_path / "fill")
+    assert load_restorer(tmp_path / "fill").config.drop_fill
