@@ -68,12 +68,9 @@ def _eval(args: argparse.Namespace) -> int:
             f"{args.checkpoint} holds a restorer: --restore-with and --data {'/'.join(RECOGNITION_DATA)} "
             "are for recognition models (a ViTClassifier or ViTSegmenter checkpoint)"
         )
-    if args.data == "builtin":
-        from mofme.data import BuiltinWeatherDataset
-
-        data = BuiltinWeatherDataset("test")
-    else:
-        data = _read_eval_data(args.data, args.root)
+    if args.data != "builtin" and (args.renders, args.seed) != (None, None):
+        raise ValueError("--renders and --seed apply to --data builtin only")
+    data = _builtin_eval_data(args) if args.data == "builtin" else _read_eval_data(args.data, args.root)
     report = evaluate(
         model,
         data,
@@ -91,6 +88,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _builtin_eval_data(args: argparse.Namespace):
+    """The built-in weather split ``--split`` (test unless said; val for model selection) with
+    ``--renders`` renders per photo, weather and severity drawn from ``--seed``."""
+    from mofme.data import BuiltinWeatherDataset
+
+    split = args.split or "test"
+    if split not in ("val", "test"):
+        raise ValueError(f"--data builtin scores the val or test split, got --split {split}")
+    return BuiltinWeatherDataset(split, renders=args.renders, seed=args.seed or 0)
+
+
 def _segmentation_data(args: argparse.Namespace):
     """The whole images of ``--split`` of the Cityscapes / ACDC tree at ``--root``."""
     from mofme.data import SegmentationDataset
@@ -100,7 +108,8 @@ def _segmentation_data(args: argparse.Namespace):
         raise ValueError(f"--data {args.data} needs --root, the dataset's folder")
     if args.variant is not None and args.data != "cityscapes":
         raise ValueError("--variant applies to --data cityscapes only")
-    pairs = segmentation_pairs(args.data, args.root, args.split, variant=args.variant or "clean")
+    split = args.split or "val"
+    pairs = segmentation_pairs(args.data, args.root, split, variant=args.variant or "clean")
     return SegmentationDataset(pairs)
 
 
@@ -350,7 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data cityscapes / acdc: the dataset's folder",
     )
     ev.add_argument(
-        "--split", default="val", help="--data cityscapes / acdc: the split scored (default: val)"
+        "--split",
+        default=None,
+        help="--data cityscapes / acdc: the split scored (default: val); --data builtin: val (for "
+        "choosing a model) or test (default)",
+    )
+    ev.add_argument(
+        "--renders",
+        type=int,
+        default=None,
+        help="--data builtin: renders per photo, weather and severity (default: 4 for test, 1 for val)",
+    )
+    ev.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="--data builtin: the seed the renders are drawn from (default 0, the published split)",
     )
     ev.add_argument(
         "--variant",

@@ -130,3 +130,24 @@ def test_study_names_an_unknown_variant_and_a_bad_settings_file(tmp_path, capsys
     bad.write_text("- model.ffn=mofme\n")
     assert main(["study", "--output", str(tmp_path / "s"), "--settings", str(bad)]) == 2
     assert f"{bad}: expected a mapping" in capsys.readouterr().err
+
+
+def test_eval_builtin_val_split_with_renders_and_seed(demo_dir, tmp_path):
+    def scored(*flags) -> dict:
+        output = tmp_path / "-".join(flags)
+        args = ["eval", "--checkpoint", str(demo_dir / "model"), "--data", "builtin", *flags]
+        assert main([*args, "--output", str(output)]) == 0
+        return json.loads((output / "metrics.json").read_text())
+
+    first = scored("--split", "val", "--renders", "2", "--seed", "7")
+    assert first["mean_over_weather"]["images"] == 1 * 4 * 3 * 2  # one val photo x weathers x severities
+    again, other = (
+        scored("--split", "val", "--renders", "2", "--seed", "7"),
+        scored("--split", "val", "--seed", "8"),
+    )
+    assert again["per_weather"] == first["per_weather"]
+    assert other["mean_over_weather"]["images"] == 12
+    assert other["mean_over_weather"]["input_psnr"] != first["mean_over_weather"]["input_psnr"]
+    base = ["eval", "--checkpoint", str(demo_dir / "model"), "--output", str(tmp_path / "bad")]
+    assert main([*base, "--data", "builtin", "--split", "train"]) == 2
+    assert main([*base, "--data", str(tmp_path / "list.txt"), "--renders", "2"]) == 2
