@@ -68,7 +68,7 @@ def test_a_stopped_run_is_resumed_and_a_changed_one_restarted(tmp_path, monkeypa
 def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, monkeypatch):
     config = _tiny_config(tmp_path)
     run_dir = tmp_path / "run"
-    config.model.build().save_pretrained(run_dir / "best")
+    run_dir.mkdir()  # result.json alone: no weights, as when a study continues from copies of it
     saved = {"variant": "mofme", "seed": 0, "metrics": {"mean": {"psnr": 1.0}}}
     (run_dir / "result.json").write_text(json.dumps({"config": config.to_yaml(), "run": saved}))
 
@@ -76,8 +76,7 @@ def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, mon
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(study, "_trained", no_training)
-    run, model = study._train_and_score(config, [], variant="mofme", seed=0)
-    assert run == saved and model.config.num_experts == 4
+    assert study._train_and_score(config, [], variant="mofme", seed=0) == saved
     with pytest.raises(AssertionError, match="trained again"):
         study._train_and_score(_tiny_config(tmp_path, ["optim.lr=0.5"]), [], variant="mofme", seed=0)
 

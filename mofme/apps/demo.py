@@ -30,6 +30,7 @@ from mofme.apps.analysis import expert_counts, expert_usage
 from mofme.apps.plots import comparison_grid, routing_heatmaps
 from mofme.configs import recipe_path
 from mofme.data import BUILTIN_LONG_SIDE, WEATHER_TYPES, BuiltinWeatherDataset, builtin_photos
+from mofme.data.transforms import to_tensor
 from mofme.engine.config import Config, load_config
 from mofme.engine.evaluate import EvalReport, evaluate
 from mofme.engine.fastpath import inference_model
@@ -115,7 +116,7 @@ def _comparison_rows(model: nn.Module, test: BuiltinWeatherDataset, long_side: i
             (weather, *(t.permute(1, 2, 0).numpy() for t in (item["input"], restored, item["target"])))
         )
     clean = dict(builtin_photos("test", long_side=long_side))[FIGURE_PHOTO]
-    restored = model(torch.from_numpy(clean.transpose(2, 0, 1).copy())[None]).image[0]
+    restored = model(to_tensor(clean)[None]).image[0]
     rows.append(("no weather", clean, restored.permute(1, 2, 0).numpy(), clean))
     return rows
 
@@ -126,7 +127,7 @@ def clean_passthrough(model: nn.Module, *, long_side: int = BUILTIN_LONG_SIDE) -
     model.eval()
     scores = {}
     for name, photo in builtin_photos("test", long_side=long_side):
-        clean = torch.from_numpy(photo.transpose(2, 0, 1).copy())[None]
+        clean = to_tensor(photo)[None]
         scores[name] = round(float(psnr(quantize(model(clean).image), clean)[0]), 2)
     return scores
 

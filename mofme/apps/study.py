@@ -153,19 +153,18 @@ def _nmi_curve(run_dir: Path) -> list[dict]:
     return [{"step": step, "nmi": nmi} for step, nmi in sorted(curve.items())]
 
 
-def _train_and_score(
-    config: Config, test: BuiltinWeatherDataset, *, variant: str, seed: int
-) -> tuple[dict, Restorer]:
-    """Train one variant for one seed; its test metrics and routing analysis, and the best model.
-    The result is kept in ``result.json`` of the run's folder and reused by a study run again with
-    the same configuration; an unfinished run continues from its last checkpoint (:func:`_trained`),
-    so a study stopped by a crash loses at most the steps since that checkpoint."""
+def _train_and_score(config: Config, test: BuiltinWeatherDataset, *, variant: str, seed: int) -> dict:
+    """Train one variant for one seed; its test metrics and routing analysis. The result is kept in
+    ``result.json`` of the run's folder and reused, alone (no weights needed: a study can continue
+    from copies of these files), by a study run again with the same configuration; an unfinished run
+    continues from its last checkpoint (:func:`_trained`), so a study stopped by a crash loses at most
+    the steps since that checkpoint."""
     run_dir = Path(config.train.output_dir)
     done = run_dir / "result.json"
     if done.exists():
         saved = json.loads(done.read_text())
         if config.same_as(saved["config"]):
-            return saved["run"], load_restorer(run_dir / "best")
+            return saved["run"]
     best_dir, steps = _trained(config)
     model = load_restorer(best_dir)
     report = evaluate(model, test, **config.eval.model_dump(), progress=False)
@@ -186,11 +185,16 @@ def _train_and_score(
         "nmi_curve": _nmi_curve(run_dir),
     }
     write_text_atomic(done, json.dumps({"config": config.to_yaml(), "run": run}))  # never half-written
-    return run, model
+    return run
 
 
-def _latency_ms(models: dict[str, Restorer], image: torch.Tensor) -> dict[str, float]:
-    """Forward latency of each model on ``image`` (1, 3, H, W), median of 5, timed side by side."""
+def _latency_ms(configs: dict[str, Config], image: torch.Tensor) -> dict[str, float]:
+    """Forward latency of each variant's model on ``image`` (1, 3, H, W), median of 5, timed side
+    by side. The models are freshly initialised (seed 0): top-k routing computes the same number of
+    expert rows whatever the weights, so a study continued from ``result.json`` files alone can
+    time them."""
+    torch.manual_seed(0)
+    models = {variant: config.model.build().eval() for variant, config in configs.items()}
 
     def forward(model: Restorer):
         def run() -> None:
@@ -232,7 +236,8 @@ def _protocol(
             f"recipe `{recipe}` for every variant; {steps} optimiser steps each, "
             f"seeds 0..{seeds - 1} (same data order and seed for every variant); "
             "best checkpoint on the validation photo; test photos never seen in training or selection; "
-            f"latency: forward of one {tuple(image.shape[-2:])} test image, median of 5, side by side."
+            f"latency: forward of one {tuple(image.shape[-2:])} test image by each variant's freshly "
+            "initialised model, median of 5, side by side."
         ),
     }
 
@@ -246,22 +251,22 @@ def _run_grid(
     epochs: int,
     output: Path,
     overrides: list[str],
-) -> tuple[list[dict], dict[str, Restorer]]:
+) -> tuple[list[dict], dict[str, Config]]:
     """Every run of ``grid`` x seeds (seed-major, so every variant has seed 0 early); the runs and
-    the seed-0 models (for latency), with each routed seed-0 model's routing heatmaps written."""
+    the seed-0 configurations (for latency), with each routed seed-0 run's routing heatmaps written."""
     from tqdm.auto import tqdm
 
-    runs, models = [], {}
+    runs, configs = [], {}
     progress = tqdm(total=seeds * len(grid), desc="study", unit="run", dynamic_ncols=True)
     for seed in range(seeds):
         for variant, variant_overrides in grid.items():
             progress.set_postfix_str(f"{variant} seed {seed}")
             run_dir = output / "runs" / f"{variant}-seed{seed}"
             config = _config(variant_overrides, seed, run_dir, overrides, epochs, recipe=recipe)
-            run, model = _train_and_score(config, test, variant=variant, seed=seed)
+            run = _train_and_score(config, test, variant=variant, seed=seed)
             runs.append(run)
             if seed == 0:
-                models[variant] = model
+                configs[variant] = config
                 if run["expert_counts"] is not None:
                     usage = expert_usage(np.asarray(run["expert_counts"]))
                     routing_heatmaps(usage, WEATHER_TYPES, output / f"routing_{variant}.png")
@@ -270,7 +275,7 @@ def _run_grid(
             )
             progress.update()
     progress.close()
-    return runs, models
+    return runs, configs
 
 
 def run_study(
@@ -306,11 +311,11 @@ def run_study(
         flush=True,
     )
     test = BuiltinWeatherDataset("test")
-    runs, models = _run_grid(
+    runs, configs = _run_grid(
         grid, test, recipe=recipe, seeds=seeds, epochs=epochs, output=output, overrides=overrides
     )
     image = test[0]["input"].unsqueeze(0)
-    latency = _latency_ms(models, image)
+    latency = _latency_ms(configs, image)
     for run in runs:
         run["latency_ms"] = latency[run["variant"]]
     protocol = _protocol(

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mofme.data import builtin_photos
+from mofme.data.transforms import to_tensor
 from mofme.engine.restore import restore_image
 from mofme.models import DEFAULT_WEIGHTS, build_restorer, load_restorer
 
@@ -46,7 +47,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def photo_of_size(height: int, width: int) -> torch.Tensor:
     """The built-in test photo :data:`PHOTO` resized to (3, height, width), float32 in [0, 1]."""
     photo = dict(builtin_photos("test", long_side=None))[PHOTO]
-    image = torch.from_numpy(photo.transpose(2, 0, 1).copy())[None]
+    image = to_tensor(photo)[None]
     return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 

@@ -64,14 +64,10 @@ def wait_result(url: str, job_id: str, *, timeout: float = 600.0, poll: float = 
 
 
 def _psnr(image: np.ndarray, clean: np.ndarray) -> float:
-    import torch
-
+    from mofme.data.transforms import to_tensor
     from mofme.metrics import psnr
 
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))[None]
-
-    return float(psnr(tensor(image), tensor(clean))[0])
+    return float(psnr(to_tensor(image)[None], to_tensor(clean)[None])[0])
 
 
 def _decode(data: bytes) -> np.ndarray:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from .._types import PathLike
 from ..data.io import read_image, write_image
+from ..data.transforms import to_tensor
 from ..data.weather import WEATHER_TYPES
 from ..metrics import psnr, quantize, ssim
 from .fastpath import inference_model
@@ -233,7 +234,7 @@ class EvalReport:
 def _as_chw(image: Any, what: str, name: str) -> Tensor:
     """(3, H, W) / (1, 3, H, W) tensor or (H, W, 3) numpy array -> float32 (3, H, W) CPU tensor."""
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) if image.ndim == 3 else None
+        image = to_tensor(image) if image.ndim == 3 else None
     if isinstance(image, Tensor) and image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:

@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._types import PathLike
 from ..data.io import ImageReadError, list_images, read_image, write_image
+from ..data.transforms import to_tensor
 from .fastpath import inference_model
 from .tiling import tiled_apply
 
@@ -292,7 +292,7 @@ def restore_paths(
                 logger.warning("skipping %s", error)
                 failed.append((source, error.reason))
                 continue
-            tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            tensor = to_tensor(image)
             del image
             restored = restore_tensor(
                 runner, tensor, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size

@@ -11,6 +11,7 @@ from torch import nn
 import mofme.engine.restore as restore_module
 from mofme.cli import build_parser, main
 from mofme.data import builtin_photos, read_image, write_image
+from mofme.data.transforms import to_tensor
 from mofme.engine.fastpath import (
     FusedResBlock,
     PackedLinear,
@@ -36,7 +37,7 @@ TOL = 1e-4  # max abs difference on outputs in [0, 1]
 def _photo(long_side: int | None) -> torch.Tensor:
     """A built-in test photo, (3, H, W) in [0, 1]."""
     photo = dict(builtin_photos("test", long_side=long_side))["rocket"]
-    return torch.from_numpy(photo.transpose(2, 0, 1).copy())
+    return to_tensor(photo)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

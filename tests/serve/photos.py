@@ -7,10 +7,10 @@ import struct
 import zlib
 
 import numpy as np
-import torch
 from PIL import Image
 
 from mofme.data import builtin_photos, render_weather
+from mofme.data.transforms import to_tensor
 from mofme.metrics import psnr
 
 
@@ -38,8 +38,7 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def psnr_db(image: np.ndarray, reference: np.ndarray) -> float:
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]  # noqa: E731
-    return float(psnr(as_tensor(image), as_tensor(reference))[0])
+    return float(psnr(to_tensor(image)[None], to_tensor(reference)[None])[0])
 
 
 def truncated_jpeg(image: np.ndarray) -> bytes:

@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import nn
 
+from mofme.data.transforms import to_tensor
 from mofme.engine.restore import model_patch_size, restore_image
 from mofme.engine.tiling import tile_windows
 
@@ -195,7 +195,7 @@ class JobQueue:
                 counts[layer] += layer_counts
 
         assert job.image is not None
-        tensor = torch.from_numpy(np.ascontiguousarray(job.image.transpose(2, 0, 1)))
+        tensor = to_tensor(job.image)
         handle = self.model.register_forward_hook(hook)
         try:
             settings = self.settings
