@@ -88,6 +88,30 @@ def test_seeds_for_halfwidth_is_the_fewest_that_reach_it():
     seeds = seeds_for_halfwidth(0.2, 0.1)
     t = stats.t.ppf(0.975, [seeds - 1, seeds - 2])
     assert t[0] * 0.2 / np.sqrt(seeds) <= 0.1 < t[1] * 0.2 / np.sqrt(seeds - 1)
+    # a share of the variance that more seeds do not remove asks for more seeds, or none suffice
+    assert seeds_for_halfwidth(0.2, 0.1, image_variance=0.03**2) > seeds
+    with pytest.raises(ValueError, match="image variance"):
+        seeds_for_halfwidth(0.2, 0.1, image_variance=0.06**2)  # 1.96 x 0.06 > 0.1 at any seed count
+
+
+def test_a_pilot_recovers_the_variance_parts_and_sizes_a_study_that_reaches_the_width():
+    truth = dict(mu=0.05, seed_sd=0.15, image_sd=0.2, noise_sd=0.6)
+    images = 96  # per-seed sd = sqrt(0.15^2 + 0.6^2 / 96) = 0.163; image variance 0.2^2 / 96
+    rng = np.random.default_rng(11)
+    big = paired_difference(*_simulate(rng, seeds=400, images=images, **truth))
+    assert big.seed_sd == pytest.approx(np.sqrt(0.15**2 + 0.6**2 / images), rel=0.1)
+    assert big.image_variance == pytest.approx(0.2**2 / images, rel=0.5)  # from 96 image effects
+    pilot = paired_difference(*_simulate(rng, seeds=5, images=images, **truth))
+    seeds = seeds_for_halfwidth(pilot.seed_sd, 0.1, image_variance=pilot.image_variance)
+    planned = seeds_for_halfwidth(big.seed_sd, 0.1, image_variance=big.image_variance)
+    widths = [
+        paired_difference(*_simulate(rng, seeds=planned, images=images, **truth)).halfwidth
+        for _ in range(200)
+    ]
+    assert 2 <= seeds <= 100 and 10 <= planned <= 20
+    assert (
+        0.08 <= float(np.median(widths)) <= 0.1
+    )  # the planned study reaches +-0.1 dB (2 seeds fewer: 0.1006)
 
 
 def test_bad_inputs_are_named():

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from mofme.apps.study import STUDY_VARIANTS, run_study
@@ -29,7 +30,8 @@ def test_every_study_variant_builds_the_ffn_it_names(tmp_path, variant):
     expected = {"dense": DenseFFN, "moe": SparseMoE}.get(variant, MoFME)
     assert type(ffn) is expected
     if expected is MoFME:
-        assert ffn.modulation.kind == ("lowrank" if "lowrank" in variant else "generator")
+        kind = next((k for k in ("lowrank", "static") if k in variant), "generator")
+        assert ffn.modulation.kind == kind
         assert type(ffn.router).__name__ == ("UncertaintyAwareRouter" if "uar" in variant else "TopKRouter")
 
 
@@ -95,4 +97,8 @@ def test_paired_comparisons_use_the_same_seeds_and_images_and_weigh_weathers_equ
     assert mofme_moe["seeds"] == 2 and mofme_moe["images"] == 4
     assert mofme_moe["mean"] == pytest.approx((1 + 0.5) / 2)  # each weather counts once
     assert mofme_moe["low"] <= mofme_moe["mean"] <= mofme_moe["high"] and mofme_moe["claim"] == 0.1
+    assert mofme_moe["seed_sd"] == pytest.approx(np.std([0.7, 0.8], ddof=1))  # per-seed means 0.7, 0.8
+    # rain +1 and snow +0.5 on average: (MS_image 0.125 - MS_resid 0.005) / 2 seeds x sum(w^2) 1/3
+    assert mofme_moe["image_variance"] == pytest.approx(0.02)
+    assert mofme_moe["seeds_for_target"] is None  # 1.96 x sqrt(0.02) > 0.1: no seed count suffices
     assert paired["mofme - dense"]["seeds"] == 1

@@ -32,7 +32,10 @@ __all__ = ["PairedDifference", "paired_difference", "seeds_for_halfwidth", "weat
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean of A - B and its ``confidence`` interval [low, high]."""
+    """Mean of A - B and its ``confidence`` interval [low, high]. What :func:`seeds_for_halfwidth`
+    needs to size the next study (nan with one seed): ``seed_sd``, the standard deviation of the
+    per-seed (weighted) mean difference, and ``image_variance``, the part of the mean's variance
+    that comes from the choice of test images and does not shrink with more seeds."""
 
     mean: float
     low: float
@@ -41,6 +44,8 @@ class PairedDifference:
     method: str
     seeds: int
     images: int
+    seed_sd: float = float("nan")
+    image_variance: float = float("nan")
 
     @property
     def halfwidth(self) -> float:
@@ -114,18 +119,21 @@ def paired_difference(
         low, high = _two_way_bootstrap(diff, w, tail=tail, replicates=replicates, seed=seed)
     else:
         raise ValueError(f"method must be 'bootstrap' or 't', got {method!r}")
-    return PairedDifference(mean, float(low), float(high), confidence, method, seeds, images)
+    seed_sd, image_variance = float("nan"), float("nan")
+    if seeds > 1:
+        seed_sd = float(per_seed.std(ddof=1))
+        image_variance = float(_variance_terms(diff, w)[1][0]) if images > 1 else 0.0
+    return PairedDifference(
+        mean, float(low), float(high), confidence, method, seeds, images, seed_sd, image_variance
+    )
 
 
-def _two_way_t(diff: np.ndarray, w: np.ndarray, *, tail: float) -> tuple[float, float]:
-    """The two-way random-effects t-interval of the weighted mean of ``diff`` (S, I) (module
-    docstring); variance components clamped at 0."""
-    from scipy.stats import t
-
+def _variance_terms(diff: np.ndarray, w: np.ndarray) -> list[tuple[float, int]]:
+    """(variance, degrees of freedom) of each part of the weighted mean of ``diff`` (S, I) (module
+    docstring): seeds, images, residual (one seed: images only); components clamped at 0."""
     seeds, images = diff.shape
     if images < 2:
         raise ValueError("the t-interval needs at least 2 images")
-    mean = float((diff @ w).mean())
     seed_means, image_means, grand = diff.mean(1), diff.mean(0), diff.mean()
     sum_w2 = float(np.sum(w**2))
     ms_image = seeds * np.sum((image_means - grand) ** 2) / (images - 1)
@@ -144,6 +152,16 @@ def _two_way_t(diff: np.ndarray, w: np.ndarray, *, tail: float) -> tuple[float, 
             (var_image * sum_w2, images - 1),
             (ms_resid * sum_w2 / seeds, df_resid),
         ]
+    return terms
+
+
+def _two_way_t(diff: np.ndarray, w: np.ndarray, *, tail: float) -> tuple[float, float]:
+    """The two-way random-effects t-interval of the weighted mean of ``diff`` (S, I) (module
+    docstring), with Satterthwaite's degrees of freedom."""
+    from scipy.stats import t
+
+    mean = float((diff @ w).mean())
+    terms = _variance_terms(diff, w)
     variance = sum(v for v, _ in terms)
     if variance <= 0:
         return mean, mean
@@ -172,14 +190,24 @@ def _two_way_bootstrap(
 
 
 def seeds_for_halfwidth(
-    seed_sd: float, halfwidth: float, *, confidence: float = 0.95, most: int = 1000
+    seed_sd: float,
+    halfwidth: float,
+    *,
+    image_variance: float = 0.0,
+    confidence: float = 0.95,
+    most: int = 1000,
 ) -> int:
     """The fewest seeds S >= 2 whose t-interval of the mean paired difference is at most
-    +-``halfwidth``, given the standard deviation ``seed_sd`` of the per-seed mean difference (e.g.
-    from a pilot run): t_{S-1} * sd / sqrt(S) <= halfwidth. ValueError if more than ``most``."""
+    +-``halfwidth``, given the standard deviation ``seed_sd`` of the per-seed mean difference and
+    the ``image_variance`` that more seeds do not remove (both e.g. from a pilot run's
+    :class:`PairedDifference`): t_{S-1} * sqrt(sd^2 / S + image_variance) <= halfwidth. ValueError
+    if more than ``most``."""
     from scipy.stats import t
 
     for seeds in range(2, most + 1):
-        if t.ppf(1 - (1 - confidence) / 2, seeds - 1) * seed_sd / np.sqrt(seeds) <= halfwidth:
+        spread = np.sqrt(seed_sd**2 / seeds + image_variance)
+        if t.ppf(1 - (1 - confidence) / 2, seeds - 1) * spread <= halfwidth:
             return seeds
-    raise ValueError(f"more than {most} seeds needed for +-{halfwidth} at sd {seed_sd}")
+    raise ValueError(
+        f"more than {most} seeds needed for +-{halfwidth} at sd {seed_sd}, image variance {image_variance}"
+    )

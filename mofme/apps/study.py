@@ -49,6 +49,7 @@ STUDY_VARIANTS: dict[str, list[str]] = {
     "mofme": ["model.ffn=mofme", "model.router=linear"],
     "mofme-uar": ["model.ffn=mofme", "model.router=uar"],
     "mofme-lowrank": ["model.ffn=mofme", "model.router=linear", "model.modulation=lowrank"],
+    "mofme-static": ["model.ffn=mofme", "model.router=linear", "model.modulation=static"],
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mofme.apps.paired import PairedDifference, paired_difference, weather_weights
+from mofme.apps.paired import PairedDifference, paired_difference, seeds_for_halfwidth, weather_weights
 from mofme.data import WEATHER_TYPES
 
 __all__ = [
@@ -30,7 +30,9 @@ PAIRS: tuple[tuple[str, str, float, str], ...] = (
     ("mofme", "dense", 0.0, "MoFME vs dense"),
     ("mofme-uar", "mofme", 0.0, "UaR vs linear router (both MoFME)"),
     ("mofme-lowrank", "mofme", 0.0, "low-rank vs full generator"),
+    ("mofme-static", "mofme", 0.0, "static vs generated modulation"),
 )
+TARGET_HALFWIDTH = 0.1  # dB: issue 12's precision; the report sizes the next study for it
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -103,9 +105,21 @@ def paired_comparisons(runs: list[dict]) -> dict[str, dict]:
             "title": title,
             "claim": claim,
             **result.to_dict(),
+            "seeds_for_target": _seeds_for_target(result),
             "decision": result.decision(claim=claim),
         }
     return out
+
+
+def _seeds_for_target(result: PairedDifference) -> int | None:
+    """Seeds for a +-:data:`TARGET_HALFWIDTH` interval at ``result``'s per-seed sd and image
+    variance (None: one seed, or more than 1,000)."""
+    if not np.isfinite(result.seed_sd):
+        return None
+    try:
+        return seeds_for_halfwidth(result.seed_sd, TARGET_HALFWIDTH, image_variance=result.image_variance)
+    except ValueError:
+        return None
 
 
 def _results_section(summary: dict, protocol: dict) -> list[str]:
@@ -137,14 +151,19 @@ def _paired_section(paired: dict) -> list[str]:
         "## Paired differences",
         "",
         "Mean over weather of the per-image PSNR difference A - B, same seeds and images for both;",
-        "95 % two-way random-effects t-interval over seeds x images (mofme.apps.paired).",
+        "95 % two-way random-effects t-interval over seeds x images (mofme.apps.paired). Per-seed sd:",
+        "standard deviation of the per-seed mean difference; seeds for +-0.1: how many seeds would give a",
+        "+-0.1 dB interval at that sd (`mofme.apps.paired.seeds_for_halfwidth`), the next study's size.",
         "",
-        "| A - B | seeds | images | mean dB | 95 % interval | decision |",
-        "|---|---:|---:|---:|---|---|",
+        "| A - B | seeds | images | mean dB | 95 % interval | +- | per-seed sd | seeds for +-0.1 | decision |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for name, p in paired.items():
+        sd = "-" if p.get("seed_sd") is None or not np.isfinite(p["seed_sd"]) else f"{p['seed_sd']:.3f}"
+        needed = p.get("seeds_for_target") or "-"
         lines.append(
-            f"| {name} | {p['seeds']} | {p['images']} | {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {p['decision']} |"
+            f"| {name} | {p['seeds']} | {p['images']} | {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] "
+            f"| {(p['high'] - p['low']) / 2:.3f} | {sd} | {needed} | {p['decision']} |"
         )
     return [*lines, ""]
 
