@@ -113,8 +113,11 @@ def paired_difference(
     per_seed = diff @ w
     mean = float(per_seed.mean())
     tail = (1 - confidence) / 2
+    terms = _variance_terms(diff, w) if images > 1 else None
     if method == "t":
-        low, high = _two_way_t(diff, w, tail=tail)
+        if terms is None:
+            raise ValueError("the t-interval needs at least 2 images")
+        low, high = _t_interval(mean, terms, tail=tail)
     elif method == "bootstrap":
         low, high = _two_way_bootstrap(diff, w, tail=tail, replicates=replicates, seed=seed)
     else:
@@ -122,7 +125,7 @@ def paired_difference(
     seed_sd, image_variance = float("nan"), float("nan")
     if seeds > 1:
         seed_sd = float(per_seed.std(ddof=1))
-        image_variance = float(_variance_terms(diff, w)[1][0]) if images > 1 else 0.0
+        image_variance = float(terms[1][0]) if terms is not None else 0.0
     return PairedDifference(
         mean, float(low), float(high), confidence, method, seeds, images, seed_sd, image_variance
     )
@@ -130,10 +133,9 @@ def paired_difference(
 
 def _variance_terms(diff: np.ndarray, w: np.ndarray) -> list[tuple[float, int]]:
     """(variance, degrees of freedom) of each part of the weighted mean of ``diff`` (S, I) (module
-    docstring): seeds, images, residual (one seed: images only); components clamped at 0."""
+    docstring): seeds, images, residual (one seed: images only); components clamped at 0. Needs
+    at least 2 images."""
     seeds, images = diff.shape
-    if images < 2:
-        raise ValueError("the t-interval needs at least 2 images")
     seed_means, image_means, grand = diff.mean(1), diff.mean(0), diff.mean()
     sum_w2 = float(np.sum(w**2))
     ms_image = seeds * np.sum((image_means - grand) ** 2) / (images - 1)
@@ -155,13 +157,11 @@ def _variance_terms(diff: np.ndarray, w: np.ndarray) -> list[tuple[float, int]]:
     return terms
 
 
-def _two_way_t(diff: np.ndarray, w: np.ndarray, *, tail: float) -> tuple[float, float]:
-    """The two-way random-effects t-interval of the weighted mean of ``diff`` (S, I) (module
-    docstring), with Satterthwaite's degrees of freedom."""
+def _t_interval(mean: float, terms: list[tuple[float, int]], *, tail: float) -> tuple[float, float]:
+    """The two-way random-effects t-interval around ``mean`` from its variance ``terms``
+    (:func:`_variance_terms`), with Satterthwaite's degrees of freedom."""
     from scipy.stats import t
 
-    mean = float((diff @ w).mean())
-    terms = _variance_terms(diff, w)
     variance = sum(v for v, _ in terms)
     if variance <= 0:
         return mean, mean
