@@ -109,9 +109,8 @@ def test_a_pilot_recovers_the_variance_parts_and_sizes_a_study_that_reaches_the_
         for _ in range(200)
     ]
     assert 2 <= seeds <= 100 and 10 <= planned <= 20
-    assert (
-        0.08 <= float(np.median(widths)) <= 0.1
-    )  # the planned study reaches +-0.1 dB (2 seeds fewer: 0.1006)
+    # the planned study reaches +-0.1 dB (two seeds fewer: a median of 0.1006)
+    assert 0.08 <= float(np.median(widths)) <= 0.1
 
 
 def test_bad_inputs_are_named():

@@ -159,7 +159,7 @@ def _paired_section(paired: dict) -> list[str]:
         "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for name, p in paired.items():
-        sd = "-" if p.get("seed_sd") is None or not np.isfinite(p["seed_sd"]) else f"{p['seed_sd']:.3f}"
+        sd = f"{p['seed_sd']:.3f}" if np.isfinite(p["seed_sd"]) else "-"  # nan: one seed
         needed = p.get("seeds_for_target") or "-"
         lines.append(
             f"| {name} | {p['seeds']} | {p['images']} | {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] "
