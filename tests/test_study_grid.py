@@ -81,6 +81,18 @@ def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, mon
         study._train_and_score(_tiny_config(tmp_path, ["optim.lr=0.5"]), [], variant="mofme", seed=0)
 
 
+def test_a_run_copied_to_another_folder_is_the_same_run(tmp_path):
+    # the scaling study reuses the main comparison's E=16 runs by copying their folders
+    config = _tiny_config(tmp_path)
+    moved = study._config(
+        STUDY_VARIANTS["mofme"], 0, tmp_path / "elsewhere" / "mofme-e4-seed0",
+        ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"], 1,
+    )
+    assert moved.train.output_dir != config.train.output_dir
+    assert moved.same_as(config.to_yaml())
+    assert not _tiny_config(tmp_path, ["train.seed=1"]).same_as(config.to_yaml())
+
+
 def test_a_field_added_later_at_its_default_keeps_a_finished_run(tmp_path):
     config = _tiny_config(tmp_path)
     saved = config.to_yaml()

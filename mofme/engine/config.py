@@ -277,12 +277,21 @@ class Config(_Section):
     def same_as(self, saved_yaml: str) -> bool:
         """Whether ``saved_yaml`` (an earlier :meth:`to_yaml`) describes this configuration. Fields the
         saved text lacks take their defaults, so a field added to the library later, left at its
-        default, keeps a finished run valid; text that no longer parses is never the same."""
+        default, keeps a finished run valid; text that no longer parses is never the same. Where the
+        run is written (``train.output_dir``) is not compared: a run folder copied or moved elsewhere
+        (e.g. a main comparison's runs reused as one point of a scaling study) is the same run."""
         try:
             saved = Config.model_validate(yaml.safe_load(saved_yaml))
         except (yaml.YAMLError, ValueError):
             return False
-        return saved.model_dump(mode="json") == self.model_dump(mode="json")
+        return _computed(saved) == _computed(self)
+
+
+def _computed(config: Config) -> dict:
+    """``config`` as JSON, without the fields that do not change what a run computes."""
+    dumped = config.model_dump(mode="json")
+    dumped["train"].pop("output_dir")
+    return dumped
 
 
 class ConfigError(ValueError):
