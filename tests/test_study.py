@@ -48,9 +48,14 @@ def test_study_on_tiny_settings(tmp_path):
         assert entry["params"] > 0 and entry["latency_ms"] > 0
     assert "nmi" not in summary["dense"] and len(summary["moe"]["nmi"]) == 1  # tiny preset: depth 1
     assert all(0 <= m <= 1 for m, _ in summary["mofme"]["nmi"])
+    counts = np.asarray(next(r for r in result.runs if r["variant"] == "mofme")["condition_counts"])
+    assert counts.shape[1:3] == (4, 3)  # weathers x severities
+    assert len(np.unique(counts.sum(-1))) == 1  # the test split renders every condition equally often
+    assert len(summary["mofme"]["nmi_severity"]) == len(summary["mofme"]["nmi_condition"]) == 1
     assert "uar_change" in summary["mofme-uar"] and "uar_change" not in summary["mofme"]
     assert all(0 <= m <= 1 for m, _ in summary["mofme-uar"]["uar_change"])
     report = (tmp_path / "report.md").read_text()
+    assert "NMI(severity; expert)" in report
     assert "Paired differences" in report and "| mofme - moe | 2 |" in report and "mofme-uar" in report
     paired = json.loads((tmp_path / "study.json").read_text())["paired"]
     assert set(paired) == {"mofme - moe", "mofme - dense", "mofme-uar - mofme"}  # no low-rank run here

@@ -85,8 +85,11 @@ def test_a_run_copied_to_another_folder_is_the_same_run(tmp_path):
     # the scaling study reuses the main comparison's E=16 runs by copying their folders
     config = _tiny_config(tmp_path)
     moved = study._config(
-        STUDY_VARIANTS["mofme"], 0, tmp_path / "elsewhere" / "mofme-e4-seed0",
-        ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"], 1,
+        STUDY_VARIANTS["mofme"],
+        0,
+        tmp_path / "elsewhere" / "mofme-e4-seed0",
+        ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"],
+        1,
     )
     assert moved.train.output_dir != config.train.output_dir
     assert moved.same_as(config.to_yaml())
@@ -188,3 +191,46 @@ def test_a_study_can_run_on_another_recipe():
         2,
     )
     assert study._config(STUDY_VARIANTS["moe"], 1, "unused", [], 2).model.preset == "small"
+
+
+def test_settings_are_paired_with_the_variant_they_change():
+    from mofme.apps.study_report import setting_pairs
+
+    def run(variant, seed, offset):
+        images = [
+            {"name": f"i{i}", "weather": w, "psnr": 20.0 + offset + 0.01 * i} for i, w in enumerate("rrss")
+        ]
+        return {"variant": variant, "seed": seed, "images": images}
+
+    runs = [run("mofme", s, 0) for s in (0, 1)] + [run("mofme-k1", s, -0.3) for s in (0, 1)]
+    assert paired_comparisons(runs) == {}  # a setting is no pair of PAIRS
+    paired = paired_comparisons(runs, setting_pairs(["mofme", "mofme-k1"]))
+    assert set(paired) == {"mofme-k1 - mofme"}
+    assert paired["mofme-k1 - mofme"]["mean"] == pytest.approx(-0.3)
+
+
+def test_a_routed_run_saved_before_the_severity_analysis_gets_it_from_its_weights(tmp_path, monkeypatch):
+    import torch
+
+    from mofme.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("restorer_tiny", ffn="mofme", num_experts=4, top_k=2)
+    side = 2 * model.size_multiple
+    test = [{"input": torch.rand(3, side, side), "weather": w, "severity": s} for w, s in [(0, 1), (1, 3)]]
+    monkeypatch.setattr(study, "load_restorer", lambda path: model)
+    old = {"variant": "mofme", "seed": 0, "nmi": [0.5], "expert_counts": [[[1, 0, 0, 0]] * 4]}
+    for name, run in (("old", old), ("dense", {**old, "nmi": [], "expert_counts": None})):
+        (tmp_path / name / "best").mkdir(parents=True)
+        (tmp_path / name / "result.json").write_text(json.dumps({"config": "c", "run": run}))
+    updated = study._with_severity_routing(
+        json.loads((tmp_path / "old" / "result.json").read_text()), tmp_path / "old" / "result.json", test
+    )
+    counts = np.asarray(updated["condition_counts"])  # (layers, weathers, severities, experts)
+    assert counts.shape[1:] == (4, 3, 4) and counts[:, 0, 0].sum() == counts[:, 1, 2].sum() > 0
+    assert counts[:, 2:].sum() == 0 and counts[:, :, 1].sum() == 0  # no item there
+    assert updated["expert_counts"] == counts.sum(2).tolist()
+    assert len(updated["nmi_severity"]) == len(updated["nmi_condition"]) == len(counts)
+    assert json.loads((tmp_path / "old" / "result.json").read_text())["run"] == updated  # written back
+    dense = json.loads((tmp_path / "dense" / "result.json").read_text())
+    assert study._with_severity_routing(dense, tmp_path / "dense" / "result.json", test) == dense["run"]

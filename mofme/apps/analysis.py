@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from mofme.data import WEATHER_TYPES
-from mofme.engine.routing import expert_counts, expert_usage, routing_nmi, weather_routing
+from mofme.engine.routing import condition_counts, expert_counts, expert_usage, routing_nmi, weather_routing
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter
 
 __all__ = [
+    "condition_counts",
     "expert_counts",
     "expert_usage",
     "routing_nmi",
@@ -66,13 +67,13 @@ def weather_routing_mass(
     row sums to 1. Eval mode, one item at a time."""
     experts = model.config.num_experts
     usage, weathers = [], []
-    for weather, routing in weather_routing(model, items, key):
+    for item, routing in weather_routing(model, items, key):
         rows = []
         for indices, weights in routing:
             mass = torch.zeros(experts).index_add_(0, indices.flatten(), weights.flatten().float())
             rows.append((mass / mass.sum()).numpy())
         usage.append(rows)
-        weathers.append(weather)
+        weathers.append(item["weather"])
     return np.asarray(usage, dtype=np.float64).reshape(len(weathers), -1, experts), np.asarray(weathers)
 
 

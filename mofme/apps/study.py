@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import yaml
 
-from mofme.apps.analysis import expert_counts, expert_usage, routing_nmi, uar_selection_change
+from mofme.apps.analysis import condition_counts, expert_usage, routing_nmi, uar_selection_change
 from mofme.apps.plots import routing_heatmaps
-from mofme.apps.study_report import write_study
+from mofme.apps.study_report import setting_pairs, write_study
 from mofme.atomic import write_text_atomic
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path, study_settings_path
@@ -165,27 +165,53 @@ def _train_and_score(config: Config, test: BuiltinWeatherDataset, *, variant: st
     if done.exists():
         saved = json.loads(done.read_text())
         if config.same_as(saved["config"]):
-            return saved["run"]
+            return _with_severity_routing(saved, done, test)
     best_dir, steps = _trained(config)
     model = load_restorer(best_dir)
     report = evaluate(model, test, **config.eval.model_dump(), progress=False)
     metrics = {w: g.to_dict() for w, g in report.per_weather.items()}
     metrics["mean"] = report.mean_over_weather.to_dict()
     routed = config.model.resolved().ffn != "dense"
-    counts = expert_counts(model, test) if routed else None
     run = {
         "variant": variant,
         "seed": seed,
         "steps": steps,
         "params": sum(p.numel() for p in model.parameters()),
         "metrics": metrics,
-        "nmi": routing_nmi(counts) if routed else [],
+        **_routing_fields(model if routed else None, test),
         "uar_change": uar_selection_change(model, test, seed=seed) if routed else [],
-        "expert_counts": counts.tolist() if routed else None,
         "images": [{"name": r.name, "weather": r.weather, "psnr": r.psnr} for r in report.images],
         "nmi_curve": _nmi_curve(run_dir),
     }
     write_text_atomic(done, json.dumps({"config": config.to_yaml(), "run": run}))  # never half-written
+    return run
+
+
+def _routing_fields(model: Restorer | None, test: BuiltinWeatherDataset) -> dict:
+    """Token-assignment counts on ``test`` by weather (``expert_counts``) and by weather x severity
+    (``condition_counts``), and per layer NMI(weather; expert), NMI(severity; expert) and
+    NMI(weather x severity; expert); empty for a model without routing (``None``)."""
+    if model is None:
+        return {"nmi": [], "nmi_severity": [], "nmi_condition": [], "expert_counts": None}
+    counts = condition_counts(model, test)  # (layers, weathers, severities, experts)
+    layers, weathers, severities, experts = counts.shape
+    return {
+        "nmi": routing_nmi(counts.sum(2)),
+        "nmi_severity": routing_nmi(counts.sum(1)),
+        "nmi_condition": routing_nmi(counts.reshape(layers, weathers * severities, experts)),
+        "expert_counts": counts.sum(2).tolist(),
+        "condition_counts": counts.tolist(),
+    }
+
+
+def _with_severity_routing(saved: dict, done: Path, test: BuiltinWeatherDataset) -> dict:
+    """A finished routed run saved before the severity analysis existed gets it from its best
+    weights (kept in ``done``'s folder), written back to ``done``; other runs as saved."""
+    run, best = saved["run"], done.parent / "best"
+    if run.get("expert_counts") is None or "nmi_severity" in run or not best.exists():
+        return run
+    run.update(_routing_fields(load_restorer(best), test))
+    write_text_atomic(done, json.dumps({"config": saved["config"], "run": run}))
     return run
 
 
@@ -323,6 +349,7 @@ def run_study(
         command=command, recipe=recipe, started=started, steps=steps, seeds=seeds, image=image
     )
     protocol["variants"] = grid
-    summary = write_study(output, protocol=protocol, runs=runs, variants=list(grid))
+    pairs = setting_pairs([name for name in settings or {} if name in grid])
+    summary = write_study(output, protocol=protocol, runs=runs, variants=list(grid), pairs=pairs)
     print((output / "report.md").read_text())
     return StudyResult(output, summary, runs)

@@ -20,18 +20,20 @@ __all__ = [
     "plot_psnr",
     "plot_scaling",
     "report_markdown",
+    "setting_pairs",
     "summarise",
     "write_study",
 ]
 
-# (A, B, the claimed gain of A over B in dB, what the pair asks)
-PAIRS: tuple[tuple[str, str, float, str], ...] = (
+Pair = tuple[str, str, float, str]  # (A, B, the claimed gain of A over B in dB, what the pair asks)
+PAIRS: tuple[Pair, ...] = (
     ("mofme", "moe", 0.1, "MoFME vs MoE (paper: +0.1 to +0.2 dB)"),
     ("mofme", "dense", 0.0, "MoFME vs dense"),
     ("mofme-uar", "mofme", 0.0, "UaR vs linear router (both MoFME)"),
     ("mofme-lowrank", "mofme", 0.0, "low-rank vs full generator"),
     ("mofme-static", "mofme", 0.0, "static vs generated modulation"),
 )
+ROUTING_FIELDS = ("nmi", "nmi_severity", "nmi_condition", "uar_change")  # per-layer lists of a run
 TARGET_HALFWIDTH = 0.1  # dB: issue 12's precision; the report sizes the next study for it
 
 
@@ -49,12 +51,10 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
             for metric in ("psnr", "ssim"):
                 entry[f"{group}_{metric}"] = _mean_std([r["metrics"][group][metric] for r in mine])
         entry["input_psnr"] = mine[0]["metrics"]["mean"]["input_psnr"]
-        if mine[0]["nmi"]:
-            entry["nmi"] = [_mean_std(list(layer)) for layer in zip(*(r["nmi"] for r in mine), strict=True)]
-        if mine[0]["uar_change"]:
-            entry["uar_change"] = [
-                _mean_std(list(layer)) for layer in zip(*(r["uar_change"] for r in mine), strict=True)
-            ]
+        for key in ROUTING_FIELDS:  # per layer, mean and std over seeds; left out unless every run has it
+            values = [r.get(key) for r in mine]
+            if all(values):
+                entry[key] = [_mean_std(list(layer)) for layer in zip(*values, strict=True)]
         summary[variant] = entry
     return summary
 
@@ -70,11 +70,16 @@ def _psnr_matrix(runs: list[dict], variant: str, seeds: list[int], names: list[s
 SCALED_NAME = re.compile(r"(.+)-e(\d+)")  # a scaling study's run name: <variant>-e<E> (mofme.apps.study)
 
 
-def _pairs(variants: set[str]) -> list[tuple[str, str, float, str]]:
-    """:data:`PAIRS`, and for a scaling study (``<variant>-e<E>`` names) each pair at every E
-    (``dense`` has no E)."""
+def setting_pairs(settings: list[str], baseline: str = "mofme") -> list[Pair]:
+    """Each named setting (``mofme study --settings``) against the variant it changes."""
+    return [(name, baseline, 0.0, f"setting {name} vs {baseline}") for name in settings if name != baseline]
+
+
+def _pairs(variants: set[str], extra: list[Pair]) -> list[Pair]:
+    """:data:`PAIRS` and ``extra``, and for a scaling study (``<variant>-e<E>`` names) each pair of
+    :data:`PAIRS` at every E (``dense`` has no E)."""
     counts = sorted({int(m.group(2)) for v in variants if (m := SCALED_NAME.fullmatch(v))})
-    pairs = list(PAIRS)
+    pairs = [*PAIRS, *extra]
     for count in counts:
         for a, b, claim, title in PAIRS:
             b_name = b if b == "dense" else f"{b}-e{count}"
@@ -82,12 +87,12 @@ def _pairs(variants: set[str]) -> list[tuple[str, str, float, str]]:
     return pairs
 
 
-def paired_comparisons(runs: list[dict]) -> dict[str, dict]:
-    """For each pair of :data:`PAIRS` (at every E of a scaling study) whose variants both ran (with
-    per-image scores): the paired difference of the mean-over-weather PSNR over the seeds both have
+def paired_comparisons(runs: list[dict], extra: list[Pair] = ()) -> dict[str, dict]:
+    """For each pair of :data:`PAIRS` (at every E of a scaling study) and ``extra`` whose variants
+    both ran (with per-image scores): the paired difference of the mean-over-weather PSNR over the seeds both have
     (:mod:`mofme.apps.paired`, two-way t-interval, 95 %) and its decision in words."""
     out = {}
-    for a, b, claim, title in _pairs({r["variant"] for r in runs}):
+    for a, b, claim, title in _pairs({r["variant"] for r in runs}, list(extra)):
         mine = [r for r in runs if r["variant"] in (a, b) and "images" in r]
         seeds = sorted(
             {r["seed"] for r in mine if r["variant"] == a} & {r["seed"] for r in mine if r["variant"] == b}
@@ -207,13 +212,17 @@ def _routing_section(summary: dict, curves: bool) -> list[str]:
     lines = [
         "## Routing",
         "",
-        "| variant | NMI(weather; expert) per layer | UaR MC selection differs from deterministic (per layer) |",
-        "|---|---|---|",
+        "Normalised mutual information between a test token's expert and its weather type, severity, or",
+        "both (12 conditions), per routed layer, mean +- std over seeds.",
+        "",
+        "| variant | NMI(weather; expert) | NMI(severity; expert) | NMI(weather x severity; expert) "
+        "| UaR MC selection differs from deterministic |",
+        "|---|---|---|---|---|",
     ]
     for variant, s in summary.items():
-        nmi = ", ".join(f"{m:.3f} +- {d:.3f}" for m, d in s.get("nmi", [])) or "-"
+        nmi = [", ".join(f"{m:.3f} +- {d:.3f}" for m, d in s.get(k, [])) or "-" for k in ROUTING_FIELDS[:3]]
         change = ", ".join(f"{100 * m:.1f}% +- {100 * d:.1f}" for m, d in s.get("uar_change", [])) or "-"
-        lines.append(f"| {variant} | {nmi} | {change} |")
+        lines.append(f"| {variant} | {' | '.join(nmi)} | {change} |")
     figures = "Figures: `psnr.png` (per weather type, error bars = std over seeds), `routing_<variant>.png` (seed 0)"
     if curves:
         figures += ", `nmi_training.png` (validation NMI over training, best layer, mean over seeds)"
@@ -324,11 +333,14 @@ def plot_nmi_curves(runs: list[dict], path: Path) -> bool:
     return True
 
 
-def write_study(output: Path, *, protocol: dict, runs: list[dict], variants: list[str]) -> dict:
+def write_study(
+    output: Path, *, protocol: dict, runs: list[dict], variants: list[str], pairs: list[Pair] = ()
+) -> dict:
     """Summarise ``runs`` and write ``study.json``, ``report.md`` and ``psnr.png`` into ``output``;
-    returns the summary (per variant: parameters, latency, mean and std over seeds per metric)."""
+    returns the summary (per variant: parameters, latency, mean and std over seeds per metric).
+    ``pairs``: paired comparisons beyond :data:`PAIRS` (e.g. :func:`setting_pairs`)."""
     summary = summarise(runs, variants)
-    paired = paired_comparisons(runs)
+    paired = paired_comparisons(runs, pairs)
     scaling = expert_scaling(summary)
     (output / "study.json").write_text(
         json.dumps(
