@@ -186,6 +186,12 @@ class LossConfig(_Section):
         ge=0.0,
         description="restoration: subtract this x I(weather; expert) of each batch (routing specialisation)",
     )
+    weather_groups: float = Field(
+        0.0,
+        ge=0.0,
+        description="restoration: add this x the cross-entropy of each token's routing mass on its weather's "
+        "group of experts (mofme.nn.label_group_loss; supervised routing specialisation)",
+    )
     particle_weight: float = Field(
         0.0,
         ge=0.0,

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from mofme.data import WEATHER_TYPES
 from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets
 from mofme.models import RestorerOutput, load_model, load_weights
-from mofme.nn import aux_loss, label_expert_mutual_information, routing_probs
+from mofme.nn import aux_loss, label_expert_mutual_information, label_group_loss, routing_probs
 
 from ..atomic import staged_directory
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -430,6 +430,10 @@ class TrainingRecipe:
                 mutual_information = self._weather_mutual_information(batch)
                 loss = loss - self.config.loss.weather_mi * mutual_information
                 parts["weather_mi"] = mutual_information.detach()
+            if self.config.loss.weather_groups:
+                group_loss = self._weather_group_loss(batch)
+                loss = loss + self.config.loss.weather_groups * group_loss
+                parts["weather_groups"] = group_loss.detach()
         return loss, parts
 
     def _drop_mask_loss(self, restored: RestorerOutput, batch: dict) -> Tensor:
@@ -447,24 +451,31 @@ class TrainingRecipe:
         pos_weight = self.config.loss.drop_pos_weight
         return drop_mask_loss(restored.drop_logits.float(), targets, pos_weight=pos_weight)
 
-    def _weather_mutual_information(self, batch: dict) -> Tensor:
-        """I(weather; expert) of this batch's images, mean over routed layers (``loss.weather_mi``:
-        :func:`mofme.nn.label_expert_mutual_information` of each image's mean routing probabilities)."""
+    def _weather_routing(self, batch: dict, field: str) -> tuple[Tensor, list[Tensor]]:
+        """The batch's weather labels (B,) and each routed layer's routing probabilities (B, N, E)
+        from the last forward, for the weather-aware loss ``loss.<field>``."""
         if "weather" not in batch:
             raise ValueError(
-                f"loss.weather_mi needs weather-labelled training items; data.type {self.config.data.type!r} has none"
+                f"loss.{field} needs weather-labelled training items; data.type {self.config.data.type!r} has none"
             )
         weather = batch["weather"].to(self.device)
         layers = routing_probs(self.model)
         if not layers:
-            raise ValueError("loss.weather_mi needs a model with routed layers (model.ffn moe or mofme)")
-        values = [
-            label_expert_mutual_information(
-                p.reshape(len(weather), -1, p.shape[-1]).mean(1), weather, len(WEATHER_TYPES)
-            )
-            for p in layers
-        ]
+            raise ValueError(f"loss.{field} needs a model with routed layers (model.ffn moe or mofme)")
+        return weather, [p.reshape(len(weather), -1, p.shape[-1]) for p in layers]
+
+    def _weather_mutual_information(self, batch: dict) -> Tensor:
+        """I(weather; expert) of this batch's images, mean over routed layers (``loss.weather_mi``:
+        :func:`mofme.nn.label_expert_mutual_information` of each image's mean routing probabilities)."""
+        weather, layers = self._weather_routing(batch, "weather_mi")
+        values = [label_expert_mutual_information(p.mean(1), weather, len(WEATHER_TYPES)) for p in layers]
         return torch.stack(values).mean()
+
+    def _weather_group_loss(self, batch: dict) -> Tensor:
+        """The tokens' cross-entropy on their weather's group of experts, mean over routed layers
+        (``loss.weather_groups``: :func:`mofme.nn.label_group_loss`)."""
+        weather, layers = self._weather_routing(batch, "weather_groups")
+        return torch.stack([label_group_loss(p, weather, len(WEATHER_TYPES)) for p in layers]).mean()
 
     def _train_step(self, batch: dict) -> dict[str, float] | None:
         """One optimiser step; the logged values on logging steps, else None."""

@@ -15,6 +15,7 @@ from .routers import (
     UncertaintyAwareRouter,
     build_router,
     label_expert_mutual_information,
+    label_group_loss,
     load_balancing_loss,
     router_z_loss,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "group_by_expert",
     "grouped_linear",
     "label_expert_mutual_information",
+    "label_group_loss",
     "load_balancing_loss",
     "mix_rows",
     "router_z_loss",

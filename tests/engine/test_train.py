@@ -431,6 +431,20 @@ def test_weather_mi_rewards_the_routing_information_of_the_batch(tmp_path):
         recipe._loss(next(iter(recipe._loader(0, 0))))
 
 
+def test_weather_groups_adds_the_routing_cross_entropy_on_each_weathers_experts(tmp_path):
+    from mofme.nn import label_group_loss, routing_probs
+
+    overrides = ["loss.weather_groups=0.3", "data.clean_fraction=0.25"]
+    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
+    batch = next(iter(recipe._loader(0, 0)))
+    loss, parts = recipe._loss(batch)
+    (probs,) = routing_probs(recipe.model)  # the tiny preset: one routed layer, (B, tokens, E)
+    expected = label_group_loss(probs, batch["weather"], 4).detach()
+    assert float(parts["weather_groups"]) == pytest.approx(float(expected)) and float(expected) > 0
+    total = parts["pixel"] + parts["aux"] + 0.3 * parts["weather_groups"]
+    assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
+
+
 def test_particle_weight_weights_the_batch_particles(tmp_path):
     recipe = trainer.TrainingRecipe(
         load_config(_write_config(tmp_path, tmp_path / "run"), ["loss.particle_weight=2.0"])

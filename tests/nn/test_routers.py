@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -232,3 +234,23 @@ def test_maximising_label_expert_information_teaches_a_router_to_separate_labels
         loss.backward()
         optimizer.step()
     assert before < 0.3 and nmi() > 0.95
+
+
+def test_label_group_loss_is_the_cross_entropy_of_the_labels_expert_group():
+    from mofme.nn import label_group_loss
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(5, 3, 8, generator=generator), -1)  # 5 samples, 3 tokens, 8 experts
+    labels = torch.tensor([0, 3, -1, 1, 3])
+    terms = []
+    for i, label in enumerate(labels.tolist()):
+        if label >= 0:  # four labels: experts {0,1}, {2,3}, {4,5}, {6,7}
+            terms += [-math.log(float(probs[i, t, 2 * label] + probs[i, t, 2 * label + 1])) for t in range(3)]
+    assert float(label_group_loss(probs, labels, 4)) == pytest.approx(sum(terms) / len(terms), rel=1e-6)
+    uniform = torch.full((2, 3, 8), 1 / 8)
+    assert float(label_group_loss(uniform, torch.tensor([0, 2]), 4)) == pytest.approx(math.log(4))
+    inside = torch.nn.functional.one_hot(torch.tensor([[4, 5]]), 8).float()  # label 2's experts only
+    assert float(label_group_loss(inside, torch.tensor([2]), 4)) == pytest.approx(0.0, abs=1e-9)
+    assert float(label_group_loss(probs, torch.full((5,), -1), 4)) == 0.0
+    with pytest.raises(ValueError, match="one expert per label"):
+        label_group_loss(probs[..., :3], labels, 4)
