@@ -55,7 +55,7 @@ def test_study_on_tiny_settings(tmp_path):
     assert "uar_change" in summary["mofme-uar"] and "uar_change" not in summary["mofme"]
     assert all(0 <= m <= 1 for m, _ in summary["mofme-uar"]["uar_change"])
     report = (tmp_path / "report.md").read_text()
-    assert "NMI(severity; expert)" in report
+    assert "NMI(severity; expert)" in report and "this invocation trained" not in report
     assert "Paired differences" in report and "| mofme - moe | 2 |" in report and "mofme-uar" in report
     paired = json.loads((tmp_path / "study.json").read_text())["paired"]
     assert set(paired) == {"mofme - moe", "mofme - dense", "mofme-uar - mofme"}  # no low-rank run here
@@ -74,6 +74,7 @@ def test_study_on_tiny_settings(tmp_path):
     again = run_study(tmp_path, seeds=2, steps=2, overrides=TINY, variants=TRAINED)
     assert [r["metrics"] for r in again.runs] == [r["metrics"] for r in result.runs]
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/result.json")} == stamps
+    assert "this invocation trained 0 of the 8 runs" in (tmp_path / "report.md").read_text()
 
 
 def test_paired_comparisons_use_the_same_seeds_and_images_and_weigh_weathers_equally():

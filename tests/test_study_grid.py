@@ -66,19 +66,32 @@ def test_a_stopped_run_is_resumed_and_a_changed_one_restarted(tmp_path, monkeypa
 
 
 def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, monkeypatch):
-    config = _tiny_config(tmp_path)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()  # result.json alone: no weights, as when a study continues from copies of it
-    saved = {"variant": "mofme", "seed": 0, "metrics": {"mean": {"psnr": 1.0}}}
-    (run_dir / "result.json").write_text(json.dumps({"config": config.to_yaml(), "run": saved}))
+    tiny = ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"]
+    config = study._config(STUDY_VARIANTS["mofme"], 0, tmp_path / "runs" / "mofme-seed0", tiny, 1)
+    (tmp_path / "runs" / "mofme-seed0").mkdir(parents=True)
+    # result.json alone: no weights, as when a study continues from copies of it
+    saved = {"variant": "mofme", "seed": 0, "metrics": {"mean": {"psnr": 1.0}}, "expert_counts": None}
+    (tmp_path / "runs" / "mofme-seed0" / "result.json").write_text(
+        json.dumps({"config": config.to_yaml(), "run": saved})
+    )
+    trained = []
+    monkeypatch.setattr(study, "_train_and_score", lambda config, *a, **k: trained.append(config) or saved)
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
+    def grid(extra):
+        return study._run_grid(
+            {"mofme": STUDY_VARIANTS["mofme"]},
+            [],
+            recipe=study.RECIPE,
+            seeds=1,
+            epochs=1,
+            output=tmp_path,
+            overrides=[*tiny, *extra],
+        )
 
-    monkeypatch.setattr(study, "_trained", no_training)
-    assert study._train_and_score(config, [], variant="mofme", seed=0) == saved
-    with pytest.raises(AssertionError, match="trained again"):
-        study._train_and_score(_tiny_config(tmp_path, ["optim.lr=0.5"]), [], variant="mofme", seed=0)
+    runs, _, count = grid([])
+    assert runs == [saved] and count == 0 and trained == []
+    _, _, count = grid(["optim.lr=0.5"])  # another configuration in the same folder: trained again
+    assert count == 1 and trained[0].optim.lr == 0.5
 
 
 def test_a_run_copied_to_another_folder_is_the_same_run(tmp_path):

@@ -154,18 +154,23 @@ def _nmi_curve(run_dir: Path) -> list[dict]:
     return [{"step": step, "nmi": nmi} for step, nmi in sorted(curve.items())]
 
 
+def _finished(config: Config, test: BuiltinWeatherDataset) -> dict | None:
+    """The run ``result.json`` in ``config``'s folder holds, if it has this configuration (alone, no
+    weights needed: a study can continue from copies of these files); else None."""
+    done = Path(config.train.output_dir) / "result.json"
+    if not done.exists():
+        return None
+    saved = json.loads(done.read_text())
+    return _with_severity_routing(saved, done, test) if config.same_as(saved["config"]) else None
+
+
 def _train_and_score(config: Config, test: BuiltinWeatherDataset, *, variant: str, seed: int) -> dict:
-    """Train one variant for one seed; its test metrics and routing analysis. The result is kept in
-    ``result.json`` of the run's folder and reused, alone (no weights needed: a study can continue
-    from copies of these files), by a study run again with the same configuration; an unfinished run
-    continues from its last checkpoint (:func:`_trained`), so a study stopped by a crash loses at most
-    the steps since that checkpoint."""
+    """Train one variant for one seed; its test metrics and routing analysis, kept in ``result.json``
+    of the run's folder (:func:`_finished` reads it back). An unfinished run continues from its last
+    checkpoint (:func:`_trained`), so a study stopped by a crash loses at most the steps since that
+    checkpoint."""
     run_dir = Path(config.train.output_dir)
     done = run_dir / "result.json"
-    if done.exists():
-        saved = json.loads(done.read_text())
-        if config.same_as(saved["config"]):
-            return _with_severity_routing(saved, done, test)
     best_dir, steps = _trained(config)
     model = load_restorer(best_dir)
     report = evaluate(model, test, **config.eval.model_dump(), progress=False)
@@ -278,19 +283,23 @@ def _run_grid(
     epochs: int,
     output: Path,
     overrides: list[str],
-) -> tuple[list[dict], dict[str, Config]]:
-    """Every run of ``grid`` x seeds (seed-major, so every variant has seed 0 early); the runs and
-    the seed-0 configurations (for latency), with each routed seed-0 run's routing heatmaps written."""
+) -> tuple[list[dict], dict[str, Config], int]:
+    """Every run of ``grid`` x seeds (seed-major, so every variant has seed 0 early), finished ones
+    reused; the runs, the seed-0 configurations (for latency) and how many runs were trained now,
+    with each routed seed-0 run's routing heatmaps written."""
     from tqdm.auto import tqdm
 
-    runs, configs = [], {}
+    runs, configs, trained = [], {}, 0
     progress = tqdm(total=seeds * len(grid), desc="study", unit="run", dynamic_ncols=True)
     for seed in range(seeds):
         for variant, variant_overrides in grid.items():
             progress.set_postfix_str(f"{variant} seed {seed}")
             run_dir = output / "runs" / f"{variant}-seed{seed}"
             config = _config(variant_overrides, seed, run_dir, overrides, epochs, recipe=recipe)
-            run = _train_and_score(config, test, variant=variant, seed=seed)
+            run = _finished(config, test)
+            if run is None:
+                run = _train_and_score(config, test, variant=variant, seed=seed)
+                trained += 1
             runs.append(run)
             if seed == 0:
                 configs[variant] = config
@@ -302,7 +311,7 @@ def _run_grid(
             )
             progress.update()
     progress.close()
-    return runs, configs
+    return runs, configs, trained
 
 
 def run_study(
@@ -338,7 +347,7 @@ def run_study(
         flush=True,
     )
     test = BuiltinWeatherDataset("test")
-    runs, configs = _run_grid(
+    runs, configs, trained = _run_grid(
         grid, test, recipe=recipe, seeds=seeds, epochs=epochs, output=output, overrides=overrides
     )
     image = test[0]["input"].unsqueeze(0)
@@ -349,6 +358,7 @@ def run_study(
         command=command, recipe=recipe, started=started, steps=steps, seeds=seeds, image=image
     )
     protocol["variants"] = grid
+    protocol["runs_trained"] = trained  # the others were found finished (an earlier invocation)
     pairs = setting_pairs([name for name in settings or {} if name in grid])
     summary = write_study(output, protocol=protocol, runs=runs, variants=list(grid), pairs=pairs)
     print((output / "report.md").read_text())

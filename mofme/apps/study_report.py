@@ -127,12 +127,22 @@ def _seeds_for_target(result: PairedDifference) -> int | None:
         return None
 
 
+def _reuse_note(protocol: dict) -> str:
+    """How many of the study's runs this invocation trained, when it reused others."""
+    trained, seeds = protocol.get("runs_trained"), protocol["seeds"]
+    total = seeds * len(protocol.get("variants", {}))
+    if trained is None or trained == total:
+        return ""
+    return f" (this invocation trained {trained} of the {total} runs; the others were found finished, trained earlier)"
+
+
 def _results_section(summary: dict, protocol: dict) -> list[str]:
     lines = [
         "# mofme study: dense vs MoE vs MoFME at an equal budget",
         "",
         f"Command: `{protocol['command']}`  ",
-        f"Machine: {protocol['machine']}; date {protocol['date']}; wall time {protocol['minutes']:.1f} min.  ",
+        f"Machine: {protocol['machine']}; date {protocol['date']}; wall time {protocol['minutes']:.1f} min"
+        f"{_reuse_note(protocol)}.  ",
         f"Protocol: {protocol['text']}",
         "",
         "Restored PSNR (dB) on the held-out test photos, mean +- std over seeds (RGB, 8-bit outputs, full resolution).",
