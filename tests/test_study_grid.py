@@ -247,3 +247,25 @@ def test_a_routed_run_saved_before_the_severity_analysis_gets_it_from_its_weight
     assert json.loads((tmp_path / "old" / "result.json").read_text())["run"] == updated  # written back
     dense = json.loads((tmp_path / "dense" / "result.json").read_text())
     assert study._with_severity_routing(dense, tmp_path / "dense" / "result.json", test) == dense["run"]
+
+
+def test_routing_heatmap_rows_are_weather_x_severity_when_the_run_has_them(tmp_path, monkeypatch):
+    captured = {}
+    monkeypatch.setattr(
+        study, "routing_heatmaps", lambda usage, labels, path: captured.update(u=usage, l=labels)
+    )
+    counts = np.random.default_rng(0).integers(
+        1, 9, size=(2, 4, 3, 5)
+    )  # layers, weathers, severities, experts
+    study._routing_heatmap(
+        {"condition_counts": counts.tolist(), "expert_counts": counts.sum(2).tolist()}, tmp_path
+    )
+    assert captured["u"].shape == (2, 12, 5) and captured["l"][:4] == [
+        "rain s1",
+        "rain s2",
+        "rain s3",
+        "snow s1",
+    ]
+    np.testing.assert_allclose(captured["u"][1, 4], counts[1, 1, 1] / counts[1, 1, 1].sum())  # snow s2
+    study._routing_heatmap({"expert_counts": counts.sum(2).tolist()}, tmp_path)  # saved before severities
+    assert captured["u"].shape == (2, 4, 5) and captured["l"] == list(study.WEATHER_TYPES)

@@ -48,14 +48,17 @@ def comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray
 
 
 def routing_heatmaps(usage: np.ndarray, weathers: Sequence[str], path: str | Path) -> Path:
-    """``usage`` (layers, weathers, experts): fraction of each weather type's token assignments
-    sent to each expert. One heatmap per layer, saved as PNG."""
+    """``usage`` (layers, weathers, experts): fraction of each weather type's (or other label's,
+    e.g. weather x severity) token assignments sent to each expert. One heatmap per layer, PNG."""
     plt = pyplot()
     layers = usage.shape[0]
     fig, axes = plt.subplots(
         layers,
         1,
-        figsize=(max(6, 0.35 * usage.shape[2] + 2), 1.0 + 0.6 * len(weathers) * layers),
+        figsize=(
+            max(6, 0.35 * usage.shape[2] + 2),
+            1.0 + min(0.6, 3.0 / len(weathers) + 0.1) * len(weathers) * layers,
+        ),
         squeeze=False,
     )
     for layer in range(layers):

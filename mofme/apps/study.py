@@ -30,7 +30,7 @@ from mofme.apps.study_report import setting_pairs, write_study
 from mofme.atomic import write_text_atomic
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path, study_settings_path
-from mofme.data import WEATHER_TYPES, BuiltinWeatherDataset
+from mofme.data import SEVERITIES, WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.engine.config import Config, load_config
 from mofme.engine.data import build_datasets
 from mofme.engine.evaluate import evaluate
@@ -274,6 +274,18 @@ def _protocol(
     }
 
 
+def _routing_heatmap(run: dict, path: Path) -> None:
+    """Each layer's share of assignments per expert, one row per weather x severity (per weather for
+    runs saved before the severity analysis)."""
+    if "condition_counts" in run:
+        counts = np.asarray(run["condition_counts"])  # (layers, weathers, severities, experts)
+        labels = [f"{weather} s{severity}" for weather in WEATHER_TYPES for severity in SEVERITIES]
+        counts = counts.reshape(len(counts), len(labels), -1)
+    else:
+        counts, labels = np.asarray(run["expert_counts"]), list(WEATHER_TYPES)
+    routing_heatmaps(expert_usage(counts), labels, path)
+
+
 def _run_grid(
     grid: dict[str, list[str]],
     test: BuiltinWeatherDataset,
@@ -304,8 +316,7 @@ def _run_grid(
             if seed == 0:
                 configs[variant] = config
                 if run["expert_counts"] is not None:
-                    usage = expert_usage(np.asarray(run["expert_counts"]))
-                    routing_heatmaps(usage, WEATHER_TYPES, output / f"routing_{variant}.png")
+                    _routing_heatmap(run, output / f"routing_{variant}.png")
             progress.write(
                 f"[mofme study] {variant} seed {seed}: mean PSNR {run['metrics']['mean']['psnr']:.2f} dB"
             )
