@@ -7,16 +7,17 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mofme.data import WEATHER_TYPES
 from mofme.engine.routing import condition_counts, expert_counts, expert_usage, routing_nmi, weather_routing
-from mofme.nn import RoutedLayer, UncertaintyAwareRouter
+from mofme.nn import RoutedLayer, UncertaintyAwareRouter, label_expert_mutual_information, routing_probs
 
 __all__ = [
     "condition_counts",
     "expert_counts",
     "expert_usage",
+    "label_information_by_batch",
     "routing_nmi",
     "routing_weather_calibration",
     "uar_selection_change",
@@ -101,3 +102,34 @@ def routing_weather_calibration(
         accuracy = float((probs.argmax(1) == target).float().mean())
         results.append({"weather_accuracy": accuracy, "ece": float(ece)})
     return results
+
+
+@torch.no_grad()
+def label_information_by_batch(
+    model: nn.Module, items: Iterable[dict], *, batch_size: int, draws: int = 200, seed: int = 0
+) -> dict[str, list[float]]:
+    """The soft I(weather; expert) in nats that ``loss.weather_mi`` rewards (each image's mean
+    routing probabilities, :func:`mofme.nn.label_expert_mutual_information`), per routed layer:
+    ``"whole"`` over every weather item of ``items`` at once, ``"batch"`` its mean over ``draws``
+    random batches of ``batch_size`` of them (drawn without replacement). A batch value far above
+    the whole one is information about the images of a batch, not about the weather. Eval mode."""
+    model.eval()
+    probs, weathers = [], []
+    for item in items:
+        if item["weather"] >= 0:
+            model(item["input"].unsqueeze(0))
+            probs.append(torch.stack([p.reshape(-1, p.shape[-1]).mean(0) for p in routing_probs(model)]))
+            weathers.append(item["weather"])
+    probs, labels = torch.stack(probs), torch.tensor(weathers)  # (images, layers, E), (images,)
+    generator = torch.Generator().manual_seed(seed)
+    batches = [torch.randperm(len(labels), generator=generator)[:batch_size] for _ in range(draws)]
+
+    def information(rows: Tensor, layer: int) -> float:
+        return float(label_expert_mutual_information(probs[rows, layer], labels[rows], len(WEATHER_TYPES)))
+
+    every = torch.arange(len(labels))
+    layers = range(probs.shape[1])
+    return {
+        "whole": [information(every, layer) for layer in layers],
+        "batch": [float(np.mean([information(rows, layer) for rows in batches])) for layer in layers],
+    }
