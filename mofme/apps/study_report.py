@@ -127,6 +127,10 @@ def _seeds_for_target(result: PairedDifference) -> int | None:
         return None
 
 
+def _title(variants: list[str]) -> str:
+    return " vs ".join(variants) if len(variants) <= 4 else f"{len(variants)} variants"
+
+
 def _reuse_note(protocol: dict) -> str:
     """How many of the study's runs this invocation trained, when it reused others."""
     trained, seeds = protocol.get("runs_trained"), protocol["seeds"]
@@ -138,7 +142,7 @@ def _reuse_note(protocol: dict) -> str:
 
 def _results_section(summary: dict, protocol: dict) -> list[str]:
     lines = [
-        "# mofme study: dense vs MoE vs MoFME at an equal budget",
+        f"# mofme study: {_title(list(summary))} at an equal budget",
         "",
         f"Command: `{protocol['command']}`  ",
         f"Machine: {protocol['machine']}; date {protocol['date']}; wall time {protocol['minutes']:.1f} min"
