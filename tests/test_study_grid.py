@@ -70,7 +70,8 @@ def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, mon
     config = study._config(STUDY_VARIANTS["mofme"], 0, tmp_path / "runs" / "mofme-seed0", tiny, 1)
     (tmp_path / "runs" / "mofme-seed0").mkdir(parents=True)
     # result.json alone: no weights, as when a study continues from copies of it
-    saved = {"variant": "mofme", "seed": 0, "metrics": {"mean": {"psnr": 1.0}}, "expert_counts": None}
+    # saved under another name (a run copied from another study): named by this study's grid
+    saved = {"variant": "mofme-e4", "seed": 0, "metrics": {"mean": {"psnr": 1.0}}, "expert_counts": None}
     (tmp_path / "runs" / "mofme-seed0" / "result.json").write_text(
         json.dumps({"config": config.to_yaml(), "run": saved})
     )
@@ -89,7 +90,7 @@ def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, mon
         )
 
     runs, _, count = grid([])
-    assert runs == [saved] and count == 0 and trained == []
+    assert runs == [{**saved, "variant": "mofme"}] and count == 0 and trained == []
     _, _, count = grid(["optim.lr=0.5"])  # another configuration in the same folder: trained again
     assert count == 1 and trained[0].optim.lr == 0.5
 

@@ -274,6 +274,17 @@ def _protocol(
     }
 
 
+def _finished_or_trained(
+    config: Config, test: BuiltinWeatherDataset, *, variant: str, seed: int
+) -> tuple[dict, bool]:
+    """The run found finished (named ``variant``: a run copied from another study may have been
+    saved under another name) or trained now, and whether it was trained now."""
+    run = _finished(config, test)
+    if run is not None:
+        return {**run, "variant": variant}, False
+    return _train_and_score(config, test, variant=variant, seed=seed), True
+
+
 def _routing_heatmap(run: dict, path: Path) -> None:
     """Each layer's share of assignments per expert, one row per weather x severity (per weather for
     runs saved before the severity analysis)."""
@@ -308,10 +319,8 @@ def _run_grid(
             progress.set_postfix_str(f"{variant} seed {seed}")
             run_dir = output / "runs" / f"{variant}-seed{seed}"
             config = _config(variant_overrides, seed, run_dir, overrides, epochs, recipe=recipe)
-            run = _finished(config, test)
-            if run is None:
-                run = _train_and_score(config, test, variant=variant, seed=seed)
-                trained += 1
+            run, fresh = _finished_or_trained(config, test, variant=variant, seed=seed)
+            trained += fresh
             runs.append(run)
             if seed == 0:
                 configs[variant] = config
