@@ -82,6 +82,8 @@ def test_decisions_in_words():
     same = paired_difference(base + rng.normal(0, 0.05, base.shape), base)
     assert "no difference established" in same.decision(claim=0.1) and same.high < 0.1
     assert "ruled out" in same.decision(claim=0.1)
+    one_seed = paired_difference(base[:1] + 0.5 + rng.normal(0, 0.05, (1, 50)), base[:1])
+    assert one_seed.low > 0 and one_seed.decision(claim=0.1).startswith("no decision: one seed")
 
 
 def test_seeds_for_halfwidth_is_the_fewest_that_reach_it():

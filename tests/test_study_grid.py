@@ -8,7 +8,13 @@ import pytest
 
 from mofme.apps import study
 from mofme.apps.study import STUDY_VARIANTS, load_settings, study_grid
-from mofme.apps.study_report import expert_scaling, paired_comparisons, plot_nmi_curves, plot_scaling
+from mofme.apps.study_report import (
+    _scaling_section,
+    expert_scaling,
+    paired_comparisons,
+    plot_nmi_curves,
+    plot_scaling,
+)
 
 
 def test_study_grid_runs_each_routed_variant_at_every_expert_count_and_dense_once():
@@ -133,7 +139,7 @@ def test_nmi_curve_keeps_one_point_per_step_from_the_log(tmp_path):
 
 
 def _summary_entry(params, latency, psnr):
-    return {"params": params, "latency_ms": latency, "mean_psnr": (psnr, 0.1)}
+    return {"params": params, "latency_ms": latency, "mean_psnr": (psnr, 0.1), "seeds": 2}
 
 
 def test_expert_scaling_rows_are_sorted_by_expert_count_and_plotted(tmp_path):
@@ -146,8 +152,20 @@ def test_expert_scaling_rows_are_sorted_by_expert_count_and_plotted(tmp_path):
     scaling = expert_scaling(summary)
     assert list(scaling) == ["moe", "mofme"]
     assert [r["experts"] for r in scaling["moe"]] == [4, 64]
-    assert scaling["moe"][1] == {"experts": 64, "params": 6400, "latency_ms": 3.0, "mean_psnr": (21.0, 0.1)}
+    assert scaling["moe"][1] == {
+        "experts": 64,
+        "params": 6400,
+        "latency_ms": 3.0,
+        "mean_psnr": (21.0, 0.1),
+        "seeds": 2,
+    }
     assert expert_scaling({"dense": summary["dense"]}) == {}
+    table = "\n".join(
+        _scaling_section({**scaling, "moe": [*scaling["moe"], {**scaling["moe"][0], "experts": 16}]})
+    )
+    # ratios to the row at E=16 where it ran (moe), else to the smallest E (mofme)
+    assert "| moe | 64 | 6,400 | 16.00x | 3.0 | 1.50x | 21.00 +- 0.10 |" in table
+    assert "| mofme | 4 | 150 | 1.00x | 1.5 | 1.00x | 20.70 +- 0.10 |" in table
     plot_scaling(scaling, tmp_path / "scaling.png", dense=summary["dense"])
     assert (tmp_path / "scaling.png").stat().st_size > 0
 

@@ -53,7 +53,10 @@ class PairedDifference:
 
     def decision(self, *, claim: float = 0.0, unit: str = "dB") -> str:
         """The decision in words: A better / worse / no difference established; with a positive
-        ``claim`` (A beats B by at least ``claim``) also whether the interval supports it."""
+        ``claim`` (A beats B by at least ``claim``) also whether the interval supports it. With one
+        seed there is none: its interval holds only the choice of test images."""
+        if self.seeds == 1:
+            return "no decision: one seed, so the interval covers the test images, not seed-to-seed variation"
         level = f"{100 * self.confidence:.0f}%"
         if self.low > 0:
             text = f"A is better than B ({level} interval above 0)"

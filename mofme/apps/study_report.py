@@ -34,7 +34,14 @@ PAIRS: tuple[Pair, ...] = (
     ("mofme-static", "mofme", 0.0, "static vs generated modulation"),
 )
 ROUTING_FIELDS = ("nmi", "nmi_severity", "nmi_condition", "uar_change")  # per-layer lists of a run
+SCALING_REFERENCE = 16  # E of the study's recipe: the scaling table's ratios are relative to it
 TARGET_HALFWIDTH = 0.1  # dB: issue 12's precision; the report sizes the next study for it
+
+
+def _pm(pair: tuple[float, float], seeds: int, digits: int = 2) -> str:
+    """``mean +- std`` over seeds; the mean alone for one seed (no spread to show)."""
+    mean, std = pair
+    return f"{mean:.{digits}f}" if seeds == 1 else f"{mean:.{digits}f} +- {std:.{digits}f}"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -155,11 +162,11 @@ def _results_section(summary: dict, protocol: dict) -> list[str]:
         "|---|---:|---:|" + "---:|" * (len(WEATHER_TYPES) + 2),
     ]
     for variant, s in summary.items():
-        cells = [f"{s[f'{w}_psnr'][0]:.2f} +- {s[f'{w}_psnr'][1]:.2f}" for w in WEATHER_TYPES]
+        cells = [_pm(s[f"{w}_psnr"], s["seeds"]) for w in WEATHER_TYPES]
         lines.append(
             f"| {variant} | {s['params']:,} | {s['latency_ms']:.1f} | "
             + " | ".join(cells)
-            + f" | **{s['mean_psnr'][0]:.2f} +- {s['mean_psnr'][1]:.2f}** | {s['mean_ssim'][0]:.4f} +- {s['mean_ssim'][1]:.4f} |"
+            + f" | **{_pm(s['mean_psnr'], s['seeds'])}** | {_pm(s['mean_ssim'], s['seeds'], 4)} |"
         )
     first = next(iter(summary.values()))
     return [*lines, "", f"Degraded input: mean PSNR {first['input_psnr']:.2f} dB.", ""]
@@ -206,18 +213,21 @@ def _unpaired_verdicts(summary: dict) -> list[str]:
 
 
 def _scaling_section(scaling: dict[str, list[dict]]) -> list[str]:
+    """One row per variant and E; latency and parameters also relative to the variant's row at
+    :data:`SCALING_REFERENCE` experts (its smallest E when that did not run)."""
     lines = [
         "## Scaling with the number of experts (same k)",
         "",
-        "| variant | E | params | latency ms | mean PSNR | latency / E-smallest |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| variant | E | params | params / E={SCALING_REFERENCE} | latency ms | latency / E={SCALING_REFERENCE} | mean PSNR |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for base, rows in scaling.items():
+        reference = next((r for r in rows if r["experts"] == SCALING_REFERENCE), rows[0])
         for row in rows:
-            mean, std = row["mean_psnr"]
-            ratio = row["latency_ms"] / rows[0]["latency_ms"]
             lines.append(
-                f"| {base} | {row['experts']} | {row['params']:,} | {row['latency_ms']:.1f} | {mean:.2f} +- {std:.2f} | {ratio:.2f}x |"
+                f"| {base} | {row['experts']} | {row['params']:,} | {row['params'] / reference['params']:.2f}x "
+                f"| {row['latency_ms']:.1f} | {row['latency_ms'] / reference['latency_ms']:.2f}x "
+                f"| {_pm(row['mean_psnr'], row['seeds'])} |"
             )
     return [*lines, "", "Figure: `scaling.png`.", ""]
 
@@ -234,8 +244,12 @@ def _routing_section(summary: dict, curves: bool) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for variant, s in summary.items():
-        nmi = [", ".join(f"{m:.3f} +- {d:.3f}" for m, d in s.get(k, [])) or "-" for k in ROUTING_FIELDS[:3]]
-        change = ", ".join(f"{100 * m:.1f}% +- {100 * d:.1f}" for m, d in s.get("uar_change", [])) or "-"
+        nmi = [
+            ", ".join(_pm(layer, s["seeds"], 3) for layer in s.get(k, [])) or "-" for k in ROUTING_FIELDS[:3]
+        ]
+        change = (
+            ", ".join(_pm((100 * m, 100 * d), s["seeds"], 1) + "%" for m, d in s.get("uar_change", [])) or "-"
+        )
         lines.append(f"| {variant} | {' | '.join(nmi)} | {change} |")
     figures = "Figures: `psnr.png` (per weather type, error bars = std over seeds), `routing_<variant>.png` (seed 0)"
     if curves:
@@ -282,11 +296,11 @@ def plot_psnr(summary: dict, path: Path) -> None:
 
 def expert_scaling(summary: dict) -> dict[str, list[dict]]:
     """Per base variant of a scaling study (``<variant>-e<E>``): rows ``{experts, params,
-    latency_ms, mean_psnr: (mean, std)}`` sorted by E; empty without such variants."""
+    latency_ms, mean_psnr: (mean, std), seeds}`` sorted by E; empty without such variants."""
     scaling: dict[str, list[dict]] = {}
     for name, entry in summary.items():
         if match := SCALED_NAME.fullmatch(name):
-            row = {k: entry[k] for k in ("params", "latency_ms", "mean_psnr")}
+            row = {k: entry[k] for k in ("params", "latency_ms", "mean_psnr", "seeds")}
             scaling.setdefault(match.group(1), []).append({"experts": int(match.group(2)), **row})
     return {base: sorted(rows, key=lambda r: r["experts"]) for base, rows in scaling.items()}
 
