@@ -330,6 +330,10 @@ def plot_scaling(scaling: dict[str, list[dict]], path: Path, dense: dict | None 
         ax.set_yscale("log" if key == "params" else "linear")
         ax.set_xlabel("experts E (same k)")
         ax.set_ylabel(label)
+    seeds = min(r.get("seeds", 1) for rows in scaling.values() for r in rows)
+    axes[0].set_title(
+        "1 seed: no spread shown" if seeds == 1 else f"mean +- std over {seeds} seeds", fontsize="small"
+    )
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
