@@ -41,6 +41,9 @@ def test_settings_files_add_named_variants_and_bad_ones_are_named(tmp_path):
     bad.write_text("'a b': [model.ffn=mofme]\n")
     with pytest.raises(ValueError, match="setting name"):
         load_settings(bad)
+    bad.write_text("mofme-e4: [model.num_experts=4]\n")  # would read as a scaling study's run at E=4
+    with pytest.raises(ValueError, match="scaling run"):
+        load_settings(bad)
 
 
 def _tiny_config(tmp_path, overrides=()):

@@ -26,7 +26,7 @@ import yaml
 
 from mofme.apps.analysis import condition_counts, expert_usage, routing_nmi, uar_selection_change
 from mofme.apps.plots import routing_heatmaps
-from mofme.apps.study_report import setting_pairs, write_study
+from mofme.apps.study_report import SCALED_NAME, setting_pairs, write_study
 from mofme.atomic import write_text_atomic
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path, study_settings_path
@@ -72,6 +72,10 @@ def load_settings(path: str | Path) -> dict[str, list[str]]:
             raise ValueError(f"{path}: setting {name!r} must be a list of 'key=value' overrides")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
             raise ValueError(f"{path}: setting name {name!r} may use only letters, digits, '_', '.', '-'")
+        if SCALED_NAME.fullmatch(str(name)):
+            raise ValueError(
+                f"{path}: setting name {name!r} ends like a scaling run, <variant>-e<E>: rename it"
+            )
     return {str(name): list(overrides) for name, overrides in raw.items()}
 
 
