@@ -353,6 +353,7 @@ def plot_nmi_curves(runs: list[dict], path: Path) -> bool:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a settings sweep has more than 10 lines
     for variant, by_step in curves.items():
         steps = sorted(by_step)
         ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker=".", label=variant)
