@@ -411,38 +411,41 @@ def test_log_routing_needs_weather_labelled_restoration_data():
         load_config("configs/scenes_vit.yaml", ["train.log_routing=true"])
 
 
-def test_weather_mi_rewards_the_routing_information_of_the_batch(tmp_path):
-    from mofme.nn import label_expert_mutual_information, routing_probs
+def _batch_mutual_information(probs, weather):
+    from mofme.nn import label_expert_mutual_information
 
-    overrides = ["loss.weather_mi=0.5", "data.clean_fraction=0.25"]
+    return label_expert_mutual_information(probs.mean(dim=1), weather, 4)  # each image's mean routing
+
+
+def _weather_group_loss(probs, weather):
+    from mofme.nn import label_group_loss
+
+    return label_group_loss(probs, weather, 4)
+
+
+@pytest.mark.parametrize(
+    ("field", "sign", "expected"),
+    [("weather_mi", -1.0, _batch_mutual_information), ("weather_groups", 1.0, _weather_group_loss)],
+)
+def test_weather_aware_routing_losses_enter_the_loss_with_their_weight(tmp_path, field, sign, expected):
+    # weather_mi rewards the batch's I(weather; expert); weather_groups penalises each token's
+    # cross-entropy on its weather's group of experts
+    from mofme.nn import routing_probs
+
+    overrides = [f"loss.{field}=0.5", "data.clean_fraction=0.25"]
     recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
     batch = next(iter(recipe._loader(0, 0)))
     loss, parts = recipe._loss(batch)
     (probs,) = routing_probs(recipe.model)  # the tiny preset: one routed layer, (B, tokens, E)
     assert probs.shape[:2] == (4, 64)
-    weather = batch["weather"]
-    expected = label_expert_mutual_information(probs.mean(dim=1), weather, 4).detach()
-    assert float(parts["weather_mi"]) == pytest.approx(float(expected)) and float(expected) > 0
-    total = parts["pixel"] + parts["aux"] - 0.5 * parts["weather_mi"]
+    value = expected(probs, batch["weather"]).detach()
+    assert float(parts[field]) == pytest.approx(float(value)) and float(value) > 0
+    total = parts["pixel"] + parts["aux"] + sign * 0.5 * parts[field]
     assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
     dense = load_config(_write_config(tmp_path, tmp_path / "dense"), [*overrides, "model.ffn=dense"])
     recipe = trainer.TrainingRecipe(dense).setup()
     with pytest.raises(ValueError, match="routed layers"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
-
-
-def test_weather_groups_adds_the_routing_cross_entropy_on_each_weathers_experts(tmp_path):
-    from mofme.nn import label_group_loss, routing_probs
-
-    overrides = ["loss.weather_groups=0.3", "data.clean_fraction=0.25"]
-    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
-    batch = next(iter(recipe._loader(0, 0)))
-    loss, parts = recipe._loss(batch)
-    (probs,) = routing_probs(recipe.model)  # the tiny preset: one routed layer, (B, tokens, E)
-    expected = label_group_loss(probs, batch["weather"], 4).detach()
-    assert float(parts["weather_groups"]) == pytest.approx(float(expected)) and float(expected) > 0
-    total = parts["pixel"] + parts["aux"] + 0.3 * parts["weather_groups"]
-    assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
 
 
 def test_particle_weight_weights_the_batch_particles(tmp_path):
