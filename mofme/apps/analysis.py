@@ -113,13 +113,10 @@ def label_information_by_batch(
     ``"whole"`` over every weather item of ``items`` at once, ``"batch"`` its mean over ``draws``
     random batches of ``batch_size`` of them (drawn without replacement). A batch value far above
     the whole one is information about the images of a batch, not about the weather. Eval mode."""
-    model.eval()
     probs, weathers = [], []
-    for item in items:
-        if item["weather"] >= 0:
-            model(item["input"].unsqueeze(0))
-            probs.append(torch.stack([p.reshape(-1, p.shape[-1]).mean(0) for p in routing_probs(model)]))
-            weathers.append(item["weather"])
+    for item, _ in weather_routing(model, items, "input"):  # routing_probs: that item's forward
+        probs.append(torch.stack([p.reshape(-1, p.shape[-1]).mean(0) for p in routing_probs(model)]))
+        weathers.append(item["weather"])
     probs, labels = torch.stack(probs), torch.tensor(weathers)  # (images, layers, E), (images,)
     generator = torch.Generator().manual_seed(seed)
     batches = [torch.randperm(len(labels), generator=generator)[:batch_size] for _ in range(draws)]
