@@ -9,6 +9,8 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from mofme.apps import analysis
+from mofme.engine.routing import expert_counts, routing_nmi
+from mofme.models import create_model
 
 
 class FixedRouting(torch.nn.Module):
@@ -56,3 +58,41 @@ def test_weather_routing_is_informative_at_any_batch_size_and_image_routing_only
     by_image = torch.softmax(4 * torch.randn(400, 16, generator=torch.Generator().manual_seed(1)), -1)
     result = analysis.label_information_by_batch(FixedRouting(by_image), weather_items(100), batch_size=8)
     assert result["whole"][0] < 0.1 and result["batch"][0] > 5 * result["whole"][0]
+
+
+class BrightnessRouting(torch.nn.Module):
+    """One routed layer, top-1: each 4x4 token goes to the expert of its grey level's quarter."""
+
+    size_multiple = 4
+
+    def forward(self, x):
+        grey = torch.nn.functional.avg_pool2d(x.mean(1), 4)  # (1, h, w)
+        indices = (grey * 4).long().clamp(max=3).unsqueeze(-1)  # (1, h, w, 1)
+        return SimpleNamespace(routing=[(indices, torch.ones_like(indices, dtype=torch.float))])
+
+
+def test_routing_drivers_find_a_choice_fixed_by_brightness_and_none_by_weather():
+    generator = torch.Generator().manual_seed(0)
+    levels = torch.tensor([0.1, 0.35, 0.6, 0.85]).repeat(4)  # 16 tokens, each level 4 times
+    items = []
+    for weather in [0, 1, 2, 3, 0, 2]:  # every image has the same brightness histogram
+        tokens = levels[torch.randperm(16, generator=generator)].reshape(1, 1, 4, 4)
+        image = torch.nn.functional.interpolate(tokens, scale_factor=4.0)[0].expand(3, -1, -1)
+        items.append({"input": image, "target": image, "weather": weather})
+    result = analysis.routing_drivers(BrightnessRouting(), items)
+    assert result["brightness"] == pytest.approx([1.0])
+    assert result["weather"] == pytest.approx([0.0], abs=1e-9)
+
+
+def test_routing_drivers_weather_nmi_is_the_studys_routing_nmi():
+    torch.manual_seed(0)
+    model = create_model("restorer_tiny", ffn="mofme", num_experts=4, top_k=2).eval()
+    side = 2 * model.size_multiple + 3  # padded like the model pads it
+    items = [
+        {"input": torch.rand(3, side, side), "target": torch.rand(3, side, side), "weather": w}
+        for w in [0, 1, 1, 2, 3, 3, 0]
+    ]
+    result = analysis.routing_drivers(model, items, bins=3)
+    assert result["weather"] == pytest.approx(routing_nmi(expert_counts(model, items)), abs=1e-9)
+    assert set(result) == {"weather", *analysis.TOKEN_PROPERTIES}
+    assert all(len(values) == len(result["weather"]) > 0 for values in result.values())

@@ -7,17 +7,23 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor, nn
 
 from mofme.data import WEATHER_TYPES
 from mofme.engine.routing import condition_counts, expert_counts, expert_usage, routing_nmi, weather_routing
+from mofme.models.restorer import pad_to_multiple
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter, label_expert_mutual_information, routing_probs
+
+TOKEN_PROPERTIES = ("brightness", "texture", "degradation")  # what routing_drivers bins per token
 
 __all__ = [
     "condition_counts",
     "expert_counts",
     "expert_usage",
     "label_information_by_batch",
+    "routing_drivers",
     "routing_nmi",
     "routing_weather_calibration",
     "uar_selection_change",
@@ -130,3 +136,54 @@ def label_information_by_batch(
         "whole": [information(every, layer) for layer in layers],
         "batch": [float(np.mean([information(rows, layer) for rows in batches])) for layer in layers],
     }
+
+
+def _token_properties(item: dict, multiple: int, grid: tuple[int, int]) -> Tensor:
+    """(3, h, w): per token of an (h, w) grid on ``item``'s image padded to ``multiple`` as the
+    model pads it, the mean over the token's pixels of :data:`TOKEN_PROPERTIES`: the clean target's
+    grey level, its gradient magnitude (forward differences), and |input - target|."""
+    grey = item["target"].mean(0)
+    dx = F.pad(grey.diff(dim=1), (0, 1))
+    dy = F.pad(grey.diff(dim=0), (0, 0, 0, 1))
+    degradation = (item["input"] - item["target"]).abs().mean(0)
+    maps = torch.stack([grey, (dx**2 + dy**2).sqrt(), degradation]).unsqueeze(0)
+    return F.adaptive_avg_pool2d(pad_to_multiple(maps, multiple), grid)[0]
+
+
+def _quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
+    """Each value's bin among ``bins`` equal-count bins of ``values`` (ties share a bin)."""
+    edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, values, side="right")
+
+
+@torch.no_grad()
+def routing_drivers(model: nn.Module, items: Iterable[dict], *, bins: int = 4) -> dict[str, list[float]]:
+    """What a routed layer's expert choice follows: per layer, the NMI (as :func:`routing_nmi`)
+    between a token's experts (all k) and ``"weather"``, its image's weather type, or the bin
+    (``bins`` equal-count bins over every token of ``items``) of each of :data:`TOKEN_PROPERTIES`
+    under it. On the built-in splits the clean content is the same under every weather, so
+    brightness and texture say what the photo shows, not the weather on it. Items as
+    :class:`~mofme.data.BuiltinWeatherDataset`'s (``input``, ``target``, ``weather``); eval mode."""
+    labels: dict[str, list[list[np.ndarray]]] = {}
+    experts: list[list[np.ndarray]] = []
+    for item, routing in weather_routing(model, items, "input"):
+        if not experts:
+            experts = [[] for _ in routing]
+            labels = {name: [[] for _ in routing] for name in ("weather", *TOKEN_PROPERTIES)}
+        for layer, (indices, _) in enumerate(routing):
+            tokens = indices[0].flatten(0, 1)  # (h w, k)
+            experts[layer].append(tokens.numpy())
+            labels["weather"][layer].append(np.full(len(tokens), item["weather"]))
+            properties = _token_properties(item, model.size_multiple, indices.shape[1:3])
+            for name, values in zip(TOKEN_PROPERTIES, properties.flatten(1).numpy(), strict=True):
+                labels[name][layer].append(values)
+    result = {}
+    for name, per_layer in labels.items():
+        result[name] = []
+        for layer, values in enumerate(per_layer):
+            chosen = np.concatenate(experts[layer])  # (tokens, k)
+            label = np.concatenate(values)
+            label = label if name == "weather" else _quantile_bins(label, bins)
+            score = normalized_mutual_info_score(np.repeat(label, chosen.shape[1]), chosen.flatten())
+            result[name].append(float(score))
+    return result
