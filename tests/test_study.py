@@ -59,12 +59,16 @@ def test_study_on_tiny_settings(tmp_path):
     assert "Paired differences" in report and "| mofme - moe | 2 |" in report and "mofme-uar" in report
     paired = json.loads((tmp_path / "study.json").read_text())["paired"]
     assert set(paired) == {"mofme - moe", "mofme - dense", "mofme-uar - mofme"}  # no low-rank run here
+    specialisation = json.loads((tmp_path / "study.json").read_text())["specialisation"]
+    assert set(specialisation) == {"mofme", "mofme-uar"}  # the routed pairs; dense has no routing
+    assert "| mofme-uar - mofme |" in report.split("## Specialisation target")[1]
     for name in (
         "psnr.png",
         "routing_moe.png",
         "routing_mofme.png",
         "routing_mofme-uar.png",
         "nmi_training.png",
+        "specialisation.png",
     ):
         assert (tmp_path / name).stat().st_size > 0
     curves = {r["variant"]: r["nmi_curve"] for r in result.runs if r["seed"] == 0}

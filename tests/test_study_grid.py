@@ -291,3 +291,41 @@ def test_routing_heatmap_rows_are_weather_x_severity_when_the_run_has_them(tmp_p
     np.testing.assert_allclose(captured["u"][1, 4], counts[1, 1, 1] / counts[1, 1, 1].sum())  # snow s2
     study._routing_heatmap({"expert_counts": counts.sum(2).tolist()}, tmp_path)  # saved before severities
     assert captured["u"].shape == (2, 4, 5) and captured["l"] == list(study.WEATHER_TYPES)
+
+
+def test_specialisation_points_take_each_routed_pairs_best_layer_and_say_which_meets_the_target(tmp_path):
+    from mofme.apps.study_report import plot_specialisation, specialisation_points
+
+    def entry(nmi):
+        return {"nmi": [(value, 0.01) for value in nmi]} if nmi else {}
+
+    summary = {
+        "mofme": entry([0.03, 0.06]),
+        "mofme-groups": entry([0.25, 0.21]),
+        "mofme-labels": entry([0.1, 0.4]),
+        "mofme-image": entry([0.3, 0.2]),
+        "mofme-k1": entry([0.15, 0.1]),
+        "dense": entry([]),
+    }
+    paired = {
+        "mofme-groups - mofme": {"mean": -0.02, "low": -0.08, "high": 0.04},
+        "mofme-labels - mofme": {"mean": -0.15, "low": -0.3, "high": 0.0},
+        "mofme-image - mofme": {"mean": -0.4, "low": -0.5, "high": -0.3},
+        "mofme-k1 - mofme": {"mean": 0.1, "low": 0.0, "high": 0.2},
+        "mofme - dense": {"mean": 0.5, "low": 0.4, "high": 0.6},  # dense has no routing: no point
+    }
+    points = specialisation_points(summary, paired)
+    assert list(points) == ["mofme-groups", "mofme-labels", "mofme-image", "mofme-k1"]
+    assert points["mofme-labels"]["nmi"] == 0.4 and points["mofme-labels"]["baseline_nmi"] == 0.06
+    assert points["mofme-groups"]["target"] == "met"
+    assert "not excluded" in points["mofme-labels"]["target"]
+    assert "loses more" in points["mofme-image"]["target"]
+    assert "below" in points["mofme-k1"]["target"]
+    plot_specialisation(points, tmp_path / "specialisation.png")
+    assert (tmp_path / "specialisation.png").stat().st_size > 0
+    assert (
+        specialisation_points(
+            {"mofme": entry([0.1]), "dense": {}}, {"mofme - dense": paired["mofme - dense"]}
+        )
+        == {}
+    )

@@ -19,8 +19,10 @@ __all__ = [
     "plot_nmi_curves",
     "plot_psnr",
     "plot_scaling",
+    "plot_specialisation",
     "report_markdown",
     "setting_pairs",
+    "specialisation_points",
     "summarise",
     "write_study",
 ]
@@ -36,6 +38,8 @@ PAIRS: tuple[Pair, ...] = (
 ROUTING_FIELDS = ("nmi", "nmi_severity", "nmi_condition", "uar_change")  # per-layer lists of a run
 SCALING_REFERENCE = 16  # E of the study's recipe: the scaling table's ratios are relative to it
 TARGET_HALFWIDTH = 0.1  # dB: issue 12's precision; the report sizes the next study for it
+SPECIALISED_NMI = 0.2  # issue 12's specialisation target: NMI(weather; expert) in some layer ...
+AFFORDABLE_LOSS = 0.1  # ... without losing more than this many dB against the variant it changes
 
 
 def _pm(pair: tuple[float, float], seeds: int, digits: int = 2) -> str:
@@ -264,11 +268,14 @@ def report_markdown(
     *,
     scaling: dict[str, list[dict]] | None = None,
     curves: bool = False,
+    specialisation: dict[str, dict] | None = None,
 ) -> str:
     lines = _results_section(summary, protocol)
     lines += _paired_section(paired) if paired else _unpaired_verdicts(summary)
     if scaling:
         lines += _scaling_section(scaling)
+    if specialisation:
+        lines += _specialisation_section(specialisation)
     lines += _routing_section(summary, curves)
     return "\n".join(lines) + "\n"
 
@@ -366,6 +373,87 @@ def plot_nmi_curves(runs: list[dict], path: Path) -> bool:
     return True
 
 
+def specialisation_points(summary: dict, paired: dict) -> dict[str, dict]:
+    """Per variant A of a pair ``A - B`` where both have routing NMI: ``baseline`` B, ``nmi`` and
+    ``baseline_nmi`` (the largest over layers of the mean NMI(weather; expert) over seeds), the
+    paired PSNR difference ``mean``, ``low``, ``high`` (95 %), and ``target``, issue 12's in words:
+    "met" when NMI >= :data:`SPECIALISED_NMI` with a loss shown to be under :data:`AFFORDABLE_LOSS`
+    (``low`` above minus it)."""
+    points = {}
+    for name, p in paired.items():
+        a, b = name.split(" - ")
+        if summary.get(a, {}).get("nmi") and summary.get(b, {}).get("nmi"):
+            nmi, baseline_nmi = (max(mean for mean, _ in summary[v]["nmi"]) for v in (a, b))
+            points[a] = {
+                "baseline": b,
+                "nmi": nmi,
+                "baseline_nmi": baseline_nmi,
+                **{k: p[k] for k in ("mean", "low", "high")},
+                "target": _specialisation_verdict(nmi, p["low"], p["high"]),
+            }
+    return points
+
+
+def _specialisation_verdict(nmi: float, low: float, high: float) -> str:
+    if nmi < SPECIALISED_NMI:
+        return f"NMI below {SPECIALISED_NMI}"
+    if high < -AFFORDABLE_LOSS:
+        return f"met NMI; loses more than {AFFORDABLE_LOSS} dB"
+    if low > -AFFORDABLE_LOSS:
+        return "met"
+    return f"met NMI; a loss over {AFFORDABLE_LOSS} dB not excluded"
+
+
+def _specialisation_section(points: dict[str, dict]) -> list[str]:
+    lines = [
+        "## Specialisation target",
+        "",
+        f"Best layer's NMI(weather; expert) against the paired PSNR difference; target: NMI >= {SPECIALISED_NMI}"
+        f" with the 95 % interval above -{AFFORDABLE_LOSS} dB (figure: `specialisation.png`).",
+        "",
+        "| A - B | NMI of A | NMI of B | mean dB | 95 % interval | target |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for variant, p in points.items():
+        lines.append(
+            f"| {variant} - {p['baseline']} | {p['nmi']:.3f} | {p['baseline_nmi']:.3f} | {p['mean']:+.3f} "
+            f"| [{p['low']:+.3f}, {p['high']:+.3f}] | {p['target']} |"
+        )
+    return [*lines, ""]
+
+
+def plot_specialisation(points: dict[str, dict], path: Path) -> None:
+    """:func:`specialisation_points` as NMI against the PSNR difference (95 % interval), each
+    baseline at 0, the target region shaded."""
+    from mofme.apps.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for baseline, nmi in {p["baseline"]: p["baseline_nmi"] for p in points.values()}.items():
+        ax.plot(0.0, nmi, "k*", ms=12, label=f"{baseline} (baseline)")
+    for variant, p in points.items():
+        ax.errorbar(
+            p["mean"], p["nmi"], xerr=[[p["mean"] - p["low"]], [p["high"] - p["mean"]]], fmt="o", capsize=3
+        )
+        ax.annotate(
+            variant, (p["mean"], p["nmi"]), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
+        )
+    top = max(0.25, 1.15 * max(max(p["nmi"], p["baseline_nmi"]) for p in points.values()))
+    left, right = ax.get_xlim()
+    right = max(right, 0.1)
+    ax.fill_between([-AFFORDABLE_LOSS, right], SPECIALISED_NMI, top, color="tab:green", alpha=0.12)
+    ax.axhline(SPECIALISED_NMI, color="tab:green", ls="--", lw=1)
+    ax.axvline(-AFFORDABLE_LOSS, color="tab:green", ls="--", lw=1, label="target region (issue 12)")
+    ax.set_xlim(left, right)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("PSNR difference to the baseline (dB), paired, 95 % interval")
+    ax.set_ylabel("NMI(weather; expert), best layer")
+    ax.legend(fontsize="small", loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_study(
     output: Path, *, protocol: dict, runs: list[dict], variants: list[str], pairs: list[Pair] = ()
 ) -> dict:
@@ -375,17 +463,18 @@ def write_study(
     summary = summarise(runs, variants)
     paired = paired_comparisons(runs, pairs)
     scaling = expert_scaling(summary)
+    points = {} if scaling else specialisation_points(summary, paired)  # a scaling study: too many baselines
+    document = {"protocol": protocol, "summary": summary, "paired": paired, "scaling": scaling}
     (output / "study.json").write_text(
-        json.dumps(
-            {"protocol": protocol, "summary": summary, "paired": paired, "scaling": scaling, "runs": runs},
-            indent=2,
-        )
+        json.dumps({**document, "specialisation": points, "runs": runs}, indent=2)
     )
     if scaling:
         plot_scaling(scaling, output / "scaling.png", dense=summary.get("dense"))
     curves = plot_nmi_curves(runs, output / "nmi_training.png")
+    if points:
+        plot_specialisation(points, output / "specialisation.png")
     (output / "report.md").write_text(
-        report_markdown(summary, protocol, paired, scaling=scaling, curves=curves)
+        report_markdown(summary, protocol, paired, scaling=scaling, curves=curves, specialisation=points)
     )
     plot_psnr(summary, output / "psnr.png")
     return summary
