@@ -305,22 +305,25 @@ def test_specialisation_points_take_each_routed_pairs_best_layer_and_say_which_m
         "mofme-labels": entry([0.1, 0.4]),
         "mofme-image": entry([0.3, 0.2]),
         "mofme-k1": entry([0.15, 0.1]),
+        "mofme-once": entry([0.25, 0.21]),
         "dense": entry([]),
     }
     paired = {
-        "mofme-groups - mofme": {"mean": -0.02, "low": -0.08, "high": 0.04},
-        "mofme-labels - mofme": {"mean": -0.15, "low": -0.3, "high": 0.0},
-        "mofme-image - mofme": {"mean": -0.4, "low": -0.5, "high": -0.3},
-        "mofme-k1 - mofme": {"mean": 0.1, "low": 0.0, "high": 0.2},
-        "mofme - dense": {"mean": 0.5, "low": 0.4, "high": 0.6},  # dense has no routing: no point
+        "mofme-groups - mofme": {"mean": -0.02, "low": -0.08, "high": 0.04, "seeds": 5},
+        "mofme-labels - mofme": {"mean": -0.15, "low": -0.3, "high": 0.0, "seeds": 5},
+        "mofme-image - mofme": {"mean": -0.4, "low": -0.5, "high": -0.3, "seeds": 5},
+        "mofme-k1 - mofme": {"mean": 0.1, "low": 0.0, "high": 0.2, "seeds": 5},
+        "mofme-once - mofme": {"mean": -0.02, "low": -0.08, "high": 0.04, "seeds": 1},
+        "mofme - dense": {"mean": 0.5, "low": 0.4, "high": 0.6, "seeds": 5},  # dense has no routing: no point
     }
     points = specialisation_points(summary, paired)
-    assert list(points) == ["mofme-groups", "mofme-labels", "mofme-image", "mofme-k1"]
+    assert list(points) == ["mofme-groups", "mofme-labels", "mofme-image", "mofme-k1", "mofme-once"]
     assert points["mofme-labels"]["nmi"] == 0.4 and points["mofme-labels"]["baseline_nmi"] == 0.06
     assert points["mofme-groups"]["target"] == "met"
     assert "not excluded" in points["mofme-labels"]["target"]
     assert "loses more" in points["mofme-image"]["target"]
     assert "below" in points["mofme-k1"]["target"]
+    assert "no decision" in points["mofme-once"]["target"]  # one seed: its interval covers images only
     plot_specialisation(points, tmp_path / "specialisation.png")
     assert (tmp_path / "specialisation.png").stat().st_size > 0
     assert (
