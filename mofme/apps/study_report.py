@@ -432,8 +432,9 @@ def plot_specialisation(points: dict[str, dict], path: Path) -> None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for baseline, nmi in {p["baseline"]: p["baseline_nmi"] for p in points.values()}.items():
-        ax.plot(0.0, nmi, "k*", ms=12, label=f"{baseline} (baseline)")
+    baselines = {p["baseline"]: p["baseline_nmi"] for p in points.values()}
+    for (baseline, nmi), marker in zip(baselines.items(), "*XPDvs^<>ph", strict=False):  # one shape each
+        ax.plot(0.0, nmi, "k" + marker, ms=10, ls="none", label=f"{baseline} (baseline)")
     for variant, p in points.items():
         ax.errorbar(
             p["mean"], p["nmi"], xerr=[[p["mean"] - p["low"]], [p["high"] - p["mean"]]], fmt="o", capsize=3
