@@ -8,7 +8,6 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor, nn
 
 from mofme.data import WEATHER_TYPES
@@ -184,6 +183,7 @@ def routing_drivers(model: nn.Module, items: Iterable[dict], *, bins: int = 4) -
             chosen = np.concatenate(experts[layer])  # (tokens, k)
             label = np.concatenate(values)
             label = label if name == "weather" else _quantile_bins(label, bins)
-            score = normalized_mutual_info_score(np.repeat(label, chosen.shape[1]), chosen.flatten())
-            result[name].append(float(score))
+            counts = np.zeros((1, label.max() + 1, chosen.max() + 1), dtype=np.int64)  # as routing_nmi takes
+            np.add.at(counts[0], (np.repeat(label, chosen.shape[1]), chosen.flatten()), 1)
+            result[name] += routing_nmi(counts)
     return result

@@ -398,7 +398,7 @@ def _specialisation_verdict(nmi: float, pair: dict) -> str:
     low, high = pair["low"], pair["high"]
     if nmi < SPECIALISED_NMI:
         return f"NMI below {SPECIALISED_NMI}"
-    if pair.get("seeds", 2) < 2:  # the interval covers images only: no decision (as the paired table)
+    if pair["seeds"] == 1:  # the interval covers images only: no decision (as the paired table)
         return "met NMI; one seed: no decision on the loss"
     if high < -AFFORDABLE_LOSS:
         return f"met NMI; loses more than {AFFORDABLE_LOSS} dB"
