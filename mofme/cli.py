@@ -294,12 +294,57 @@ def _bench_layers(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+Subcommands = argparse._SubParsersAction  # what ArgumentParser.add_subparsers returns
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mofme`` command line: one sub-command per ``_add_<command>`` below."""
     parser = argparse.ArgumentParser(
         prog="mofme", description="Mixture of Feature-Modulated Experts: restoration toolkit"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_demo,
+        _add_train,
+        _add_eval,
+        _add_restore,
+        _add_serve,
+        _add_masks,
+        _add_synth,
+        _add_bench,
+        _add_study,
+        _add_bench_layers,
+    ):
+        add(commands)
+    return parser
 
+
+def _tiled_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint, --tile, --overlap, --device of the commands that restore whole photos."""
+    p.add_argument(
+        "--checkpoint",
+        default=DEFAULT_WEIGHTS,
+        help=f"a save_pretrained directory (config.json + model.safetensors) or a shipped model "
+        f"(default: {DEFAULT_WEIGHTS}, the weights in the package)",
+    )
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+
+
+def _fast_path_argument(p: argparse.ArgumentParser) -> None:
+    """--no-fast of the commands that restore on the CPU."""
+    p.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_false",
+        help="restorers on the CPU: run the plain modules instead of the inference fast path "
+        "(oneDNN, channels-last; the same outputs to float32 rounding)",
+    )
+
+
+def _add_demo(commands: Subcommands) -> None:
+    """mofme demo."""
     demo = commands.add_parser(
         "demo", help="restore and score the built-in test split with the shipped weights (or --train)"
     )
@@ -312,39 +357,51 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", help="recipe overrides with --train, e.g. model.router=uar")
     demo.set_defaults(func=_demo)
 
+
+def _add_train(commands: Subcommands) -> None:
+    """mofme train."""
     train = commands.add_parser("train", help="train a restorer from a YAML recipe")
     train.add_argument("config", help="YAML file, or the name of a shipped recipe (e.g. demo_cpu)")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=2e-4")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     train.set_defaults(func=_train)
 
-    def tiled(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--checkpoint",
-            default=DEFAULT_WEIGHTS,
-            help=f"a save_pretrained directory (config.json + model.safetensors) or a shipped model "
-            f"(default: {DEFAULT_WEIGHTS}, the weights in the package)",
-        )
-        p.add_argument("--tile", type=int, default=256)
-        p.add_argument("--overlap", type=int, default=32)
-        p.add_argument("--device", default="cpu")
 
-    def fast_path(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--no-fast",
-            dest="fast",
-            action="store_false",
-            help="restorers on the CPU: run the plain modules instead of the inference fast path "
-            "(oneDNN, channels-last; the same outputs to float32 rounding)",
-        )
-
+def _add_eval(commands: Subcommands) -> None:
+    """mofme eval."""
     ev = commands.add_parser(
         "eval",
         help="restorers: PSNR/SSIM per weather type on full-resolution test pairs; classifiers and "
         "segmenters: accuracy / mIoU per weather condition",
     )
-    tiled(ev)
-    fast_path(ev)
+    _tiled_arguments(ev)
+    _fast_path_argument(ev)
+    _eval_data_arguments(ev)
+    ev.add_argument("--output", default="eval", help="where metrics.json and metrics.md go")
+    ev.add_argument("--y-channel", action="store_true", help="metrics on BT.601 Y instead of RGB")
+    ev.add_argument("--crop-border", type=int, default=0)
+    ev.add_argument("--save-images", default=None, help="also write the restored images here")
+    ev.add_argument(
+        "--restore-with",
+        default=None,
+        metavar="CHECKPOINT",
+        help="recognition models: also score the images restored first by this restorer ('default': the "
+        "shipped weights); writes degraded/, restored/ and the restore_then_recognise comparison",
+    )
+    ev.add_argument("--seg-tile", type=int, default=64, help="segmenters: tiled-inference window (pixels)")
+    ev.add_argument("--seg-overlap", type=int, default=16, help="segmenters: overlap of the windows")
+    ev.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="ImageFolder data: centre crops of this size (default: whole)",
+    )
+    ev.set_defaults(func=_eval)
+
+
+def _eval_data_arguments(ev: argparse.ArgumentParser) -> None:
+    """mofme eval's choice of data: --data and what reads it (--root, --split, --renders, --seed,
+    --variant)."""
     ev.add_argument(
         "--data",
         required=True,
@@ -382,39 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["clean", "foggy", "rain"],
         help="--data cityscapes: leftImg8bit (default), Foggy or Rain Cityscapes images",
     )
-    ev.add_argument("--output", default="eval", help="where metrics.json and metrics.md go")
-    ev.add_argument("--y-channel", action="store_true", help="metrics on BT.601 Y instead of RGB")
-    ev.add_argument("--crop-border", type=int, default=0)
-    ev.add_argument("--save-images", default=None, help="also write the restored images here")
-    ev.add_argument(
-        "--restore-with",
-        default=None,
-        metavar="CHECKPOINT",
-        help="recognition models: also score the images restored first by this restorer ('default': the "
-        "shipped weights); writes degraded/, restored/ and the restore_then_recognise comparison",
-    )
-    ev.add_argument("--seg-tile", type=int, default=64, help="segmenters: tiled-inference window (pixels)")
-    ev.add_argument("--seg-overlap", type=int, default=16, help="segmenters: overlap of the windows")
-    ev.add_argument(
-        "--crop-size",
-        type=int,
-        default=None,
-        help="ImageFolder data: centre crops of this size (default: whole)",
-    )
-    ev.set_defaults(func=_eval)
 
+
+def _add_restore(commands: Subcommands) -> None:
+    """mofme restore."""
     restore = commands.add_parser("restore", help="restore your own photos (files or folders, any size)")
     restore.add_argument("inputs", nargs="+")
     restore.add_argument("--output", required=True)
-    tiled(restore)
-    fast_path(restore)
+    _tiled_arguments(restore)
+    _fast_path_argument(restore)
     restore.set_defaults(func=_restore)
 
+
+def _add_serve(commands: Subcommands) -> None:
+    """mofme serve."""
     serve = commands.add_parser(
         "serve",
         help="restore photos from a local web page (needs the serve extra: pip install 'mofme[serve]')",
     )
-    tiled(serve)
+    _tiled_arguments(serve)
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
     )
@@ -426,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=32, help="photos queued or restoring at once")
     serve.set_defaults(func=_serve, tile=128, overlap=16)  # ServeSettings' defaults (measured there)
 
+
+def _add_masks(commands: Subcommands) -> None:
+    """mofme masks."""
     masks = commands.add_parser(
         "masks",
         help="weather masks of your own photos (files or folders, any size) by a degradation segmenter: "
@@ -441,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--device", default="cpu")
     masks.set_defaults(func=_masks)
 
+
+def _add_synth(commands: Subcommands) -> None:
+    """mofme synth."""
     synth = commands.add_parser(
         "synth", help="render weather on your photos into an Allweather-style dataset"
     )
@@ -451,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
-    from mofme.apps.study import DEFAULT_STEPS, RECIPE, STUDY_VARIANTS
+
+def _add_bench(commands: Subcommands) -> None:
+    """mofme bench."""
     from mofme.benchmarks.restorer import add_arguments as add_bench_arguments
 
     whole = commands.add_parser(
@@ -459,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(whole)
     whole.set_defaults(func=_bench)
+
+
+def _add_study(commands: Subcommands) -> None:
+    """mofme study."""
+    from mofme.apps.study import DEFAULT_STEPS, RECIPE, STUDY_VARIANTS
 
     study = commands.add_parser(
         "study", help="dense vs MoE vs MoFME (linear, UaR) at an equal budget, with routing analysis"
@@ -499,10 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.set_defaults(func=_study)
 
+
+def _add_bench_layers(commands: Subcommands) -> None:
+    """mofme bench-layers."""
     bench = commands.add_parser("bench-layers", help="layer benchmark (python -m mofme.benchmarks.layers)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark")
     bench.set_defaults(func=_bench_layers)
-    return parser
 
 
 SERVE_MODULES = ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart")
