@@ -294,6 +294,57 @@ def _output_name(name: str, weather: str, used: set[str]) -> str:
     return candidate
 
 
+def _conventions(*, y_channel: bool, crop_border: int, tile: int, overlap: int, patch: int) -> dict:
+    """The metric and inference conventions an :class:`EvalReport` states."""
+    return {
+        "color": "Y (BT.601, BasicSR/MATLAB rgb2ycbcr)" if y_channel else "RGB",
+        "y_channel": y_channel,
+        "crop_border": crop_border,
+        "quantization": "restored output, target and input rounded to 8-bit levels before the metrics",
+        "resize": "none: full-resolution input and target",
+        "ssim": "Gaussian 11x11, sigma 1.5, valid window (BasicSR / MATLAB / scikit-image)",
+        "tiling": {"tile": tile, "overlap": overlap, "multiple_of": patch, "blend": "raised cosine"},
+        "aggregation": "mean_over_weather = mean of per-weather means; per_image_mean = mean over images",
+    }
+
+
+def _check_sizes(inp: torch.Tensor, tgt: torch.Tensor, name: str, target_path: Any) -> None:
+    """Input and target (3, H, W) of pair ``name`` have one size (targets are never resized)."""
+    if inp.shape != tgt.shape:
+        where = f" (target '{target_path}')" if target_path is not None else ""
+        raise ValueError(
+            f"size mismatch in pair '{name}'{where}: input {inp.shape[1]}x{inp.shape[2]}, "
+            f"target {tgt.shape[1]}x{tgt.shape[2]} (HxW); targets are never resized"
+        )
+
+
+def _score(
+    restored: torch.Tensor,
+    inp: torch.Tensor,
+    tgt: torch.Tensor,
+    *,
+    name: str,
+    weather: str,
+    severity: Any,
+    y_channel: bool,
+    crop_border: int,
+) -> ImageMetrics:
+    """PSNR and SSIM of the input ``inp`` and the 8-bit ``restored`` output (1, 3, H, W) against the
+    target ``tgt`` (3, H, W) of pair ``name``; inputs and targets rounded to 8-bit levels, the metrics
+    computed on ``restored``'s device."""
+    device = restored.device
+    target = quantize(tgt.to(device))[None]
+    degraded = quantize(inp.to(device))[None]
+    opts = dict(y_channel=y_channel, crop_border=crop_border)
+    try:
+        both = torch.cat([degraded, restored])
+        targets = target.expand_as(both)
+        p, s = psnr(both, targets, **opts).tolist(), ssim(both, targets, **opts).tolist()
+    except ValueError as error:
+        raise ValueError(f"pair '{name}': {error}") from error
+    return ImageMetrics(name, weather, inp.shape[1], inp.shape[2], p[0], s[0], p[1], s[1], severity)
+
+
 def evaluate(
     model: nn.Module,
     pairs_or_dataset: Iterable[Any],
@@ -330,16 +381,8 @@ def evaluate(
 
     run_on = prepare_model(model, device)
     patch = model_patch_size(model)
-    conventions = {
-        "color": "Y (BT.601, BasicSR/MATLAB rgb2ycbcr)" if y_channel else "RGB",
-        "y_channel": y_channel,
-        "crop_border": crop_border,
-        "quantization": "restored output, target and input rounded to 8-bit levels before the metrics",
-        "resize": "none: full-resolution input and target",
-        "ssim": "Gaussian 11x11, sigma 1.5, valid window (BasicSR / MATLAB / scikit-image)",
-        "tiling": {"tile": tile, "overlap": overlap, "multiple_of": patch, "blend": "raised cosine"},
-        "aggregation": "mean_over_weather = mean of per-weather means; per_image_mean = mean over images",
-    }
+    metric_conventions = dict(y_channel=y_channel, crop_border=crop_border)
+    conventions = _conventions(**metric_conventions, tile=tile, overlap=overlap, patch=patch)
     rows: list[ImageMetrics] = []
     used: set[str] = set()
     start = time.perf_counter()
@@ -347,27 +390,15 @@ def evaluate(
     with eval_mode(model), tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
         runner = inference_model(model, device=run_on, fast=fast)
         for inp, tgt, weather, name, tgt_path, severity in _samples(pairs_or_dataset):
-            if inp.shape != tgt.shape:
-                where = f" (target '{tgt_path}')" if tgt_path is not None else ""
-                raise ValueError(
-                    f"size mismatch in pair '{name}'{where}: input {inp.shape[1]}x{inp.shape[2]}, "
-                    f"target {tgt.shape[1]}x{tgt.shape[2]} (HxW); targets are never resized"
-                )
+            _check_sizes(inp, tgt, name, tgt_path)
             restored = restore_tensor(
                 runner, inp, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
             )
             restored = quantize(restored)[None]
-            target = quantize(tgt.to(run_on))[None]
-            degraded = quantize(inp.to(run_on))[None]
-            opts = dict(y_channel=y_channel, crop_border=crop_border)
-            try:
-                both = torch.cat([degraded, restored])
-                targets = target.expand_as(both)
-                p, s = psnr(both, targets, **opts).tolist(), ssim(both, targets, **opts).tolist()
-            except ValueError as error:
-                raise ValueError(f"pair '{name}': {error}") from error
             rows.append(
-                ImageMetrics(name, weather, inp.shape[1], inp.shape[2], p[0], s[0], p[1], s[1], severity)
+                _score(
+                    restored, inp, tgt, name=name, weather=weather, severity=severity, **metric_conventions
+                )
             )
             if save_images is not None:
                 out = Path(save_images) / _output_name(name, weather, used)
