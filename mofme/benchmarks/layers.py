@@ -215,7 +215,8 @@ def markdown(rows: list[Row], router: dict | None, checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (``python -m mofme.benchmarks.layers --help``)."""
     parser = argparse.ArgumentParser(
         prog="python -m mofme.benchmarks.layers", description=__doc__.split("\n")[0]
     )
@@ -244,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--targets", type=Path, default=None, help="check the ratios against this file's [layers] limits"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     limits = load_limits(args.targets, "layers") if args.targets else {}
     device = torch.device(args.device)

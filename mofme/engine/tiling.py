@@ -138,6 +138,17 @@ def _apply(fn: Callable[[Tensor], Tensor], tiles: Tensor) -> Tensor:
     return out
 
 
+def _check_tiling(*, tile: int, overlap: int, multiple_of: int, batch_size: int) -> None:
+    """:func:`tiled_apply`'s settings, each named in the error."""
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
+    _check_tile_overlap(tile, overlap)
+    if tile % multiple_of:
+        raise ValueError(f"tile={tile} must be a multiple of multiple_of={multiple_of}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
 def tiled_apply(
     fn: Callable[[Tensor], Tensor],
     image: Tensor,
@@ -165,13 +176,7 @@ def tiled_apply(
         Accumulation is in that dtype, or float32 for lower-precision outputs. If the padded image fits in
         one tile the result is exactly ``fn(padded)[..., :H, :W]``. Runs under :func:`torch.no_grad`.
     """
-    if multiple_of < 1:
-        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
-    _check_tile_overlap(tile, overlap)
-    if tile % multiple_of:
-        raise ValueError(f"tile={tile} must be a multiple of multiple_of={multiple_of}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_tiling(tile=tile, overlap=overlap, multiple_of=multiple_of, batch_size=batch_size)
     squeeze = image.ndim == 3
     if squeeze:
         image = image[None]
