@@ -189,8 +189,32 @@ def test_a_scaling_study_pairs_variants_at_the_same_expert_count():
         for v, o in (("moe-e4", 0), ("mofme-e4", 1), ("moe-e16", 0), ("dense", 0))
     ]
     paired = paired_comparisons(runs)
-    assert set(paired) == {"mofme-e4 - moe-e4", "mofme-e4 - dense"}  # no mofme-e16: nothing to pair
+    assert set(paired) == {"mofme-e4 - moe-e4", "mofme-e4 - dense", "moe-e4 - moe-e16"}
     assert paired["mofme-e4 - moe-e4"]["mean"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_scaling_study_pairs_each_variant_with_itself_at_the_reference_expert_count():
+    """E=16 (the recipe's) is the reference when it ran, else the smallest E; the difference is
+    the known offset between the expert counts."""
+    rng = np.random.default_rng(1)
+    offsets = {4: 0.0, 16: 0.5, 128: -0.3}
+
+    def run(variant, seed, offset):
+        images = [
+            {"name": f"i{i}", "weather": w, "psnr": 20 + offset + rng.normal(0, 0.01)}
+            for i, w in enumerate("rrss")
+        ]
+        return {"variant": variant, "seed": seed, "images": images}
+
+    runs = [run(f"moe-e{e}", s, o) for s in (0, 1, 2) for e, o in offsets.items()]
+    runs += [run(f"mofme-e{e}", s, offsets[e]) for s in (0, 1, 2) for e in (4, 128)]
+    paired = paired_comparisons(runs)
+    across = {"mofme-e4 - moe-e4", "mofme-e128 - moe-e128"}  # PAIRS at each E both ran
+    assert set(paired) == across | {"moe-e4 - moe-e16", "moe-e128 - moe-e16", "mofme-e128 - mofme-e4"}
+    assert paired["moe-e128 - moe-e16"]["mean"] == pytest.approx(-0.8, abs=0.05)
+    assert paired["moe-e4 - moe-e16"]["mean"] == pytest.approx(-0.5, abs=0.05)
+    assert paired["mofme-e128 - mofme-e4"]["mean"] == pytest.approx(-0.3, abs=0.05)
+    assert paired["moe-e128 - moe-e16"]["title"] == "moe: E=128 vs E=16"
 
 
 def test_nmi_curves_are_plotted_only_when_runs_logged_them(tmp_path):

@@ -88,13 +88,23 @@ def setting_pairs(settings: list[str], baseline: str = "mofme") -> list[Pair]:
 
 def _pairs(variants: set[str], extra: list[Pair]) -> list[Pair]:
     """:data:`PAIRS` and ``extra``, and for a scaling study (``<variant>-e<E>`` names) each pair of
-    :data:`PAIRS` at every E (``dense`` has no E)."""
-    counts = sorted({int(m.group(2)) for v in variants if (m := SCALED_NAME.fullmatch(v))})
+    :data:`PAIRS` at every E (``dense`` has no E) and each variant at every E against itself at
+    :data:`SCALING_REFERENCE` experts (its smallest E when that did not run), the scaling table's
+    reference: what the quality gains or loses with E."""
+    scaled = [(m.group(1), int(m.group(2))) for v in variants if (m := SCALED_NAME.fullmatch(v))]
+    counts = sorted({count for _, count in scaled})
     pairs = [*PAIRS, *extra]
     for count in counts:
         for a, b, claim, title in PAIRS:
             b_name = b if b == "dense" else f"{b}-e{count}"
             pairs.append((f"{a}-e{count}", b_name, claim, f"{title}, E={count}"))
+    for base in sorted({base for base, _ in scaled}):
+        mine = sorted(count for b, count in scaled if b == base)
+        reference = SCALING_REFERENCE if SCALING_REFERENCE in mine else mine[0]
+        for count in mine:
+            if count != reference:
+                title = f"{base}: E={count} vs E={reference}"
+                pairs.append((f"{base}-e{count}", f"{base}-e{reference}", 0.0, title))
     return pairs
 
 
