@@ -86,6 +86,12 @@ def setting_pairs(settings: list[str], baseline: str = "mofme") -> list[Pair]:
     return [(name, baseline, 0.0, f"setting {name} vs {baseline}") for name in settings if name != baseline]
 
 
+def _reference_experts(counts: list[int]) -> int:
+    """The E a variant's scaling comparisons are relative to: :data:`SCALING_REFERENCE` when it
+    ran, else the smallest of ``counts``."""
+    return SCALING_REFERENCE if SCALING_REFERENCE in counts else min(counts)
+
+
 def _pairs(variants: set[str], extra: list[Pair]) -> list[Pair]:
     """:data:`PAIRS` and ``extra``, and for a scaling study (``<variant>-e<E>`` names) each pair of
     :data:`PAIRS` at every E (``dense`` has no E) and each variant at every E against itself at
@@ -100,7 +106,7 @@ def _pairs(variants: set[str], extra: list[Pair]) -> list[Pair]:
             pairs.append((f"{a}-e{count}", b_name, claim, f"{title}, E={count}"))
     for base in sorted({base for base, _ in scaled}):
         mine = sorted(count for b, count in scaled if b == base)
-        reference = SCALING_REFERENCE if SCALING_REFERENCE in mine else mine[0]
+        reference = _reference_experts(mine)
         for count in mine:
             if count != reference:
                 title = f"{base}: E={count} vs E={reference}"
@@ -236,7 +242,8 @@ def _scaling_section(scaling: dict[str, list[dict]]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for base, rows in scaling.items():
-        reference = next((r for r in rows if r["experts"] == SCALING_REFERENCE), rows[0])
+        reference_count = _reference_experts([r["experts"] for r in rows])
+        reference = next(r for r in rows if r["experts"] == reference_count)
         for row in rows:
             lines.append(
                 f"| {base} | {row['experts']} | {row['params']:,} | {row['params'] / reference['params']:.2f}x "
