@@ -173,7 +173,8 @@ def routing_drivers(model: nn.Module, items: Iterable[dict], *, bins: int = 4) -
             tokens = indices[0].flatten(0, 1)  # (h w, k)
             experts[layer].append(tokens.numpy())
             labels["weather"][layer].append(np.full(len(tokens), item["weather"]))
-            properties = _token_properties(item, model.size_multiple, indices.shape[1:3])
+            pad = getattr(model, "patch_size", None) or model.size_multiple  # what the model pads to
+            properties = _token_properties(item, pad, indices.shape[1:3])
             for name, values in zip(TOKEN_PROPERTIES, properties.flatten(1).numpy(), strict=True):
                 labels[name][layer].append(values)
     result = {}

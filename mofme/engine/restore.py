@@ -9,7 +9,13 @@ Inference is tiled (:func:`mofme.engine.tiling.tiled_apply`): ``tile x tile`` wi
 ``overlap`` pixels, ``batch_size`` windows per forward pass, blended with raised-cosine weights, so memory is
 bounded by the tile size and a 4000x3000 photo restores on a CPU with a few GB. The model runs in eval
 mode under ``torch.no_grad`` (its previous train/eval state is restored afterwards); the window side must
-be a multiple of the model's patch size (``model.patch_size`` or ``model.config.patch_size``). On the CPU
+be a multiple of the model's patch size (``model.patch_size`` or ``model.config.patch_size``).
+
+A model with a bounded reach (``model.receptive_margin``, e.g. a windowed Restorer) is tiled exactly:
+:func:`model_tiling` picks tiles on its window grid with zero-weight margins, so the result equals the
+whole-image restoration to float rounding (no seams), and runs images up to :data:`WHOLE_IMAGE_PIXELS`
+whole (windowed attention costs memory linear in the image). Global-attention models keep the requested
+``tile`` and ``overlap`` (their tiles each see only their own context: seams are possible). On the CPU
 a :class:`~mofme.models.Restorer` runs through its inference fast path (:mod:`mofme.engine.fastpath`: a
 oneDNN, channels-last copy, same outputs to float32 rounding) unless ``fast=False``.
 """
@@ -33,10 +39,13 @@ from .fastpath import inference_model
 from .tiling import tiled_apply
 
 __all__ = [
+    "WHOLE_IMAGE_PIXELS",
     "RestoreResult",
+    "Tiling",
     "eval_mode",
     "model_device",
     "model_patch_size",
+    "model_tiling",
     "plan_outputs",
     "prepare_model",
     "restore_image",
@@ -49,6 +58,9 @@ logger = logging.getLogger(__name__)
 _WRITABLE = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what write_image can encode
 _SIXTEEN_BIT = (".png", ".tif", ".tiff")  # formats written at 16 bits when the input was 16-bit
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# a model with a receptive margin restores images up to this many (padded) pixels in one piece: about
+# 4 GB of activations for the small window preset on a 2048 x 2048 image (its tail runs at 64 channels)
+WHOLE_IMAGE_PIXELS = 2048 * 2048
 
 
 class RestoreResult(NamedTuple):
@@ -66,6 +78,37 @@ def model_patch_size(model: nn.Module) -> int:
     if size is None:
         size = getattr(getattr(model, "config", None), "patch_size", None)
     return int(size) if size else 1
+
+
+class Tiling(NamedTuple):
+    """The keyword arguments of :func:`~mofme.engine.tiling.tiled_apply` for one model and image size."""
+
+    tile: int
+    overlap: int
+    margin: int
+    multiple_of: int
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def model_tiling(model: nn.Module, height: int, width: int, *, tile: int, overlap: int) -> Tiling:
+    """How an H x W image is tiled for ``model`` (what :func:`restore_tensor` and the server's tile count
+    use). Without a ``model.receptive_margin`` (global attention): ``tile`` and ``overlap`` as asked,
+    margin 0. With one, the tiling is exact: the whole image in one piece up to :data:`WHOLE_IMAGE_PIXELS`
+    (padded); else margin = the receptive margin, overlap = ``max(overlap, 2 * margin + multiple)`` and
+    tile = ``max(tile, 4 * overlap)`` (at most ~45% of the work repeated), both rounded up to the model's
+    :attr:`size_multiple` so that every tile starts on its window grid."""
+    multiple = model_patch_size(model)
+    margin = getattr(model, "receptive_margin", None)
+    if margin is None:
+        return Tiling(tile, overlap, 0, multiple)
+    padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
+    if padded_h * padded_w <= WHOLE_IMAGE_PIXELS:
+        return Tiling(max(padded_h, padded_w), 0, 0, multiple)
+    overlap = _round_up(max(overlap, 2 * margin + multiple), multiple)
+    return Tiling(max(_round_up(tile, multiple), 4 * overlap), overlap, margin, multiple)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -121,11 +164,11 @@ def _model_fn(model: nn.Module, device: torch.device):
 def restore_tensor(
     model: nn.Module, image: Tensor, *, device: torch.device, tile: int, overlap: int, batch_size: int
 ) -> Tensor:
-    """The tiled restoration of a (3, H, W) image, already in eval mode; float32 (3, H, W) on ``device``."""
-    fn = _model_fn(model, device)
-    return tiled_apply(
-        fn, image, tile=tile, overlap=overlap, multiple_of=model_patch_size(model), batch_size=batch_size
-    )
+    """The tiled restoration of a (3, H, W) image, already in eval mode; float32 (3, H, W) on ``device``.
+    ``tile`` and ``overlap`` as asked, or the exact tiling of a model with a receptive margin
+    (:func:`model_tiling`)."""
+    plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap)
+    return tiled_apply(_model_fn(model, device), image, **plan._asdict(), batch_size=batch_size)
 
 
 def restore_image(
@@ -145,7 +188,8 @@ def restore_image(
             (or a tensor) whose image has the same shape.
         image: (3, H, W) float in [0, 1], any H, W >= 1, on any device (tiles are moved one batch at a time).
         tile, overlap, batch_size: see :func:`~mofme.engine.tiling.tiled_apply`; ``tile`` must be a
-            multiple of the model's patch size.
+            multiple of the model's patch size. A model with a receptive margin (windowed attention) is
+            tiled exactly instead, ``tile`` and ``overlap`` being minimums (:func:`model_tiling`).
         device: where the model runs; None keeps the model where it is, otherwise the model is moved there.
         fast: run a Restorer on the CPU through its inference fast path
             (:func:`~mofme.engine.fastpath.inference_model`); False: the plain modules.

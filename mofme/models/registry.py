@@ -1,6 +1,6 @@
 """One registry of named models (timm style) and the ``build_*`` factories.
 
-    list_models("restorer_*")                      # ['restorer_paper', 'restorer_small', 'restorer_tiny', 'restorer_unet']
+    list_models("restorer_*")                      # ['restorer_paper', 'restorer_small', 'restorer_small_window', ...]
     list_models("classifier_*")                    # ['classifier_small', 'classifier_tiny'] (and segmenter_*)
     detector = create_model("drop_detector")        # lens-drop logits, the drop_head of drop_fill restorers
     model = create_model("restorer_small", ffn="moe", num_experts=8)
@@ -105,7 +105,8 @@ def restorer_config(preset: str = "small", **fields: Any) -> RestorerConfig | UN
 
 def build_restorer(*, preset: str = "small", **fields: Any) -> Restorer | UNetRestorer:
     """The restorer ``preset``, any field of its config replaced by ``fields`` (e.g. ``ffn="moe"``,
-    ``top_k=1``, ``depth=4``): a :class:`Restorer` (``"paper"``, ``"small"``, ``"tiny"``) or a
+    ``top_k=1``, ``depth=4``): a :class:`Restorer` (``"paper"``, ``"small"``, ``"small_window"``,
+    ``"tiny"``) or a
     :class:`UNetRestorer` (``"unet"``)."""
     config = restorer_config(preset, **fields)
     return _CLASSES[type(config)](**asdict(config))
@@ -148,6 +149,13 @@ def restorer_small(**overrides: Any) -> Restorer:
     """C=16, D=128, P=4, depth 2, 4 heads x 32: CPU experiments; ``pretrained=True`` loads the
     shipped weights (MoFME E=16, k=2, residual)."""
     return build_restorer(preset="small", **overrides)
+
+
+@register_model
+def restorer_small_window(**overrides: Any) -> Restorer:
+    """``restorer_small`` with 8 x 8 token attention windows (32 x 32 px), shifted on the second layer:
+    memory linear in the image size and seamless tiled inference (``receptive_margin`` 54 px)."""
+    return build_restorer(preset="small_window", **overrides)
 
 
 @register_model

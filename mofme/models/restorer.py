@@ -23,6 +23,16 @@ N(0, 0.02)) and resampled bicubically for other token grids, so any input size s
 published code allocates this 30 x 30 x 384 embedding (its parameter counts include it) but never
 adds it; here it is used. The small and tiny presets have none.
 
+``window_size`` (None: global attention, the published form) makes transformer layer i attend
+within non-overlapping ``window_size x window_size`` windows of the token grid, aligned to the
+absolute grid (windows start at token 0); odd layers shift them by ``window_size // 2`` (Swin-style,
+but by padding the grid, top/left by the shift and bottom/right to a multiple of the window, with the
+padded tokens masked out of the keys: nothing wraps around the image borders). The parameters are
+those of global attention, so a global checkpoint can be fine-tuned with windows. Attention then costs
+memory linear in the image size, and the output at a pixel depends only on a bounded neighbourhood
+(:attr:`Restorer.receptive_margin`): tiled inference on tiles aligned to the windows
+(:attr:`Restorer.size_multiple`) is seamless.
+
 There is no global residual by default: the published code adds the input to the Sigmoid output
 (``residual_learning``), which leaves [0, 1] (the input was already scaled to [-1, 1] there, so the
 sum lies in [-1, 2]). ``residual=True`` is the bounded form of the same idea:
@@ -32,6 +42,7 @@ the zero correction and the output stays in (0, 1).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -56,10 +67,16 @@ __all__ = [
     "RestorerOutput",
     "TokenGridModel",
     "TransformerBlock",
+    "conv_radius",
     "grid_routing",
     "position_grid",
     "resample_position",
     "transformer_stack",
+    "window_key_mask",
+    "window_merge",
+    "window_padding",
+    "window_partition",
+    "window_reach",
 ]
 
 _LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
@@ -103,10 +120,13 @@ class RestorerConfig(FFNChoice):
     residual: bool = False  # sigmoid(tail + logit(input)) instead of sigmoid(tail)
     pos_embed_size: int | None = None  # image side of a learned position embedding; None: none
     drop_fill: bool = False  # detect lens drops and fill them from around (module docstring)
+    window_size: int | None = None  # attention windows in tokens (shifted on odd layers); None: global
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_token_settings(self, "channels")
+        if self.window_size is not None and self.window_size < 1:
+            raise ValueError(f"window_size must be None or a positive integer, got {self.window_size}")
 
 
 def check_token_settings(cfg: Any, *positive: str) -> None:
@@ -129,6 +149,8 @@ PRESETS: dict[str, RestorerConfig] = {
     "small": RestorerConfig(channels=16, embed_dim=128, patch_size=4, depth=2, num_heads=4, head_dim=32),
     "tiny": RestorerConfig(channels=8, embed_dim=64, patch_size=4, depth=1, num_heads=2, head_dim=32),
 }
+# the small network with 8 x 8 token windows (32 x 32 pixels): linear memory, seamless tiling
+PRESETS["small_window"] = dataclasses.replace(PRESETS["small"], window_size=8)
 
 
 class RestorerOutput(NamedTuple):
@@ -217,44 +239,157 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
+def window_padding(grid: tuple[int, int], window: int, shift: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` token padding that lays ``window``-sized windows over an (h, w)
+    grid with their boundaries at ``k * window - shift``: ``shift`` at the top/left, then up to a
+    multiple of ``window`` at the bottom/right."""
+    (h, w) = grid
+    return shift, -(h + shift) % window, shift, -(w + shift) % window
+
+
+def window_partition(x: Tensor, grid: tuple[int, int], window: int, shift: int = 0) -> Tensor:
+    """Tokens (N, h * w, C) on an (h, w) grid -> windows (N * nW, window * window, C), row-major
+    within a window and over the windows; the grid is zero-padded by :func:`window_padding`."""
+    n, _, channels = x.shape
+    top, bottom, left, right = window_padding(grid, window, shift)
+    x = F.pad(x.view(n, *grid, channels), (0, 0, left, right, top, bottom))
+    rows, cols = x.shape[1] // window, x.shape[2] // window
+    x = x.view(n, rows, window, cols, window, channels).transpose(2, 3)
+    return x.reshape(n * rows * cols, window * window, channels)
+
+
+def window_merge(windows: Tensor, grid: tuple[int, int], window: int, shift: int = 0) -> Tensor:
+    """The inverse of :func:`window_partition`: windows (N * nW, window * window, C) -> tokens
+    (N, h * w, C) of the (h, w) grid (the padded tokens dropped)."""
+    top, bottom, left, right = window_padding(grid, window, shift)
+    rows, cols = (grid[0] + top + bottom) // window, (grid[1] + left + right) // window
+    channels = windows.shape[-1]
+    x = windows.view(-1, rows, cols, window, window, channels).transpose(2, 3)
+    x = x.reshape(-1, rows * window, cols * window, channels)
+    return x[:, top : top + grid[0], left : left + grid[1]].reshape(-1, grid[0] * grid[1], channels)
+
+
+def window_key_mask(
+    grid: tuple[int, int], window: int, shift: int = 0, *, device: torch.device | None = None
+) -> Tensor | None:
+    """(nW, window * window) bool, True at the real (not padded) tokens of each window of
+    :func:`window_partition`; None when nothing is padded. Every window holds a real token."""
+    if not any(window_padding(grid, window, shift)):
+        return None
+    ones = torch.ones(1, grid[0] * grid[1], 1, dtype=torch.bool, device=device)
+    return window_partition(ones, grid, window, shift)[..., 0]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention as in vit-pytorch: ``Linear(D, 3 * heads * head_dim, bias=False)``,
-    scaled dot product, ``Linear(heads * head_dim, D)``, Dropout. (N, L, D) -> (N, L, D)."""
+    scaled dot product, ``Linear(heads * head_dim, D)``, Dropout. (N, L, D) -> (N, L, D).
 
-    def __init__(self, dim: int, *, num_heads: int, head_dim: int, dropout: float = 0.0) -> None:
+    ``window_size`` (tokens; None: global): attend within the windows of :func:`window_partition`,
+    shifted by ``shift``, over the (h, w) token grid passed as ``forward(x, grid)`` (L = h * w); the
+    padded tokens are masked out of the keys. The parameters are the same either way."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        window_size: int | None = None,
+        shift: int = 0,
+    ) -> None:
         super().__init__()
+        if window_size is not None and not 0 <= shift < window_size:
+            raise ValueError(f"shift must satisfy 0 <= shift < window_size, got {shift}, {window_size}")
         self.num_heads = num_heads
         self.head_dim = head_dim
+        self.window_size = window_size
+        self.shift = shift
         inner = num_heads * head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.proj = nn.Linear(inner, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        n, length, _ = x.shape
-        q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, head_dim)
-        return self.drop(self.proj(out.transpose(1, 2).reshape(n, length, -1)))
+    def attend(self, qkv: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """``qkv`` (B, L, 3 * heads * head_dim) -> attention output (B, L, heads * head_dim);
+        ``key_mask`` (B, L) bool, False at keys to ignore (None: all)."""
+        b, length, _ = qkv.shape
+        q, k, v = qkv.view(b, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, L, head_dim)
+        return out.transpose(1, 2).reshape(b, length, -1)
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        qkv = self.qkv(x)
+        if self.window_size is None:
+            return self.drop(self.proj(self.attend(qkv)))
+        if grid is None or grid[0] * grid[1] != x.shape[1]:
+            raise ValueError(
+                f"windowed attention needs the token grid of its {x.shape[1]} tokens, got {grid}"
+            )
+        window, shift = self.window_size, self.shift
+        mask = window_key_mask(grid, window, shift, device=x.device)
+        if mask is not None:  # the same windows in every image: (nW, ws^2) -> (N * nW, ws^2)
+            mask = mask.repeat(x.shape[0], 1)
+        out = self.attend(window_partition(qkv, grid, window, shift), mask)
+        return self.drop(self.proj(window_merge(out, grid, window, shift)))
+
+    def extra_repr(self) -> str:
+        return "" if self.window_size is None else f"window_size={self.window_size}, shift={self.shift}"
 
 
 class TransformerBlock(nn.Module):
     """Pre-norm block ``x + Attention(LN(x))`` then ``x + FFN(LN(x))``; (N, L, D) -> ((N, L, D), MoEOutput).
 
-    ``ffn`` is any layer of :mod:`mofme.nn` (it returns a :class:`~mofme.nn.MoEOutput`)."""
+    ``ffn`` is any layer of :mod:`mofme.nn` (it returns a :class:`~mofme.nn.MoEOutput`);
+    ``window_size`` and ``shift`` as in :class:`Attention` (then ``forward(x, grid)``)."""
 
     def __init__(
-        self, dim: int, *, num_heads: int, head_dim: int, ffn: nn.Module, dropout: float = 0.0
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        head_dim: int,
+        ffn: nn.Module,
+        dropout: float = 0.0,
+        window_size: int | None = None,
+        shift: int = 0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
+        self.attn = Attention(
+            dim, num_heads=num_heads, head_dim=head_dim, dropout=dropout, window_size=window_size, shift=shift
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = ffn
 
-    def forward(self, x: Tensor) -> tuple[Tensor, MoEOutput]:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> tuple[Tensor, MoEOutput]:
+        x = x + self.attn(self.norm1(x), grid)
         out = self.ffn(self.norm2(x))
         return x + out.output, out
+
+
+def conv_radius(module: nn.Module) -> int:
+    """Pixels a chain of stride-1 convolutions reaches: the sum of the radii of every ``nn.Conv2d`` in
+    ``module`` (skip connections reach less, never more)."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return sum(max(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation, strict=True)) for m in convs)
+
+
+def window_reach(tokens: int, *, window: int, depth: int) -> int:
+    """How far (tokens) into a token grid cut at a window boundary the cut is felt after ``depth``
+    windowed layers (shifted by ``window // 2`` on the odd layers), when ``tokens`` tokens along the
+    cut already differ: each layer extends the differing band to the next window boundary beyond it
+    (a shifted layer's windows straddle the cut, so it reaches ``window - shift`` even from nothing).
+    Both sides of a grid are measured (their boundaries differ for odd windows); the larger is returned."""
+    reach = 0
+    for side in (-1, 1):  # top/left: boundaries at -shift (mod window); bottom/right: at +shift
+        band = tokens
+        for layer in range(depth):
+            shift = window // 2 if layer % 2 else 0
+            band += (side * shift - band) % window
+        reach = max(reach, band)
+    return reach
 
 
 def position_grid(cfg: Any, dim: int) -> nn.Parameter | None:
@@ -269,7 +404,9 @@ def position_grid(cfg: Any, dim: int) -> nn.Parameter | None:
 
 
 def transformer_stack(cfg: Any, dim: int) -> nn.ModuleList:
-    """``cfg.depth`` :class:`TransformerBlock` s of width ``dim`` with ``cfg``'s heads, dropout and FFN."""
+    """``cfg.depth`` :class:`TransformerBlock` s of width ``dim`` with ``cfg``'s heads, dropout and FFN;
+    with a ``cfg.window_size``, windowed attention, shifted by half a window on the odd layers."""
+    window = getattr(cfg, "window_size", None)
     return nn.ModuleList(
         TransformerBlock(
             dim,
@@ -277,8 +414,10 @@ def transformer_stack(cfg: Any, dim: int) -> nn.ModuleList:
             head_dim=cfg.head_dim,
             ffn=ffn_from_config(cfg, dim),
             dropout=cfg.dropout,
+            window_size=window,
+            shift=window // 2 if window is not None and layer % 2 else 0,
         )
-        for _ in range(cfg.depth)
+        for layer in range(cfg.depth)
     )
 
 
@@ -336,6 +475,36 @@ class Restorer(TokenGridModel, nn.Module):
             ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
         )
         self.drop_head = DropDetector() if cfg.drop_fill else None
+        self._conv_radii = (conv_radius(self.head), conv_radius(self.tail))  # (5, 6) pixels
+
+    @property
+    def size_multiple(self) -> int:
+        """The multiple tiles should keep: the patch size, times ``window_size`` for windowed models
+        (tiles then align with the attention windows). Inputs themselves are padded to the patch size
+        only; windows are completed with masked tokens."""
+        return self.patch_size * (self.config.window_size or 1)
+
+    @property
+    def receptive_margin(self) -> int | None:
+        """How many pixels along the edge of an input (cut at a multiple of :attr:`size_multiple`) differ
+        from what the whole image gives there: outputs farther from the edge than this do not depend on
+        what lies beyond it. None (unbounded) for global attention, a position embedding (resampled to
+        the input's grid), ``drop_fill`` (the fill reaches across the image) or a capacity limit (a
+        token's expert depends on all tokens).
+
+        Derivation: the head's convolutions (radius r_h = 5 px) make ceil(r_h / P) tokens along the edge
+        differ; each windowed layer widens that band to the next window boundary beyond it
+        (:func:`window_reach`: depth 2, windows 8, shift 4 -> 12 tokens); unpatchify keeps it at
+        P x tokens pixels and the tail's convolutions add r_t = 6 px. Small window preset:
+        4 x 12 + 6 = 54 px (verified in tests/engine/test_seams.py)."""
+        cfg = self.config
+        capacity = (cfg.ffn_kwargs or {}).get("capacity_factor") is not None
+        if cfg.window_size is None or cfg.pos_embed_size is not None or cfg.drop_fill or capacity:
+            return None
+        head, tail = self._conv_radii
+        edge = -(-head // self.patch_size)
+        reach = window_reach(edge, window=cfg.window_size, depth=cfg.depth)
+        return reach * self.patch_size + tail
 
     def _position(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for an (h, w) token grid, (1, h * w, D)."""
@@ -363,7 +532,7 @@ class Restorer(TokenGridModel, nn.Module):
         aux = tokens.new_zeros((), dtype=torch.float32)
         routing = []
         for block in self.blocks:
-            tokens, out = block(tokens)
+            tokens, out = block(tokens, grid)
             aux = aux + out.aux_loss.float()
             routing.append(grid_routing(out, grid))
         logits = self.tail(self.unpatchify(tokens, grid))

@@ -44,7 +44,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-@pytest.mark.parametrize("preset", ["small", "tiny"])
+@pytest.mark.parametrize("preset", ["small", "small_window", "tiny"])
 @pytest.mark.parametrize("ffn", ["dense", "moe", "mofme"])
 def test_fast_path_matches_the_plain_path(preset, ffn):
     model = build_restorer(preset=preset, ffn=ffn, num_experts=4, top_k=2).eval()

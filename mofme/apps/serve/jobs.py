@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from mofme.data.transforms import to_tensor
-from mofme.engine.restore import model_patch_size, restore_image
+from mofme.engine.restore import model_tiling, restore_image
 from mofme.engine.tiling import tile_windows
 
 from .settings import ServeSettings
@@ -102,7 +102,6 @@ class JobQueue:
     def __init__(self, *, model: nn.Module, settings: ServeSettings) -> None:
         self.model = model
         self.settings = settings
-        self.multiple_of = model_patch_size(model)
         self._experts = int(getattr(getattr(model, "config", None), "num_experts", 0) or 0)
         self._jobs: dict[str, Job] = {}
         self._waiting: collections.deque[Job] = collections.deque()
@@ -113,13 +112,8 @@ class JobQueue:
     def submit(self, *, name: str, image: np.ndarray) -> Job:
         """Queue a decoded image; raises :class:`QueueFull` when ``max_queue`` jobs are pending."""
         height, width = image.shape[:2]
-        tiles = count_tiles(
-            height,
-            width,
-            tile=self.settings.tile,
-            overlap=self.settings.overlap,
-            multiple_of=self.multiple_of,
-        )
+        plan = model_tiling(self.model, height, width, tile=self.settings.tile, overlap=self.settings.overlap)
+        tiles = count_tiles(height, width, tile=plan.tile, overlap=plan.overlap, multiple_of=plan.multiple_of)
         preview = png_bytes(image)
         job = Job(name=name, image=image, input_png=preview, width=width, height=height, tiles_total=tiles)
         with self._ready:
