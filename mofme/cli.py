@@ -68,8 +68,8 @@ def _eval(args: argparse.Namespace) -> int:
             f"{args.checkpoint} holds a restorer: --restore-with and --data {'/'.join(RECOGNITION_DATA)} "
             "are for recognition models (a ViTClassifier or ViTSegmenter checkpoint)"
         )
-    if args.data != "builtin" and (args.renders, args.seed) != (None, None):
-        raise ValueError("--renders and --seed apply to --data builtin only")
+    if args.data != "builtin" and ((args.renders, args.seed) != (None, None) or args.family):
+        raise ValueError("--renders, --seed and --family apply to --data builtin only")
     data = _builtin_eval_data(args) if args.data == "builtin" else _read_eval_data(args.data, args.root)
     report = evaluate(
         model,
@@ -96,7 +96,13 @@ def _builtin_eval_data(args: argparse.Namespace):
     split = args.split or "test"
     if split not in ("val", "test"):
         raise ValueError(f"--data builtin scores the val or test split, got --split {split}")
-    return BuiltinWeatherDataset(split, renders=args.renders, seed=args.seed or 0)
+    if not args.family:
+        return BuiltinWeatherDataset(split, renders=args.renders, seed=args.seed or 0)
+    return [  # one group per family in the report
+        {**item, "weather": family}
+        for family in args.family
+        for item in BuiltinWeatherDataset(split, renders=args.renders, seed=args.seed or 0, family=family)
+    ]
 
 
 def _segmentation_data(args: argparse.Namespace):
@@ -250,6 +256,14 @@ def _masks(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from mofme.data import synthesize_dataset
+    from mofme.data.families import FAMILIES
+
+    if args.list_families:
+        for name, family in sorted(FAMILIES.items()):
+            print(f"{name:24s} {family.description}")
+        return 0
+    if args.source is None or args.output is None:
+        raise ValueError("mofme synth needs a source folder of clean photos and --output")
 
     pairs = synthesize_dataset(
         args.source,
@@ -257,6 +271,7 @@ def _synth(args: argparse.Namespace) -> int:
         weathers=tuple(args.weathers),
         severities=tuple(args.severities),
         seed=args.seed,
+        families=args.family,
     )
     print(f"wrote {len(pairs)} pairs (Allweather layout, list files included) to {args.output}")
     return 0
@@ -434,6 +449,14 @@ def _eval_data_arguments(ev: argparse.ArgumentParser) -> None:
         help="--data builtin: the seed the renders are drawn from (default 0, the published split)",
     )
     ev.add_argument(
+        "--family",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="--data builtin: render the split with these renderer families instead (a report group "
+        "each; `mofme synth --list-families` lists them)",
+    )
+    ev.add_argument(
         "--variant",
         default=None,
         choices=["clean", "foggy", "rain"],
@@ -493,11 +516,24 @@ def _add_synth(commands: Subcommands) -> None:
     synth = commands.add_parser(
         "synth", help="render weather on your photos into an Allweather-style dataset"
     )
-    synth.add_argument("source", help="folder of clean photos")
-    synth.add_argument("--output", required=True)
-    synth.add_argument("--weathers", nargs="+", default=["rain", "snow", "haze", "raindrop"])
-    synth.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3])
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("source", nargs="?", help="folder of clean photos")
+    synth.add_argument("--output", help="the dataset's folder (input/, gt/, mask/, lists)")
+    synth.add_argument(
+        "--weathers",
+        nargs="+",
+        default=["rain", "snow", "haze", "raindrop"],
+        help="weather types drawn by the classic renderer (default: all four)",
+    )
+    synth.add_argument(
+        "--family",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="renderer families to draw instead (e.g. rain-noise snow-bokeh; `mofme synth --list-families`)",
+    )
+    synth.add_argument("--list-families", action="store_true", help="print the renderer families and exit")
+    synth.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3], help="1 light .. 3 heavy")
+    synth.add_argument("--seed", type=int, default=0, help="renders are drawn from this seed (default 0)")
     synth.set_defaults(func=_synth)
 
 

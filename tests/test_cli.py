@@ -151,3 +151,37 @@ def test_eval_builtin_val_split_with_renders_and_seed(demo_dir, tmp_path):
     base = ["eval", "--checkpoint", str(demo_dir / "model"), "--output", str(tmp_path / "bad")]
     assert main([*base, "--data", "builtin", "--split", "train"]) == 2
     assert main([*base, "--data", str(tmp_path / "list.txt"), "--renders", "2"]) == 2
+
+
+def test_synth_and_eval_by_renderer_family(demo_dir, tmp_path, capsys):
+    """--family in synth writes a folder per family whose weather is read back from its name; in eval
+    it scores the built-in split drawn by each family, the classic family giving the default renders."""
+    photos = tmp_path / "clean"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(photos / "noise.png")
+    data = tmp_path / "families"
+    families = ["rain-classic", "haze-classic"]
+    assert (
+        main(["synth", str(photos), "--output", str(data), "--severities", "1", "--family", *families]) == 0
+    )
+    listed = (data / "allweather.txt").read_text().split()
+    assert listed == ["input/rain-classic/noise_s1.png", "input/haze-classic/noise_s1.png"]
+    assert json.loads((data / "synth.json").read_text())["families"] == families
+    assert main(["synth", "--list-families"]) == 0
+    assert "rain-classic" in capsys.readouterr().out
+
+    def scored(*flags) -> dict:
+        output = tmp_path / "-".join(flags)
+        args = ["eval", "--checkpoint", str(demo_dir / "model"), "--data", "builtin", "--split", "val"]
+        assert main([*args, *flags, "--output", str(output)]) == 0
+        return json.loads((output / "metrics.json").read_text())
+
+    by_family = scored("--family", "rain-classic", "snow-classic")
+    assert list(by_family["per_weather"]) == ["rain-classic", "snow-classic"]
+    default = scored()
+    for family, weather in (("rain-classic", "rain"), ("snow-classic", "snow")):
+        assert by_family["per_weather"][family] == default["per_weather"][weather]
+    bad = ["eval", "--checkpoint", str(demo_dir / "model"), "--output", str(tmp_path / "bad")]
+    assert main([*bad, "--data", "builtin", "--family", "rain-nope"]) == 2
+    assert main([*bad, "--data", str(data / "allweather.txt"), "--family", "rain-classic"]) == 2

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .families import FAMILIES, render_family
 from .photos import PhotoSource, render_crop, resize_long_side, weather_item
 from .weather import SEVERITIES, WEATHER_TYPES, derive_seed, render_weather
 
@@ -156,6 +157,8 @@ class BuiltinWeatherDataset(SplitDataset):
       (long side ``long_side``; use batch size 1), rendered once at construction from (seed, photo,
       weather, severity, render): keep ``seed`` fixed for comparable numbers. The test split's 96
       images (2 photos x 4 weathers x 3 severities x 4 renders) give a mean with a standard error.
+      ``family`` (val/test): render with that renderer family (:mod:`mofme.data.families`) instead,
+      its weather only, from the same seeds (``"<weather>-classic"`` gives the default renders).
     """
 
     def __init__(
@@ -173,7 +176,12 @@ class BuiltinWeatherDataset(SplitDataset):
         zoom: tuple[float, ...] = (1.0,),
         color_jitter: bool = False,
         clean_fraction: float = 0.0,
+        family: str | None = None,
     ) -> None:
+        if family is not None:
+            if family not in FAMILIES:
+                raise ValueError(f"unknown renderer family {family!r}; expected one of {sorted(FAMILIES)}")
+            weathers = (FAMILIES[family].weather,)
         if split not in BUILTIN_SPLITS:
             raise ValueError(f"unknown split '{split}'; expected one of {tuple(BUILTIN_SPLITS)}")
         bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
@@ -203,6 +211,7 @@ class BuiltinWeatherDataset(SplitDataset):
         self.epoch = 0
         self.color_jitter = bool(color_jitter)
         self.clean_fraction = float(clean_fraction)
+        self.family = family
         self.photos = builtin_photos(split, long_side=long_side)
         self._sources = builtin_sources(split, long_side=long_side, zoom=tuple(zoom))
         self._fixed: list[dict] | None = None
@@ -218,8 +227,11 @@ class BuiltinWeatherDataset(SplitDataset):
     def _render_fixed(self, photo_index: int, weather: str, severity: int, render: int) -> dict:
         name, photo = self.photos[photo_index]
         seed = derive_seed(self.seed, photo_index, WEATHER_TYPES.index(weather), severity, render)
-        sample = render_weather(photo, weather, severity=severity, seed=seed)
-        return weather_item(sample, f"{name}_{weather}_s{severity}_r{render}")
+        if self.family is None:
+            sample = render_weather(photo, weather, severity=severity, seed=seed)
+            return weather_item(sample, f"{name}_{weather}_s{severity}_r{render}")
+        sample = render_family(photo, self.family, severity=severity, seed=seed)
+        return weather_item(sample, f"{name}_{self.family}_s{severity}_r{render}")
 
     def _random_item(self, rng: np.random.Generator, index: int) -> dict:
         source = self._sources[int(rng.integers(len(self._sources)))]

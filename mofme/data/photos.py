@@ -14,7 +14,8 @@ version, crop, flip/rotation, colour variant, weather, severity and render seed,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,17 +24,22 @@ import torch
 from torch.utils.data import Dataset
 
 from .datasets import weather_index
+from .families import FAMILIES, render_family
+from .families.camera import camera_effects
 from .io import list_images, read_image, to_8bit_levels
 from .transforms import AUGMENT_MODES, augment, jitter_colors, pad_to, random_crop_box, to_tensor
-from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, render_weather
+from .weather import SEVERITIES, WEATHER_TYPES, WeatherSample, derive_seed, render_weather
 
 __all__ = [
     "PhotoSource",
     "RenderedWeatherDataset",
+    "clean_items",
+    "family_renders",
     "folder_photos",
     "render_crop",
     "render_crop_sample",
     "resize_long_side",
+    "training_families",
 ]
 
 _REFERENCE_SIDE = 512.0  # render_weather's reference image size (scale 1)
@@ -110,13 +116,25 @@ def render_crop_sample(
     augment_crop: bool = True,
     color_jitter: bool = False,
     clean_fraction: float = 0.0,
+    families: Mapping[str, Sequence[str]] | None = None,
+    camera_fraction: float = 0.0,
     tag: str = "",
 ) -> tuple[WeatherSample, str]:
-    """One random render from ``source`` and its name: weather, severity, version, crop
-    (mirror-padded if the photo is smaller), flip/rotation, colour variant, then weather rendered at
-    the version's scale (``clean_fraction`` of the renders stay weather-free: weather "clean",
-    severity 0, zero masks)."""
+    """One random render from ``source`` and its name: weather, (family,) severity, version, crop
+    (mirror-padded if the photo is smaller), flip/rotation, colour variant, camera effects, then
+    weather rendered at the version's scale (``clean_fraction`` of the renders stay weather-free:
+    weather "clean", severity 0, zero masks).
+
+    ``families`` maps each weather to the renderer families it is drawn with (one uniformly per
+    render; default: the classic renderer, :func:`~mofme.data.render_weather`). ``camera_fraction``
+    of the crops first go through :func:`~mofme.data.families.camera.camera_effects` (JPEG, noise,
+    resizing, blur): the clean target is the processed crop, so camera artefacts are content to
+    keep, never weather to remove."""
     weather = weathers[int(rng.integers(len(weathers)))]
+    family = None
+    if families is not None:
+        options = families[weather]
+        family = options[int(rng.integers(len(options)))]
     severity = severities[int(rng.integers(len(severities)))]
     version = int(rng.integers(len(source.versions))) if len(source.versions) > 1 else 0
     size = (crop_size, crop_size)
@@ -127,13 +145,18 @@ def render_crop_sample(
         crop = augment(crop, int(rng.integers(AUGMENT_MODES)))
     if color_jitter:
         crop = jitter_colors(crop, rng)
+    if camera_fraction and rng.random() < camera_fraction:
+        crop = to_8bit_levels(camera_effects(crop, rng))
     if clean_fraction and rng.random() < clean_fraction:
         zeros = np.zeros(crop.shape[:2], np.float32)
         return WeatherSample(crop, crop, zeros, "clean", 0, zeros), f"{source.name}_clean{tag}"
     render_seed = int(rng.integers(2**63 - 1))
     scale = source.weather_scales[version]
-    sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
-    return sample, f"{source.name}_{weather}_s{severity}{tag}"
+    if family is None:
+        sample = render_weather(crop, weather, severity=severity, seed=render_seed, scale=scale)
+        return sample, f"{source.name}_{weather}_s{severity}{tag}"
+    sample = render_family(crop, family, severity=severity, seed=render_seed, scale=scale)
+    return sample, f"{source.name}_{family}_s{severity}{tag}"
 
 
 def render_crop(rng: np.random.Generator, source: PhotoSource, **options) -> dict:
@@ -146,7 +169,10 @@ class RenderedWeatherDataset(Dataset):
     """Random crops of clean photos with weather rendered on the fly, from weighted groups of photos.
 
     ``groups``: one list of :class:`PhotoSource` per group (e.g. a folder, the built-in photos);
-    ``weights``: the share of items drawn from each group (normalised; default equal). Items as
+    ``weights``: the share of items drawn from each group (normalised; default equal);
+    ``families``: the renderer families drawn (:mod:`mofme.data.families`; every weather of
+    ``weathers`` needs one; default: the classic renderer); ``camera_fraction``: the share of crops
+    through camera effects (:func:`render_crop_sample`). Items as
     :class:`~mofme.data.BuiltinWeatherDataset`'s train split; item ``i`` depends only on
     (seed, epoch, i): call ``set_epoch`` every epoch."""
 
@@ -163,6 +189,8 @@ class RenderedWeatherDataset(Dataset):
         augment: bool = True,
         color_jitter: bool = False,
         clean_fraction: float = 0.0,
+        families: Sequence[str] | None = None,
+        camera_fraction: float = 0.0,
     ) -> None:
         weights = [1.0] * len(groups) if weights is None else [float(w) for w in weights]
         if not groups or any(not g for g in groups) or len(weights) != len(groups):
@@ -174,6 +202,8 @@ class RenderedWeatherDataset(Dataset):
             raise ValueError(f"invalid weathers/severities: {bad or (tuple(weathers), tuple(severities))}")
         if not 0.0 <= clean_fraction < 1.0:
             raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        if not 0.0 <= camera_fraction <= 1.0:
+            raise ValueError(f"camera_fraction must be in [0, 1], got {camera_fraction}")
         self.groups = [list(g) for g in groups]
         self.probabilities = np.asarray(weights) / sum(weights)
         self.crop_size = int(crop_size)
@@ -185,6 +215,8 @@ class RenderedWeatherDataset(Dataset):
             "augment_crop": augment,
             "color_jitter": color_jitter,
             "clean_fraction": float(clean_fraction),
+            "families": None if families is None else training_families(weathers, families),
+            "camera_fraction": float(camera_fraction),
         }
         self.seed = int(seed)
         self.epoch = 0
@@ -202,3 +234,48 @@ class RenderedWeatherDataset(Dataset):
         group = self.groups[int(rng.choice(len(self.groups), p=self.probabilities))]
         source = group[int(rng.integers(len(group)))]
         return render_crop(rng, source, **self.options, tag=f"_e{self.epoch}_{index}")
+
+
+def training_families(weathers: Sequence[str], families: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``families`` (registered names) grouped by weather, for each of ``weathers``; raises naming an
+    unknown family or a weather left without one."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown renderer families {unknown}; expected names of {sorted(FAMILIES)}")
+    grouped = {w: tuple(f for f in families if FAMILIES[f].weather == w) for w in weathers}
+    missing = [w for w, names in grouped.items() if not names]
+    if missing:
+        raise ValueError(f"no renderer family given for weather {missing}; families: {list(families)}")
+    return grouped
+
+
+def family_renders(
+    photos: Sequence[tuple[str, np.ndarray]],
+    families: Sequence[str],
+    *,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+) -> list[dict]:
+    """A fixed list of items (:func:`weather_item`, whole photos): every photo x family x severity,
+    rendered once with a seed derived from (seed, photo, family, severity). The items' ``weather``
+    is the family's name, so an evaluation reports each family on its own."""
+    items = []
+    for index, (name, photo) in enumerate(photos):
+        for family in families:
+            for severity in severities:
+                render_seed = derive_seed(seed, index, zlib.crc32(family.encode()), severity)
+                sample = render_family(photo, family, severity=severity, seed=render_seed)
+                items.append({**weather_item(sample, f"{name}_{family}_s{severity}"), "weather": family})
+    return items
+
+
+def clean_items(photos: Sequence[tuple[str, np.ndarray]]) -> list[dict]:
+    """Weather-free items, input = target = the photo (weather ``"clean"``): what a restorer must leave
+    as it is (its restored PSNR is the output's distance from its own input)."""
+    items = []
+    for name, photo in photos:
+        zeros = np.zeros(photo.shape[:2], np.float32)
+        items.append(
+            {**weather_item(WeatherSample(photo, photo, zeros, "clean", 0, zeros), name), "weather": "clean"}
+        )
+    return items

@@ -152,6 +152,43 @@ class DataConfig(_Section):
         description="builtin only: content scales (x train_long_side) the training crops come from",
     )
     color_jitter: bool = False  # builtin and folder: random colour variants of the clean content
+    families: list[str] | None = Field(
+        None,
+        description="folder only: the renderer families trained on (mofme.data.families; every weather "
+        "needs one); default: the classic renderer",
+    )
+    camera_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="folder only: share of crops through camera effects (JPEG, noise, ...)",
+    )
+    val_families: list[str] | None = Field(
+        None,
+        description="folder only: validate (and select checkpoints) on these families, held out of training, "
+        "rendered on the photos of val_folders; default: the classic renderer on the built-in val photo",
+    )
+    val_folders: list[str] = Field(default_factory=list, description="folder only: validation photo folders")
+    val_long_side: int = Field(256, ge=16, description="folder only: long side of the validation photos")
+    clean_folder: str | None = Field(
+        None,
+        description="folder only: weather-free photos scored at every validation (output vs input: "
+        "the do-no-harm check)",
+    )
+    clean_long_side: int = Field(512, ge=16, description="folder only: long side of the clean photos")
+
+    @model_validator(mode="after")
+    def _held_out(self) -> DataConfig:
+        trained = set(self.families or ())
+        overlap = sorted(trained & set(self.val_families or ()))
+        if overlap:
+            raise ValueError(
+                f"data.val_families {overlap} are also in data.families: held-out means never trained"
+            )
+        if self.val_families and not self.val_folders:
+            raise ValueError("data.val_families needs data.val_folders: the photos they are rendered on")
+        return self
+
     clean_fraction: float = Field(
         0.0,
         ge=0.0,

@@ -17,7 +17,7 @@ from mofme.data import (
 )
 from mofme.data.builtin import builtin_sources
 from mofme.data.builtin_tasks import DEGRADATION_CLASSES, SCENE_CLASSES, DegradationDataset, SceneDataset
-from mofme.data.photos import RenderedWeatherDataset, folder_photos
+from mofme.data.photos import RenderedWeatherDataset, clean_items, family_renders, folder_photos
 from mofme.data.recognition import (
     ACDC_CONDITIONS,
     CITYSCAPES_CLASSES,
@@ -68,9 +68,7 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     if config.type in ("scenes", "degradation", "imagefolder", *SEGMENTATION_DATASETS):
         return _recognition_datasets(config, seed=seed)
     if config.type == "folder":
-        return _folder_training_set(config, seed=seed), BuiltinWeatherDataset(
-            "val", weathers=tuple(config.weathers or WEATHER_TYPES), seed=seed
-        )
+        return _folder_training_set(config, seed=seed), _folder_validation_set(config, seed=seed)
     if config.train is None:
         raise ConfigError(f"data.train is required for data.type={config.type!r}")
     train_pairs = _read_pairs(config.type, config.train, config.root)
@@ -104,16 +102,49 @@ def _folder_training_set(config: DataConfig, *, seed: int) -> RenderedWeatherDat
             builtin_sources("train", long_side=config.train_long_side, zoom=tuple(config.train_zoom))
         )
         weights.append(config.builtin_weight)
-    return RenderedWeatherDataset(
-        groups,
-        weights=weights,
-        crop_size=config.crop_size,
-        samples_per_epoch=config.samples_per_epoch,
-        weathers=tuple(config.weathers or WEATHER_TYPES),
-        seed=seed,
-        color_jitter=config.color_jitter,
-        clean_fraction=config.clean_fraction,
-    )
+    try:
+        return RenderedWeatherDataset(
+            groups,
+            weights=weights,
+            crop_size=config.crop_size,
+            samples_per_epoch=config.samples_per_epoch,
+            weathers=tuple(config.weathers or WEATHER_TYPES),
+            seed=seed,
+            color_jitter=config.color_jitter,
+            clean_fraction=config.clean_fraction,
+            families=config.families,
+            camera_fraction=config.camera_fraction,
+        )
+    except ValueError as error:  # an unknown family, a weather without one
+        raise ConfigError(f"data.families: {error}") from error
+
+
+def _photos_at(folder: str, long_side: int, field: str) -> list[tuple[str, object]]:
+    """(name, photo) of every image under ``folder`` at ``long_side`` (``field`` names it in errors)."""
+    try:
+        return [(s.name, s.versions[0]) for s in folder_photos(folder, long_sides=(long_side,))]
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"{field}: {error}") from error
+
+
+def _folder_validation_set(config: DataConfig, *, seed: int) -> Dataset | list[dict]:
+    """The validation items of a ``folder`` recipe: ``val_families`` rendered on the photos of
+    ``val_folders`` (each family scored as its own group), plus the ``clean_folder`` photos as the
+    group ``"clean"``; without ``val_families``, the classic renderer on the built-in val photo."""
+    if not config.val_families:
+        return BuiltinWeatherDataset("val", weathers=tuple(config.weathers or WEATHER_TYPES), seed=seed)
+    photos = [
+        photo
+        for index, folder in enumerate(config.val_folders)
+        for photo in _photos_at(folder, config.val_long_side, f"data.val_folders[{index}]")
+    ]
+    try:
+        items = family_renders(photos, config.val_families, seed=seed)
+    except ValueError as error:
+        raise ConfigError(f"data.val_families: {error}") from error
+    if config.clean_folder is not None:
+        items += clean_items(_photos_at(config.clean_folder, config.clean_long_side, "data.clean_folder"))
+    return items
 
 
 def class_names(config: DataConfig) -> tuple[str, ...]:

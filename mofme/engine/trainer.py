@@ -95,9 +95,11 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
 
 
 def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, float]:
-    """Restored PSNR per weather type on the validation images (the evaluation protocol of
-    :func:`mofme.engine.evaluate.evaluate` with the recipe's conventions), and ``mean``: the mean
-    over weather types, the model-selection criterion."""
+    """Restored PSNR per weather type (or renderer family) on the validation images (the evaluation
+    protocol of :func:`mofme.engine.evaluate.evaluate` with the recipe's conventions), and ``mean``:
+    the mean over those groups, the model-selection criterion. Weather-free items (group ``clean``:
+    the output's PSNR from its own input) are reported as ``clean`` and ``clean_min`` and never
+    enter ``mean``: the clean photos are a check, not a selection criterion."""
     conv = config.eval
     was_training = model.training
     report = evaluate(
@@ -109,7 +111,11 @@ def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, fl
     )
     model.train(was_training)
     scores = {weather: group.psnr for weather, group in report.per_weather.items()}
-    scores["mean"] = report.mean_over_weather.psnr
+    weathered = [psnr for weather, psnr in scores.items() if weather != "clean"]
+    scores["mean"] = sum(weathered) / len(weathered) if weathered else report.mean_over_weather.psnr
+    clean = [row.psnr for row in report.images if row.weather == "clean"]
+    if clean:
+        scores["clean_min"] = min(clean)
     return scores
 
 

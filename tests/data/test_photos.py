@@ -123,3 +123,70 @@ def test_items_carry_the_renderer_particles():
         assert (float(item["particles"].max()) > 0) == (weather == "raindrop")  # haze has no particles
     unknown = photos.weather_item(sample._replace(particles=None), "x")
     assert float(unknown["particles"].abs().sum()) == 0
+
+
+def test_families_draw_only_the_given_renderers(folder, monkeypatch):
+    """With ``families`` every weather draws one of its listed families (the rest never run);
+    without, the classic renderer (the items of earlier recipes are unchanged)."""
+    drawn = []
+    real = photos.render_family
+    monkeypatch.setattr(photos, "render_family", lambda *a, **k: drawn.append(a[1]) or real(*a, **k))
+    sources = [folder_photos(folder, long_sides=(64,))]
+    families = ["rain-classic", "snow-classic", "haze-classic"]
+    data = RenderedWeatherDataset(
+        sources, crop_size=24, samples_per_epoch=24, weathers=("rain", "snow", "haze"), families=families
+    )
+    items = [data[i] for i in range(len(data))]
+    assert set(drawn) == set(families) and len(drawn) == 24
+    again = RenderedWeatherDataset(
+        sources, crop_size=24, samples_per_epoch=24, weathers=("rain", "snow", "haze"), families=families
+    )
+    assert all(torch.equal(a["input"], again[i]["input"]) for i, a in enumerate(items))
+    drawn.clear()
+    classic = RenderedWeatherDataset(sources, crop_size=24, samples_per_epoch=8, weathers=("rain",))
+    assert [classic[i]["name"] for i in range(8)] and drawn == []
+    with pytest.raises(ValueError, match=r"no renderer family given for weather \['haze'\]"):
+        RenderedWeatherDataset(sources, weathers=("rain", "haze"), families=["rain-classic"])
+    with pytest.raises(ValueError, match="unknown renderer families"):
+        RenderedWeatherDataset(sources, weathers=("rain",), families=["rain-nope"])
+
+
+def test_family_renders_and_clean_items():
+    image = _photo(48, 64, 3)
+    items = photos.family_renders([("p", image)], ["rain-classic", "haze-classic"], severities=(1, 3), seed=2)
+    assert [i["weather"] for i in items] == ["rain-classic"] * 2 + ["haze-classic"] * 2
+    again = photos.family_renders([("p", image)], ["haze-classic"], severities=(1, 3), seed=2)
+    assert torch.equal(items[2]["input"], again[0]["input"])  # a family's renders do not depend on the others
+    assert not torch.equal(items[0]["input"], items[1]["input"])
+    (clean,) = photos.clean_items([("q", image)])
+    assert clean["weather"] == "clean" and torch.equal(clean["input"], clean["target"])
+
+
+def test_held_out_families_validate_and_never_train(folder, tmp_path):
+    config = tmp_path / "held_out.yaml"
+    config.write_text(
+        f"data:\n  type: folder\n  folders: [{{path: {folder}}}]\n  weathers: [rain, haze]\n"
+        f"  families: [rain-classic, haze-classic]\n  val_families: [rain-classic]\n"
+    )
+    with pytest.raises(ConfigError, match=r"\['rain-classic'\] are also in data.families"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"needs data\.val_folders"):
+        load_config(
+            config, ["data.families=[haze-classic, rain-classic]", "data.val_families=[snow-classic]"]
+        )
+    cfg = load_config(
+        config,
+        [
+            "data.families=[haze-classic]",
+            "data.weathers=[haze]",
+            "data.val_families=[rain-classic]",
+            f"data.val_folders=[{folder}]",
+            "data.val_long_side=32",
+            f"data.clean_folder={folder}",
+            "data.clean_long_side=40",
+        ],
+    )
+    _, val = build_datasets(cfg.data, seed=0)
+    groups = [item["weather"] for item in val]
+    assert groups == ["rain-classic"] * 9 + ["clean"] * 3  # 3 photos x 3 severities, 3 clean photos
+    assert max(val[0]["input"].shape[1:]) == 32 and max(val[-1]["input"].shape[1:]) <= 40

@@ -503,3 +503,27 @@ def test_drop_mask_weight_trains_the_drop_detector_with_the_restorer(tmp_path):
     recipe = trainer.TrainingRecipe(plain).setup()
     with pytest.raises(ValueError, match="drop_fill"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
+
+
+def test_validation_mean_leaves_the_clean_photos_out():
+    """The selection criterion is the mean over weather (or family) groups; weather-free items are
+    reported as ``clean`` / ``clean_min`` and never enter it."""
+    from mofme.data.photos import clean_items, family_renders
+
+    torch.manual_seed(0)
+    model = build_restorer(preset="tiny", num_experts=4)
+    image = torch.rand(32, 40, 3).numpy()
+    other = torch.linspace(0, 1, 32 * 40 * 3).reshape(32, 40, 3).numpy()
+    items = family_renders([("a", image)], ["rain-classic", "haze-classic"], severities=(2,))
+    config = load_config(None, ["data.type=folder"])
+    without = trainer.validate(model, items, config)
+    scores = trainer.validate(model, items + clean_items([("c", image), ("d", other)]), config)
+    assert scores["mean"] == pytest.approx((scores["rain-classic"] + scores["haze-classic"]) / 2)
+    assert scores["mean"] == pytest.approx(without["mean"]) and "clean_min" not in without
+    alone = [
+        trainer.validate(model, clean_items([photo]), config)["clean"]
+        for photo in (("c", image), ("d", other))
+    ]
+    assert scores["clean_min"] == pytest.approx(min(alone)) and scores["clean"] == pytest.approx(
+        sum(alone) / 2
+    )
