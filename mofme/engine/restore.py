@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .._types import PathLike
 from ..data.io import ImageReadError, list_images, read_image, write_image
 from ..data.transforms import to_tensor
+from ..models.fill import push_pull_fill
 from .fastpath import inference_model
 from .tiling import tiled_apply
 
@@ -151,12 +152,26 @@ def _image_of(output) -> Tensor:
     raise TypeError(f"cannot find the restored image in a model output of type {type(output).__name__}")
 
 
+def _fills_drops(model: nn.Module) -> bool:
+    """Whether ``model`` fills lens drops after its tiles are stitched (a windowed ``drop_fill``
+    Restorer: its fill reaches across the image, everything before it is local)."""
+    return (
+        getattr(model, "drop_head", None) is not None and getattr(model, "receptive_margin", None) is not None
+    )
+
+
 def _model_fn(model: nn.Module, device: torch.device):
-    """``(B, 3, h, w)`` tiles on any device -> restored float32 tiles on ``device``."""
+    """``(B, 3, h, w)`` tiles on any device -> restored float32 tiles on ``device``; for a model that
+    fills drops after stitching, (B, 4, h, w): the unfilled image and the drop probability."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    unfilled = _fills_drops(model)
 
     def fn(tiles: Tensor) -> Tensor:  # contiguous: a fast-path model's images are channels-last
-        return _image_of(model(tiles.to(device=device, dtype=dtype))).float().contiguous()
+        tiles = tiles.to(device=device, dtype=dtype)
+        if unfilled:
+            out = model(tiles, fill=False)
+            return torch.cat([out.image, torch.sigmoid(out.drop_logits)], dim=1).float().contiguous()
+        return _image_of(model(tiles)).float().contiguous()
 
     return fn
 
@@ -168,7 +183,10 @@ def restore_tensor(
     ``tile`` and ``overlap`` as asked, or the exact tiling of a model with a receptive margin
     (:func:`model_tiling`)."""
     plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap)
-    return tiled_apply(_model_fn(model, device), image, **plan._asdict(), batch_size=batch_size)
+    restored = tiled_apply(_model_fn(model, device), image, **plan._asdict(), batch_size=batch_size)
+    if _fills_drops(model):  # the fill once, over the stitched image: seamless at any size
+        return push_pull_fill(restored[None, :3], 1.0 - restored[None, 3:])[0]
+    return restored
 
 
 def restore_image(

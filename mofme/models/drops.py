@@ -75,6 +75,23 @@ class DropDetector(PretrainedMixin, nn.Module):
     def config_dict(self) -> dict[str, Any]:
         return {**asdict(self.config), "widths": list(self.config.widths)}
 
+    @property
+    def size_multiple(self) -> int:
+        """Inputs cut at multiples of this keep the stride-2 grid of every level: 2^(levels - 1)."""
+        return 2 ** (len(self.config.widths) - 1)
+
+    @property
+    def receptive_margin(self) -> int:
+        """Pixels along the edge of an input (cut at a multiple of :attr:`size_multiple`) whose logits
+        may differ from the whole image's: the sum of the radii on the way down and up. Encoder:
+        2 px at level 0, then 2^(i-1) (the stride-2 convolution) + 2^i px at level i; decoder, per
+        level i below the last: 2^(i+1) (bilinear upsampling) + 2^i px; the last convolution 1 px.
+        Five levels: 47 + 45 + 1 = 93 px."""
+        levels = len(self.config.widths)
+        down = 2 + sum(2 ** (i - 1) + 2**i for i in range(1, levels))
+        up = sum(2 ** (i + 1) + 2**i for i in range(levels - 1))
+        return down + up + 1
+
     def forward(self, image: Tensor) -> Tensor:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")

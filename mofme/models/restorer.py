@@ -43,6 +43,7 @@ the zero correction and the output stays in (0, 1).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -68,6 +69,7 @@ __all__ = [
     "TokenGridModel",
     "TransformerBlock",
     "conv_radius",
+    "fill_drops",
     "grid_routing",
     "position_grid",
     "resample_position",
@@ -481,16 +483,20 @@ class Restorer(TokenGridModel, nn.Module):
     def size_multiple(self) -> int:
         """The multiple tiles should keep: the patch size, times ``window_size`` for windowed models
         (tiles then align with the attention windows). Inputs themselves are padded to the patch size
-        only; windows are completed with masked tokens."""
-        return self.patch_size * (self.config.window_size or 1)
+        only; windows are completed with masked tokens. With a drop detector, also a multiple of its
+        :attr:`DropDetector.size_multiple`."""
+        multiple = self.patch_size * (self.config.window_size or 1)
+        return math.lcm(multiple, self.drop_head.size_multiple) if self.drop_head is not None else multiple
 
     @property
     def receptive_margin(self) -> int | None:
         """How many pixels along the edge of an input (cut at a multiple of :attr:`size_multiple`) differ
         from what the whole image gives there: outputs farther from the edge than this do not depend on
         what lies beyond it. None (unbounded) for global attention, a position embedding (resampled to
-        the input's grid), ``drop_fill`` (the fill reaches across the image) or a capacity limit (a
-        token's expert depends on all tokens).
+        the input's grid) or a capacity limit (a token's expert depends on all tokens). With
+        ``drop_fill`` the drop detector's reach counts too (:attr:`DropDetector.receptive_margin`),
+        and the margin holds for the unfilled output (``forward(..., fill=False)``): the fill reaches
+        across the image, so tiled inference fills the stitched image once (``mofme.engine.restore``).
 
         Derivation: the head's convolutions (radius r_h = 5 px) make ceil(r_h / P) tokens along the edge
         differ; each windowed layer widens that band to the next window boundary beyond it
@@ -499,12 +505,14 @@ class Restorer(TokenGridModel, nn.Module):
         4 x 12 + 6 = 54 px (verified in tests/engine/test_seams.py)."""
         cfg = self.config
         capacity = (cfg.ffn_kwargs or {}).get("capacity_factor") is not None
-        if cfg.window_size is None or cfg.pos_embed_size is not None or cfg.drop_fill or capacity:
+        if cfg.window_size is None or cfg.pos_embed_size is not None or capacity:
             return None
         head, tail = self._conv_radii
         edge = -(-head // self.patch_size)
-        reach = window_reach(edge, window=cfg.window_size, depth=cfg.depth)
-        return reach * self.patch_size + tail
+        margin = window_reach(edge, window=cfg.window_size, depth=cfg.depth) * self.patch_size + tail
+        if self.drop_head is not None:
+            margin = max(margin, self.drop_head.receptive_margin)
+        return margin
 
     def _position(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for an (h, w) token grid, (1, h * w, D)."""
@@ -520,7 +528,9 @@ class Restorer(TokenGridModel, nn.Module):
         feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
         return F.pixel_shuffle(feats, self.patch_size)
 
-    def forward(self, image: Tensor) -> RestorerOutput:
+    def forward(self, image: Tensor, *, fill: bool = True) -> RestorerOutput:
+        """``fill=False`` (``drop_fill`` models): the restored image before the drop fill, with the
+        drop logits, for a caller that fills a larger image once (:func:`fill_drops`)."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[-2:]
@@ -541,6 +551,12 @@ class Restorer(TokenGridModel, nn.Module):
         image, drop_logits = torch.sigmoid(logits), None
         if self.drop_head is not None:
             drop_logits = self.drop_head(padded)
-            image = push_pull_fill(image, 1.0 - torch.sigmoid(drop_logits))
+            image = fill_drops(image, drop_logits) if fill else image
             drop_logits = drop_logits[..., :height, :width]
         return RestorerOutput(image[..., :height, :width], aux, routing, drop_logits)
+
+
+def fill_drops(image: Tensor, drop_logits: Tensor) -> Tensor:
+    """``image`` (N, 3, H, W) with the pixels the drop detector flags (``drop_logits`` (N, 1, H, W))
+    filled from around them: :func:`~mofme.models.fill.push_pull_fill` with confidence 1 - p."""
+    return push_pull_fill(image, 1.0 - torch.sigmoid(drop_logits))

@@ -117,3 +117,27 @@ def test_restore_image_runs_a_small_windowed_photo_whole():
     image = _gradient_photo(200, 296)[0]  # one piece, reflection-padded to the window grid (224 x 320)
     whole = model(pad_to_multiple(image[None], model.size_multiple)).image[0, :, :200, :296]
     torch.testing.assert_close(restore_image(model, image, fast=False), whole, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_drop_fill_model_tiles_match_the_whole_image(monkeypatch):
+    """A windowed drop_fill model: its tiles give the unfilled image and the drop probability, which
+    are stitched and filled once, so the tiled restore equals the whole one although the fill reaches
+    across the image (a detector that flags spots at random, so that the fill matters)."""
+    import mofme.engine.restore as restore
+
+    torch.manual_seed(0)
+    model = build_restorer(preset="small_window", drop_fill=True).eval()
+    torch.nn.init.normal_(model.drop_head.out.weight, std=3.0)  # a detector that fires somewhere
+    torch.nn.init.zeros_(model.drop_head.out.bias)
+    assert model.size_multiple == 32 and model.receptive_margin == model.drop_head.receptive_margin == 93
+    image = _gradient_photo(352, 480)[0]
+    whole = restore_image(model, image, fast=False)  # 352 x 480 runs in one piece
+    probability = torch.sigmoid(model(image[None], fill=False).drop_logits)
+    assert float(probability.max()) > 0.5 > float(probability.min())
+    plan = Tiling(tile=320, overlap=224, margin=model.receptive_margin, multiple_of=32)  # 2 x 3 tiles
+    monkeypatch.setattr(restore, "model_tiling", lambda *args, **kwargs: plan)
+    tiled = restore_image(model, image, fast=False)
+    assert float((whole - tiled).abs().max()) <= LEVEL
+    unfilled = model(image[None], fill=False).image[0]
+    assert float((whole - unfilled).abs().max()) > 10 * LEVEL  # the fill changed the image
