@@ -210,9 +210,15 @@ def _restore_then_recognise(args, model, data, restorer, options: dict, meta: di
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from mofme.engine.restore import restore_paths
+    from mofme.data.io import IMAGE_EXTENSIONS
+    from mofme.engine.restore import plan_outputs, restore_paths
     from mofme.models import load_restorer
 
+    if not plan_outputs(args.inputs, Path(args.output)):  # before loading the model
+        raise ValueError(
+            f"no images to restore in {', '.join(args.inputs)} (looked for {' '.join(IMAGE_EXTENSIONS)} "
+            "files, sub-folders included)"
+        )
     model = load_restorer(args.checkpoint, device=args.device)
     result = restore_paths(
         model, args.inputs, args.output, tile=args.tile, overlap=args.overlap, fast=args.fast
@@ -342,9 +348,15 @@ def _tiled_arguments(p: argparse.ArgumentParser) -> None:
         help=f"a save_pretrained directory (config.json + model.safetensors) or a shipped model "
         f"(default: {DEFAULT_WEIGHTS}, the weights in the package)",
     )
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--tile", type=int, default=256, help="tiled-inference window (pixels; default %(default)s)"
+    )
+    p.add_argument(
+        "--overlap", type=int, default=32, help="overlap of the windows (pixels; default %(default)s)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, ... (default cpu)"
+    )
 
 
 def _fast_path_argument(p: argparse.ArgumentParser) -> None:
@@ -394,7 +406,9 @@ def _add_eval(commands: Subcommands) -> None:
     _eval_data_arguments(ev)
     ev.add_argument("--output", default="eval", help="where metrics.json and metrics.md go")
     ev.add_argument("--y-channel", action="store_true", help="metrics on BT.601 Y instead of RGB")
-    ev.add_argument("--crop-border", type=int, default=0)
+    ev.add_argument(
+        "--crop-border", type=int, default=0, help="pixels left out of the metrics at each border"
+    )
     ev.add_argument("--save-images", default=None, help="also write the restored images here")
     ev.add_argument(
         "--restore-with",
@@ -467,8 +481,10 @@ def _eval_data_arguments(ev: argparse.ArgumentParser) -> None:
 def _add_restore(commands: Subcommands) -> None:
     """mofme restore."""
     restore = commands.add_parser("restore", help="restore your own photos (files or folders, any size)")
-    restore.add_argument("inputs", nargs="+")
-    restore.add_argument("--output", required=True)
+    restore.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
+    restore.add_argument(
+        "--output", required=True, help="folder the restored images go to (same names and sub-folders)"
+    )
     _tiled_arguments(restore)
     _fast_path_argument(restore)
     restore.set_defaults(func=_restore)
@@ -484,7 +500,7 @@ def _add_serve(commands: Subcommands) -> None:
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
     )
-    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     serve.add_argument("--max-upload-mb", type=float, default=50.0, help="largest file accepted (MB)")
     serve.add_argument(
         "--max-megapixels", type=float, default=25.0, help="largest image accepted, width x height (MP)"
@@ -500,14 +516,14 @@ def _add_masks(commands: Subcommands) -> None:
         help="weather masks of your own photos (files or folders, any size) by a degradation segmenter: "
         "colour-coded mask and overlay PNGs, masks.json with each class's share of the pixels",
     )
-    masks.add_argument("inputs", nargs="+")
-    masks.add_argument("--output", required=True)
+    masks.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
+    masks.add_argument("--output", required=True, help="folder the masks, overlays and masks.json go to")
     masks.add_argument(
         "--checkpoint", required=True, help="a segmenter trained on data.type: degradation (save_pretrained)"
     )
     masks.add_argument("--tile", type=int, default=64, help="tiled-inference window (pixels)")
     masks.add_argument("--overlap", type=int, default=16, help="overlap of the windows")
-    masks.add_argument("--device", default="cpu")
+    masks.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, ... (default cpu)")
     masks.set_defaults(func=_masks)
 
 
@@ -555,11 +571,11 @@ def _add_study(commands: Subcommands) -> None:
     study = commands.add_parser(
         "study", help="dense vs MoE vs MoFME (linear, UaR) at an equal budget, with routing analysis"
     )
-    study.add_argument("--output", default="mofme-study")
+    study.add_argument("--output", default="mofme-study", help="the study's folder (default: mofme-study)")
     study.add_argument(
         "--minutes-per-run", type=float, default=4.0, help="with --steps 0: the slowest variant's budget"
     )
-    study.add_argument("--seeds", type=int, default=3)
+    study.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 0.. (default 3)")
     study.add_argument(
         "--variants",
         nargs="+",

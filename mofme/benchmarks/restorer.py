@@ -244,20 +244,33 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--experts", type=int, nargs="+", default=[4, 16, 64, 128])
-    parser.add_argument("--top-k", type=int, default=4)
+    """The options of ``mofme bench`` (and ``python -m mofme.benchmarks.restorer``)."""
+    parser.add_argument("--preset", default="paper", help="restorer preset benchmarked (default: paper)")
+    parser.add_argument(
+        "--experts",
+        type=int,
+        nargs="+",
+        default=[4, 16, 64, 128],
+        help="numbers of experts E, one row group each",
+    )
+    parser.add_argument("--top-k", type=int, default=4, help="experts per token k of the routed models")
     parser.add_argument("--size", type=int, default=240, help="image side (pixels)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument("--train-repeats", type=int, default=3, help="0 skips the training-step timing")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the models run (default: cuda when available, else cpu)",
+    )
     parser.add_argument(
         "--amp", choices=["off", "auto", "bf16", "fp16"], default="off", help="autocast, as train.amp"
     )
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="also plot latency and parameters vs E to this image file"
+    )
     parser.add_argument(
         "--targets", type=Path, default=None, help="check the ratios against this file's [restorer] limits"
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import staged_directory, write_text_atomic
+from ..atomic import recover_directory, staged_directory, write_text_atomic
 
 __all__ = ["latest_checkpoint", "load_training_state", "save_checkpoint"]
 
@@ -51,6 +51,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
     if not pointer.is_file():
         return None
     path = directory / json.loads(pointer.read_text())["path"]
+    recover_directory(path)  # a rewrite of it killed mid-swap (mofme.atomic)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{pointer} names {path}, which has no {STATE_FILE}")
     return path

@@ -9,12 +9,21 @@ the metric conventions (``eval.y_channel``, ``eval.crop_border``) are part of th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+from .._hints import closest_name
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+
+
+Count = Annotated[int, Field(ge=1)]  # epochs, periods, sizes: at least one
+Rate = Annotated[float, Field(gt=0.0)]  # learning rates, weights that must be positive
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam betas, label smoothing: [0, 1)
+LongSide = Annotated[int, Field(ge=8)]  # a photo's long side in pixels
 
 
 class _Section(BaseModel):
@@ -119,7 +128,7 @@ class DataConfig(_Section):
     builtin_weight: float = Field(
         0.0, ge=0.0, description="folder only: weight of the built-in training photos in the mix (0: none)"
     )
-    long_sides: list[int] = Field(
+    long_sides: list[LongSide] = Field(
         default_factory=lambda: [256],
         description="folder only: long sides the photos are used at; the weather scales with them",
     )
@@ -133,21 +142,23 @@ class DataConfig(_Section):
         "clean", description="cityscapes only: leftImg8bit, Foggy Cityscapes or Rain Cityscapes images"
     )
     beta: float | None = Field(
-        None, description="cityscapes foggy only: one fog density (0.005, 0.01 or 0.02); default: all three"
+        None,
+        gt=0.0,
+        description="cityscapes foggy only: one fog density (0.005, 0.01 or 0.02); default: all three",
     )
     conditions: list[str] | None = Field(
         None, description="acdc only: conditions read (fog, night, rain, snow); default: all four"
     )
-    val_fraction: float = 0.02
-    crop_size: int = 64
-    batch_size: int = 8
-    num_workers: int = 0
-    samples_per_epoch: int = 512  # builtin, folder, scenes, degradation
+    val_fraction: float = Field(0.02, gt=0.0, lt=1.0)
+    crop_size: Count = 64
+    batch_size: Count = 8
+    num_workers: int = Field(0, ge=0)
+    samples_per_epoch: Count = 512  # builtin, folder, scenes, degradation
     weathers: list[str] | None = None  # builtin, folder, scenes, degradation; default: all
-    train_long_side: int | None = (
+    train_long_side: LongSide | None = (
         256  # builtin only: long side of the training photos (weather scales with it)
     )
-    train_zoom: list[float] = Field(
+    train_zoom: list[Rate] = Field(
         default_factory=lambda: [1.0],
         description="builtin only: content scales (x train_long_side) the training crops come from",
     )
@@ -198,25 +209,25 @@ class DataConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = 4e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
+    lr: Rate = 4e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    weight_decay: float = Field(0.01, ge=0.0)
     decay_all: bool = Field(
         False, description="decay every parameter (true: as the 0.1 weights were trained); else matrices only"
     )
-    warmup_epochs: float = 3.0
-    min_lr: float = 1e-6
-    grad_clip: float | None = 1.0
+    warmup_epochs: float = Field(3.0, ge=0.0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    grad_clip: Rate | None = 1.0
 
 
 class LossConfig(_Section):
     """Restoration: smooth L1 (+ perceptual); recognition: cross-entropy with ``label_smoothing``
     and, for segmentation, ``class_weights`` (one per class; default equal)."""
 
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    class_weights: list[float] | None = None
-    smooth_l1_beta: float = 1.0
-    perceptual_weight: float = 0.0
+    label_smoothing: Fraction = 0.0
+    class_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
+    smooth_l1_beta: Rate = 1.0
+    perceptual_weight: float = Field(0.0, ge=0.0)
     vgg_weights: str | None = None
     weather_mi: float = Field(
         0.0,
@@ -250,17 +261,17 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = 10
-    max_minutes: float | None = Field(
+    epochs: Count = 10
+    max_minutes: Rate | None = Field(
         None, description="stop (and fit the schedule) within this budget, resumes included"
     )
-    eval_every: int = 1
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    eval_every: Count = 1  # epochs
+    checkpoint_every: Count = 100  # steps
+    keep_checkpoints: Count = 2
+    log_every: Count = 10  # steps
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    ema_decay: float | None = None
-    seed: int = 0
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
     device: str = "auto"
     output_dir: str = "runs/default"
     progress: bool = True
@@ -283,9 +294,9 @@ class EvalConfig(_Section):
     """Metric conventions and tiling: exactly the keyword options of :func:`mofme.engine.evaluate.evaluate`."""
 
     y_channel: bool = False
-    crop_border: int = 0
-    tile: int = 256
-    overlap: int = 32
+    crop_border: int = Field(0, ge=0)
+    tile: Count = 256
+    overlap: int = Field(32, ge=0)
 
 
 class Config(_Section):
@@ -386,5 +397,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(_describe(error) for error in err.errors())
         raise ConfigError(f"{source}: {problems}") from err
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One validation error as ``field: problem`` (``train.epochs: Input should be greater than or
+    equal to 1``); an unknown field with the closest known one (``unknown field train.epoch; did you
+    mean train.epochs?``), or the section's fields when none is close."""
+    loc = error["loc"]
+    where = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        if section is None:
+            return f"unknown field {where}"
+        close = closest_name(str(loc[-1]), section.model_fields)
+        if close is None:
+            return f"unknown field {where}; known: {', '.join(section.model_fields)}"
+        return f"unknown field {where}; did you mean {'.'.join(str(part) for part in (*loc[:-1], close))}?"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config class whose fields sit at ``loc`` (list positions skipped): :class:`Config` for
+    ``()``, :class:`TrainConfig` for ``("train",)``; None past a field that is no section."""
+    section: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = section.model_fields.get(part)
+        section = None if field is None else _model_in(field.annotation)
+        if section is None:
+            return None
+    return section
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``TrainConfig``, ``list[FolderSource]``, ``X | None``)."""
+    if get_origin(annotation) is None and isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    return next(filter(None, map(_model_in, get_args(annotation))), None)

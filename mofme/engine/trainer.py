@@ -38,7 +38,7 @@ from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets
 from mofme.models import RestorerOutput, load_model, load_weights
 from mofme.nn import aux_loss, label_expert_mutual_information, label_group_loss, routing_probs
 
-from ..atomic import staged_directory
+from ..atomic import recover_directory, staged_directory
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import Config, ConfigError
 from .data import build_datasets
@@ -196,6 +196,7 @@ class TrainingRecipe:
             )
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            recover_directory(self.best_dir)  # a replacement of best/ killed mid-way
             (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)

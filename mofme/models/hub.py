@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..atomic import atomic_file, write_text_atomic
+from ..atomic import atomic_file, recover_directory, write_text_atomic
 
 __all__ = [
     "CONFIG_NAME",
@@ -100,6 +101,8 @@ def _resolve(name_or_path: str | Path, filename: str, revision: str | None) -> P
     """``name_or_path/filename`` for a local directory, else for a shipped model name, else the file
     downloaded from the Hub repo ``name_or_path``."""
     local = Path(name_or_path)
+    with suppress(OSError):  # a folder whose replacement was killed mid-way (mofme.atomic)
+        recover_directory(local)
     if not local.is_dir() and str(name_or_path) in shipped_weights():
         local = SHIPPED_WEIGHTS_DIR / str(name_or_path)
     if local.is_dir():

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._hints import closest_name
 from .drops import DropDetector
 from .hub import PretrainedMixin, read_config
 from .recognition import RECOGNIZER_PRESETS, ViTClassifier, ViTSegmenter
@@ -96,10 +97,14 @@ def restorer_config(preset: str = "small", **fields: Any) -> RestorerConfig | UN
     if preset not in RESTORER_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(RESTORER_PRESETS)}")
     base = RESTORER_PRESETS[preset]
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(base)})
+    names = [f.name for f in dataclasses.fields(base)]
+    unknown = sorted(set(fields) - set(names))
     if unknown:
-        known = ", ".join(f.name for f in dataclasses.fields(base))
-        raise ValueError(f"preset {preset!r} has no field {', '.join(unknown)}; its fields: {known}")
+        close = closest_name(unknown[0], names) if len(unknown) == 1 else None
+        hint = f" (did you mean {close}?)" if close else ""
+        raise ValueError(
+            f"preset {preset!r} has no field {', '.join(unknown)}{hint}; its fields: {', '.join(names)}"
+        )
     return dataclasses.replace(base, **fields)
 
 

@@ -102,6 +102,10 @@ class FFNChoice:
         for name, known in (("ffn", FFN_LAYERS), ("router", ROUTERS), ("modulation", MODULATIONS)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(known)}")
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be a positive integer, got {self.num_experts}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
         for name in ("router_kwargs", "ffn_kwargs"):  # {} and None mean the same: store None
             object.__setattr__(self, name, dict(getattr(self, name)) if getattr(self, name) else None)
 
