@@ -106,6 +106,15 @@ def weather_item(sample: WeatherSample, name: str) -> dict:
     }
 
 
+def _random_crop(rng: np.random.Generator, photo: np.ndarray, size: int, *, augment_crop: bool) -> np.ndarray:
+    """A random ``size`` x ``size`` crop of ``photo`` (mirror-padded if smaller), flipped/rotated
+    by a random one of the 8 modes when ``augment_crop``."""
+    padded = pad_to(photo, (size, size))
+    y, x = random_crop_box(rng, padded.shape[:2], (size, size))
+    crop = padded[y : y + size, x : x + size]
+    return augment(crop, int(rng.integers(AUGMENT_MODES))) if augment_crop else crop
+
+
 def render_crop_sample(
     rng: np.random.Generator,
     source: PhotoSource,
@@ -137,12 +146,7 @@ def render_crop_sample(
         family = options[int(rng.integers(len(options)))]
     severity = severities[int(rng.integers(len(severities)))]
     version = int(rng.integers(len(source.versions))) if len(source.versions) > 1 else 0
-    size = (crop_size, crop_size)
-    padded = pad_to(source.versions[version], size)
-    y, x = random_crop_box(rng, padded.shape[:2], size)
-    crop = padded[y : y + size[0], x : x + size[1]]
-    if augment_crop:
-        crop = augment(crop, int(rng.integers(AUGMENT_MODES)))
+    crop = _random_crop(rng, source.versions[version], crop_size, augment_crop=augment_crop)
     if color_jitter:
         crop = jitter_colors(crop, rng)
     if camera_fraction and rng.random() < camera_fraction:
