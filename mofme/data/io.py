@@ -11,13 +11,24 @@ in [0, 1]. ``read_image`` turns whatever is on disk into that:
 * multi-frame files (TIFF pages, GIF) give their first frame.
 
 A file that cannot be decoded raises :class:`ImageReadError` (an ``OSError``) whose message names the file.
+
+**Size gate.** Before any pixel is decoded, on every decoder path, the size declared in the header (PNG
+IHDR, the TIFF's first page via tifffile, Pillow's lazy ``Image.open`` for the rest) is checked against
+``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`), so a decompression bomb -- a tiny file declaring a
+huge image -- is refused in milliseconds. :func:`image_size` reads that header size alone. Pillow's own hard
+limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179 MP) still applies to the formats Pillow decodes.
+
+**No crash on bad input.** 16-bit colour PNGs are decoded by torchvision, whose libpng wrapper segfaults on
+any libpng error; they are fully validated in Python first (:mod:`mofme.data._png16`). The fuzzer in
+:mod:`mofme.data.fuzz` checks that every mutated file gives an image or an :class:`ImageReadError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +36,26 @@ from PIL import Image, ImageOps
 
 from .._types import PathLike
 from ..atomic import atomic_file
-from ._png16 import decode_png16, encode_png16, is_png16_color
+from ._png16 import decode_png16, encode_png16, is_png16_color, png_size
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_image", "write_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "image_size",
+    "list_images",
+    "read_image",
+    "write_image",
+]
+
+DEFAULT_MAX_PIXELS: int = 100_000_000
+"""``read_image``'s default pixel limit (width x height, 100 MP); ``max_pixels=None`` lifts it."""
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _TIFF = (".tif", ".tiff")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_BYTES_PER_PIXEL = 16  # most decoded TIFF bytes per allowed pixel: 4 float32 samples
+_MAX_TIFF_SAMPLES = 4  # more samples per pixel: not for tifffile here, Pillow may still read it
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WRITE_FORMATS = {
     ".png": "PNG",
@@ -109,12 +134,46 @@ def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(transform(array)) if transform else array
 
 
-def _read_tiff(path: Path, background: float) -> np.ndarray:
+def _check_pixels(path: Path, height: int, width: int, max_pixels: int | None, depth: int = 1) -> None:
+    """The size gate: raise ``ImageReadError`` when ``depth`` x ``height`` x ``width`` is over the limit."""
+    pixels = depth * height * width
+    if max_pixels is not None and pixels > max_pixels:
+        size = f"{width} x {height}" + (f" x {depth}" if depth != 1 else "")
+        raise ImageReadError(
+            path,
+            f"{size} = {pixels / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP (max_pixels)",
+        )
+
+
+def _tiff_geometry(page) -> tuple[int, int, int, int, int]:
+    """(height, width, depth, samples, decoded bytes) of a tifffile page, from its tags alone."""
+    separate, depth, height, width, contig = (int(n) for n in page.shaped)
+    samples = separate * contig
+    itemsize = np.dtype(page.dtype).itemsize if page.dtype is not None else 8
+    return height, width, depth, samples, depth * height * width * samples * itemsize
+
+
+def _check_tiff(path: Path, page, max_pixels: int | None) -> None:
+    """Size gate for a tifffile page: pixels, samples and decoded bytes, before ``page.asarray()``."""
+    height, width, depth, samples, nbytes = _tiff_geometry(page)
+    _check_pixels(path, height, width, max_pixels, depth)
+    if max_pixels is not None and nbytes > max_pixels * _BYTES_PER_PIXEL:
+        raise ImageReadError(
+            path,
+            f"{width} x {height} x {samples} samples would decode to {nbytes / 1e9:.2f} GB, over the limit of"
+            f" {max_pixels * _BYTES_PER_PIXEL / 1e9:.2f} GB ({_BYTES_PER_PIXEL} bytes x max_pixels)",
+        )
+    if samples > _MAX_TIFF_SAMPLES or depth != 1:  # not an RGB(A)/gray photo: let Pillow try
+        raise ValueError(f"{samples} samples per pixel, depth {depth}")
+
+
+def _read_tiff(path: Path, background: float, max_pixels: int | None) -> np.ndarray:
     """TIFF through tifffile (keeps 16-bit colour that Pillow truncates)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        _check_tiff(path, page, max_pixels)
         array = page.asarray()
         orientation = page.tags.get("Orientation")
         extrasamples = [int(e) for e in page.extrasamples] if page.extrasamples else []
@@ -132,8 +191,18 @@ def _read_tiff(path: Path, background: float) -> np.ndarray:
     return _to_float_rgb(array, alpha_last=has_alpha, background=background, premultiplied=premultiplied)
 
 
-def _read_pil(path: Path, background: float) -> np.ndarray:
-    with Image.open(path) as image:
+@contextlib.contextmanager
+def _open_pil(path: Path) -> Iterator[Image.Image]:
+    """Pillow's lazy ``Image.open`` (header only); its bomb *warning* is silenced because our gate decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            yield image
+
+
+def _read_pil(path: Path, background: float, max_pixels: int | None) -> np.ndarray:
+    with _open_pil(path) as image:
+        _check_pixels(path, image.height, image.width, max_pixels)
         image.load()
         image = ImageOps.exif_transpose(image)
         mode = image.mode
@@ -150,13 +219,10 @@ def to_8bit_levels(image: np.ndarray) -> np.ndarray:
     return (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
-def read_image(path: PathLike, *, background: float = 1.0) -> np.ndarray:
-    """Read an image file as float32 (H, W, 3) RGB in [0, 1].
-
-    Alpha is composited on a uniform ``background`` grey level (1.0 = white). Raises ``ImageReadError``
-    (naming the file) for a missing, empty, truncated or undecodable file.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[bytes]:
+    """Check that ``path`` is a non-empty regular file, yield its first 32 bytes, and turn any error raised
+    inside the block into an ``ImageReadError`` naming the file."""
     if not path.is_file():
         raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
     try:
@@ -164,21 +230,64 @@ def read_image(path: PathLike, *, background: float = 1.0) -> np.ndarray:
             header = handle.read(32)
         if not header:
             raise ImageReadError(path, "empty file")
-        if is_png16_color(header):
-            return _to_float_rgb(decode_png16(path), alpha_last=header[25] == 6, background=background)
-        if path.suffix.lower() in _TIFF or header[:4] in (b"II*\x00", b"MM\x00*"):
-            try:
-                return _read_tiff(path, background)
-            except Exception:  # tifffile missing or rejecting this TIFF flavour: let Pillow try
-                pass
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _read_pil(path, background)
+        yield header
     except ImageReadError:
         raise
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, struct.error, zlib.error ...
         reason = str(error) or type(error).__name__
         raise ImageReadError(path, f"{type(error).__name__}: {reason}") from error
+
+
+def _is_tiff(path: Path, header: bytes) -> bool:
+    return path.suffix.lower() in _TIFF or header[:4] in _TIFF_MAGIC
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone, without decoding pixels (milliseconds).
+
+    The size is as stored, before EXIF orientation (which may swap it in :func:`read_image`'s result);
+    the pixel count is the same. Raises ``ImageReadError`` (naming the file) when no header can be read.
+    """
+    path = Path(path)
+    with _reading(path) as header:
+        size = png_size(header)
+        if size is not None:
+            return size
+        if _is_tiff(path, header):
+            with contextlib.suppress(Exception):  # tifffile missing or rejecting the file: ask Pillow
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    return _tiff_geometry(tif.pages[0])[:2]
+        with _open_pil(path) as image:
+            return image.height, image.width
+
+
+def read_image(
+    path: PathLike, *, background: float = 1.0, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Read an image file as float32 (H, W, 3) RGB in [0, 1].
+
+    Alpha is composited on a uniform ``background`` grey level (1.0 = white). An image of more than
+    ``max_pixels`` pixels (width x height, from the header, before anything is decoded; ``None``: no
+    limit) is refused. Raises ``ImageReadError`` (naming the file) for a missing, empty, truncated,
+    undecodable or oversized file -- never another exception, never a crash.
+    """
+    path = Path(path)
+    with _reading(path) as header:
+        size = png_size(header)
+        if size is not None:
+            _check_pixels(path, *size, max_pixels)
+        if is_png16_color(header):
+            return _to_float_rgb(decode_png16(path), alpha_last=header[25] == 6, background=background)
+        if _is_tiff(path, header):
+            try:
+                return _read_tiff(path, background, max_pixels)
+            except ImageReadError:
+                raise
+            except Exception:  # tifffile missing or rejecting this TIFF flavour: let Pillow try
+                pass
+        return _read_pil(path, background, max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------- writing

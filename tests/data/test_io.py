@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from mofme.data import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, write_image
-from mofme.data.io import _apply_orientation
+from mofme.data.io import DEFAULT_MAX_PIXELS, _apply_orientation, image_size
 
 
 @pytest.fixture
@@ -189,3 +189,30 @@ def test_list_images_sorted_recursive_and_filtered(tmp_path):
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "missing")
     assert ".png" in IMAGE_EXTENSIONS and ".tiff" in IMAGE_EXTENSIONS
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif", ".webp"])
+def test_image_size_reads_the_header(tmp_path, rgb8, suffix):
+    path = tmp_path / f"a{suffix}"
+    Image.fromarray(rgb8).save(path)
+    assert image_size(path) == rgb8.shape[:2] == read_image(path).shape[:2]
+    with pytest.raises(ImageReadError, match=r"30 x 20 = 0\.0 MP exceeds the limit"):
+        read_image(path, max_pixels=599)
+    assert read_image(path, max_pixels=600).shape == (*rgb8.shape[:2], 3)
+    assert read_image(path, max_pixels=None).shape == (*rgb8.shape[:2], 3)
+
+
+def test_image_size_of_16bit_files_and_bad_files(tmp_path):
+    write_image(tmp_path / "c16.png", np.zeros((7, 9, 3)), bit_depth=16)
+    write_image(tmp_path / "c16.tif", np.zeros((5, 6, 3)), bit_depth=16)
+    assert image_size(tmp_path / "c16.png") == (7, 9) and image_size(tmp_path / "c16.tif") == (5, 6)
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        read_image(tmp_path / "c16.png", max_pixels=62)
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        read_image(tmp_path / "c16.tif", max_pixels=29)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(b"not an image at all")
+    for name in ("empty.png", "text.jpg", "missing.bmp"):
+        with pytest.raises(ImageReadError, match=re.escape(name)):
+            image_size(tmp_path / name)
+    assert DEFAULT_MAX_PIXELS == 100_000_000
