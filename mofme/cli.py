@@ -238,7 +238,12 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
     )
     run_server(
-        checkpoint=args.checkpoint, host=args.host, port=args.port, settings=settings, device=args.device
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
+        settings=settings,
+        device=args.device,
+        token=args.token,
     )
     return 0
 
@@ -506,6 +511,12 @@ def _add_serve(commands: Subcommands) -> None:
         "--max-megapixels", type=float, default=25.0, help="largest image accepted, width x height (MP)"
     )
     serve.add_argument("--max-queue", type=int, default=32, help="photos queued or restoring at once")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="the access token a server bound beyond this machine requires (default: a random one, printed "
+        "at start); a server on 127.0.0.1 needs none",
+    )
     serve.set_defaults(func=_serve, tile=128, overlap=16)  # ServeSettings' defaults (measured there)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from mofme.data import builtin_photos, render_weather
 from mofme.data.transforms import to_tensor
@@ -55,3 +57,37 @@ def png_bomb(side: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def damaged_png16(height: int = 64, width: int = 96) -> bytes:
+    """A 16-bit RGB PNG whose IDAT is random bytes under a valid CRC: the header is whole, the data is
+    not a zlib stream (libpng errors on it; torchvision's wrapper of libpng segfaults)."""
+    rows = bytes((1 + width * 6) * height)
+    body = np.random.default_rng(1).integers(0, 256, len(zlib.compress(rows)), dtype=np.uint8).tobytes()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def png_with_note(image: np.ndarray, note: str) -> bytes:
+    """A PNG of ``image`` carrying ``note`` in a text chunk (what :func:`crash_or_decode` looks for)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("note", note)
+    return encode(image, "PNG", pnginfo=info)
+
+
+def crash_or_decode(data: bytes, *args) -> bytes:
+    """A decoder-process function for tests: segfaults on a file noting "segfault", hangs on one noting
+    "hang", else decodes as the server does (:func:`mofme.apps.serve.uploads.decode_to_file`)."""
+    from mofme.apps.serve.uploads import decode_to_file
+
+    if b"segfault" in data:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, as a native decoder's crash would
+    if b"hang" in data:
+        time.sleep(3600)
+    return decode_to_file(data, *args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -22,49 +21,21 @@ from mofme.benchmarks.serve import upload, wait_result
 from mofme.cli import _missing, build_parser
 from mofme.models import DEFAULT_WEIGHTS
 
+from .client import FAST, LOCAL, post_photo, wait_job
 from .photos import decode, encode, png_bomb, psnr_db, truncated_jpeg, weather_photo
-
-FAST = {"tile": 128, "overlap": 16}  # 6 tiles for a 256 x 171 photo: the progress counts something
-
-
-@pytest.fixture
-def serve(shipped_model):
-    """``serve(**settings)``: a TestClient of an app with the shipped model; each app is shut down
-    (its worker stopped) after the test."""
-    with contextlib.ExitStack() as stack:
-
-        def make(**settings) -> TestClient:
-            app = create_app(model=shipped_model, settings=ServeSettings(**{**FAST, **settings}))
-            return stack.enter_context(TestClient(app))
-
-        yield make
-
-
-def _post(client: TestClient, data: bytes, name: str = "photo.png"):
-    return client.post("/api/jobs", files={"file": (name, data, "application/octet-stream")})
-
-
-def _wait(client: TestClient, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get(f"/api/jobs/{job_id}").json()
-        if status["state"] in ("done", "failed"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not finished after {timeout} s")
 
 
 def test_a_photo_with_rendered_rain_comes_back_restored_at_its_size(serve):
     clean, degraded = weather_photo()
     client = serve()
-    response = _post(client, encode(degraded), name="../../etc/china rain?.png")
+    response = post_photo(client, encode(degraded), name="../../etc/china rain?.png")
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["name"] == "china rain?.png"  # the last part of the client's name, a label only
     assert (job["width"], job["height"]) == (256, 171)
     assert job["tiles_total"] == count_tiles(171, 256, tile=128, overlap=16, multiple_of=4) == 6
 
-    status = _wait(client, job["id"])
+    status = wait_job(client, job["id"])
     assert status["state"] == "done", status["error"]
     assert status["tiles_done"] == status["tiles_total"] == 6
     download = client.get(status["restored_url"])
@@ -85,10 +56,9 @@ def test_a_photo_with_rendered_rain_comes_back_restored_at_its_size(serve):
     assert decode(picture.content).shape[1] > 300
 
 
-BAD_INPUTS = {
+BAD_INPUTS = {  # refused from the header, at upload
     "not an image": (b"name,score\nrain,1\n", 400, "is not an image this server reads"),
     "empty": (b"", 400, "is empty"),
-    "truncated JPEG": (None, 400, "is truncated or damaged"),
     "bomb beyond Pillow's limit": (png_bomb(20000), 413, "decompression bomb"),
     "bomb beyond the server's limit": (png_bomb(8000), 413, "decompression bomb"),
 }
@@ -98,21 +68,35 @@ def test_each_bad_input_gets_its_message_and_the_next_photo_still_restores(serve
     client = serve()
     small = weather_photo()[1][:48, :64]
     for label, (data, status, message) in BAD_INPUTS.items():
-        data = truncated_jpeg(small) if data is None else data
-        response = _post(client, data, name=f"{label}.jpg")
+        response = post_photo(client, data, name=f"{label}.jpg")
         assert response.status_code == status, (label, response.text)
         assert response.json()["error"].startswith(f"{label}.jpg"), label
         assert message in response.json()["error"], (label, response.json())
-        good = _post(client, encode(small), name="small.png")
+        good = post_photo(client, encode(small), name="small.png")
         assert good.status_code == 202
-        assert _wait(client, good.json()["id"])["state"] == "done"
+        assert wait_job(client, good.json()["id"])["state"] == "done"
+
+
+def test_a_truncated_photo_is_accepted_then_its_job_says_what_is_wrong(serve):
+    """Only the header is read at upload: a file damaged further in fails when its job decodes it."""
+    client = serve()
+    small = weather_photo()[1][:48, :64]
+    response = post_photo(
+        client, truncated_jpeg(weather_photo()[1]), name="holiday.jpg"
+    )  # its header is whole
+    assert response.status_code == 202 and response.json()["input_url"] is None
+    status = wait_job(client, response.json()["id"])
+    assert status["state"] == "failed" and status["error"].startswith("holiday.jpg is truncated or damaged")
+    assert client.get(f"/api/jobs/{status['id']}/input.png").status_code == 409
+    good = post_photo(client, encode(small), name="small.png")
+    assert wait_job(client, good.json()["id"])["state"] == "done"
 
 
 def test_the_pixel_limit_has_its_own_message(serve, tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)  # as run_server sets it: Pillow's bomb limit
     client = serve(max_pixels=200_000)
     noise = np.random.default_rng(0).random((500, 500, 3))
-    response = _post(client, encode(noise), name="big.png")  # 250,000 pixels
+    response = post_photo(client, encode(noise), name="big.png")  # 250,000 pixels
     assert response.status_code == 413
     assert response.json()["error"] == (
         "big.png: 500 x 500 pixels (0.2 MP) is above this server's limit of 0.2 MP "
@@ -131,17 +115,18 @@ def test_the_upload_limit_refuses_large_files_before_and_after_reading(serve):
     assert 20_000 < len(over) < 20_000 + 64 * 1024
     far_over = bytes(200_000)  # refused from its Content-Length, never read
     for data in (over, far_over):
-        response = _post(client, data)
+        response = post_photo(client, data)
         assert response.status_code == 413
         assert "larger than this server's upload limit of 20,000 bytes" in response.json()["error"]
-    assert _post(client, encode(noise[:32, :32])).status_code == 202
+    assert post_photo(client, encode(noise[:32, :32])).status_code == 202
 
 
 def test_a_request_without_a_file_and_unknown_jobs_get_json_errors(serve):
     client = serve()
-    assert client.post("/api/jobs", data={"photo": "x"}).json() == {
-        "error": "send one photo as the multipart form field 'file'"
-    }
+    for request in ({"data": {"photo": "x"}}, {"files": {"photo": ("a.png", b"x")}}):
+        refused = client.post("/api/jobs", **request)
+        assert refused.status_code == 422
+        assert refused.json() == {"error": "send one photo as the multipart form field 'file'"}
     unknown = client.get(f"/api/jobs/{uuid.uuid4().hex}/restored.png")
     assert unknown.status_code == 404 and "no such job" in unknown.json()["error"]
 
@@ -181,15 +166,23 @@ def test_two_concurrent_requests_are_queued_and_both_answered(shipped_model):
 def test_a_full_queue_answers_503(serve):
     client = serve(max_queue=1)
     photo = encode(weather_photo()[1])
-    assert _post(client, photo).status_code == 202  # running: 6 tiles, more than a second
-    refused = _post(client, photo)
+    assert post_photo(client, photo).status_code == 202  # running: 6 tiles, more than a second
+    refused = post_photo(client, photo)
     assert refused.status_code == 503 and "already queued" in refused.json()["error"]
 
 
-def test_closing_the_queue_stops_the_running_job_at_its_next_tile(shipped_model):
-    queue = JobQueue(model=shipped_model, settings=ServeSettings(**FAST))
-    running = queue.submit(name="big.png", image=np.zeros((512, 512, 3), dtype=np.float32))  # 25 tiles
-    waiting = queue.submit(name="next.png", image=np.zeros((64, 64, 3), dtype=np.float32))
+def test_closing_the_queue_stops_the_running_job_at_its_next_tile(shipped_model, tmp_path):
+    queue = JobQueue(model=shipped_model, settings=ServeSettings(**FAST), workdir=tmp_path)
+
+    def submit(name: str, side: int):
+        queue.reserve()
+        try:
+            return queue.submit(name=name, data=encode(np.zeros((side, side, 3))), width=side, height=side)
+        finally:
+            queue.release()
+
+    running = submit("big.png", 512)  # 25 tiles
+    waiting = submit("next.png", 64)
     deadline = time.monotonic() + 60
     while running.tiles_done == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -198,12 +191,12 @@ def test_closing_the_queue_stops_the_running_job_at_its_next_tile(shipped_model)
     assert running.tiles_done < running.tiles_total == 25
     assert waiting.state == "failed" and waiting.error == "the server stopped before restoring it"
     with pytest.raises(QueueFull):
-        queue.submit(name="late.png", image=np.zeros((8, 8, 3), dtype=np.float32))
+        queue.reserve()
 
 
 def test_the_model_card_names_the_model_and_its_figures(shipped_model):
     info = model_info(shipped_model, checkpoint=DEFAULT_WEIGHTS)
-    client = TestClient(create_app(model=shipped_model, info=info))
+    client = TestClient(create_app(model=shipped_model, info=info), base_url=LOCAL)
     page = client.get("/api/model").json()
     assert page["name"] == DEFAULT_WEIGHTS and page["title"] == DEFAULT_WEIGHTS
     assert page["parameters"] == sum(p.numel() for p in shipped_model.parameters())
@@ -212,7 +205,9 @@ def test_the_model_card_names_the_model_and_its_figures(shipped_model):
     if page["metrics"] is not None:  # a source checkout: the card links to docs/model_card.md
         assert page["metrics"]["columns"][0] == "weather" and "restored PSNR" in page["metrics"]["columns"]
         assert [row[0] for row in page["metrics"]["rows"]][:4] == ["rain", "snow", "haze", "raindrop"]
-    bare = TestClient(create_app(model=shipped_model)).get("/api/model").json()  # no card given
+    bare = (
+        TestClient(create_app(model=shipped_model), base_url=LOCAL).get("/api/model").json()
+    )  # no card given
     assert bare["name"] == "Restorer" and bare["parameters"] == page["parameters"]
     html = client.get("/").text
     assert 'id="file-input"' in html and "/static/app.js" in html

@@ -20,8 +20,11 @@ class ServeSettings:
       128 / 16, not ``mofme restore``'s 256 / 32: on 1-MP photos with the shipped model (trained on
       96-px crops) 1.75x faster through the server (19 s vs 33 s, 1 thread) and no worse (PSNR gain
       +5.1 vs +4.7 dB, rain and haze; ``python -m mofme.benchmarks.serve --tile``);
-    * ``max_queue``: jobs waiting or running at once (more: 503, try again later);
-    * ``keep_results``: finished jobs kept in memory for download (the oldest are dropped first).
+    * ``max_queue``: jobs arriving, waiting, running, or restored and not downloaded yet (more: 503,
+      try again later): every accepted job's result is kept;
+    * ``result_ttl_s``: how long a result is kept after its job finished, downloaded or not;
+    * ``keep_results``: downloaded results (and failed jobs) kept within that time (the oldest are
+      dropped first).
     """
 
     max_upload_bytes: int = 50 * MB
@@ -31,11 +34,14 @@ class ServeSettings:
     batch_size: int = 1
     max_queue: int = 32
     keep_results: int = 16
+    result_ttl_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "tile", "batch_size", "max_queue", "keep_results"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.result_ttl_s <= 0:
+            raise ValueError(f"result_ttl_s must be > 0, got {self.result_ttl_s}")
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"overlap must satisfy 0 <= overlap < tile, got {self.overlap}, {self.tile}")
 

@@ -79,6 +79,8 @@ function showRouting(card, status) {
 function render(card, status) {
   card.dataset.state = status.state;
   card.dataset.jobId = status.id;
+  const degraded = $(".degraded", card);  // the upload is decoded when its turn comes
+  if (status.input_url && !degraded.getAttribute("src")) degraded.src = status.input_url;
   const progress = $(".job-progress", card);
   progress.value = status.tiles_total ? status.tiles_done / status.tiles_total : 0;
   const line = $(".job-status", card);
@@ -111,7 +113,6 @@ async function upload(file) {
     return fail(card, `the upload failed: ${error}`);
   }
   if (!response.ok) return fail(card, status.error || `the server answered ${response.status}`);
-  $(".degraded", card).src = status.input_url;
   while (status.state === "queued" || status.state === "running") {
     render(card, status);
     await sleep(POLL_MS);
