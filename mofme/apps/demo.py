@@ -6,8 +6,9 @@ Default (about a minute on 2 CPU cores, nothing to download or train):
 2. restore the built-in test split: 2 held-out photos x 4 weather types x 3 severities x 4 renders,
    all rendered with a fixed seed, and score it (PSNR/SSIM per weather type and severity, with standard
    errors); restore the clean test photos too, which should come out unchanged;
-3. write ``metrics.json`` / ``metrics.md``, ``comparison.png`` (degraded | restored | clean, every
-   weather type) and ``routing.png`` (which experts each weather type uses) into the output folder.
+3. write ``metrics.json`` / ``metrics.md``, ``comparison.png`` (degraded | restored | clean: every
+   weather type on one test photo, the renderer families held out of training on the other, both
+   photos without weather) and ``routing.png`` (which experts each weather type uses).
 
 ``train=True`` (``mofme demo --train``) first trains a small MoFME restorer from scratch with the
 ``demo_cpu`` recipe for a fixed number of steps (a step count, not a time budget: one seed gives one
@@ -46,6 +47,8 @@ __all__ = ["DemoResult", "estimate_step_seconds", "run_demo"]
 RECIPE = "demo_cpu"
 TEST_SEED = 0  # the test split is always rendered with this seed: comparable numbers everywhere
 FIGURE_PHOTO, FIGURE_SEVERITY = "china", 2  # the comparison figure: the daylight test photo, medium weather
+HELD_OUT_PHOTO = "rocket"  # the held-out families in the figure: the other test photo
+HELD_OUT_RECIPE = "weather_families"  # the leave-one-family-out recipe: its data.val_families are held out
 
 
 @dataclass
@@ -104,20 +107,33 @@ def _train_from_scratch(
     return model, result.steps
 
 
+def held_out_families() -> list[str]:
+    """The renderer families held out of training by the leave-one-family-out recipe
+    (``configs/weather_families.yaml``, ``data.val_families``); the weights shipped today were
+    trained on the classic renderer alone, so these are unseen by them too."""
+    return list(load_config(recipe_path(HELD_OUT_RECIPE)).data.val_families or [])
+
+
 @torch.no_grad()
+def _row(model: nn.Module, label: str, item: dict) -> tuple:
+    """(label, degraded, restored, clean) HxWx3 arrays of one test item."""
+    restored = model(item["input"][None]).image[0]
+    return (label, *(t.permute(1, 2, 0).numpy() for t in (item["input"], restored, item["target"])))
+
+
 def _comparison_rows(model: nn.Module, test: BuiltinWeatherDataset, long_side: int) -> list[tuple]:
-    """(label, degraded, restored, clean) per weather type on the figure photo, then the clean photo."""
-    rows = []
+    """(label, degraded, restored, clean): every weather type on the figure photo, the held-out
+    renderer families on the other test photo, then both photos without weather."""
     index = {test[i]["name"]: i for i in range(len(test))}
-    for weather in WEATHER_TYPES:
-        item = test[index[f"{FIGURE_PHOTO}_{weather}_s{FIGURE_SEVERITY}_r0"]]
-        restored = model(item["input"][None]).image[0]
-        rows.append(
-            (weather, *(t.permute(1, 2, 0).numpy() for t in (item["input"], restored, item["target"])))
-        )
-    clean = dict(builtin_photos("test", long_side=long_side))[FIGURE_PHOTO]
-    restored = model(to_tensor(clean)[None]).image[0]
-    rows.append(("no weather", clean, restored.permute(1, 2, 0).numpy(), clean))
+    name = f"{FIGURE_PHOTO}_{{}}_s{FIGURE_SEVERITY}_r0"
+    rows = [_row(model, weather, test[index[name.format(weather)]]) for weather in WEATHER_TYPES]
+    for family in held_out_families():
+        renders = BuiltinWeatherDataset("test", seed=TEST_SEED, long_side=long_side, family=family, renders=1)
+        item = next(i for i in renders if i["name"] == f"{HELD_OUT_PHOTO}_{family}_s{FIGURE_SEVERITY}_r0")
+        rows.append(_row(model, f"{family}\n(held out)", item))
+    for photo_name, photo in builtin_photos("test", long_side=long_side):
+        clean = {"input": to_tensor(photo), "target": to_tensor(photo)}
+        rows.append(_row(model, f"{photo_name}, no weather", clean))
     return rows
 
 

@@ -14,7 +14,8 @@ For every checkpoint, side by side (:func:`mofme.engine.evaluate.evaluate`, its 
 * ``builtin``: the built-in test split as ``mofme demo`` scores it (the classic renderer).
 * ``clean``: each clean photo restored whole at ``--long-side``, PSNR of the output from its own
   input (higher = less altered; the do-no-harm target is >= 38 dB), and the largest difference
-  between that and a tiled restore (``--tile`` / ``--overlap``; a seam shows as a large value).
+  between that and a tiled restore (``--tile`` / ``--overlap`` asked; a windowed model tiles
+  exactly on its own grid, :func:`~mofme.engine.restore.model_tiling`; a seam shows as a large value).
 
 Writes ``report.json`` and ``report.md`` under ``--output``. Nothing here trains or selects.
 """
@@ -28,12 +29,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from mofme.data import BuiltinWeatherDataset
 from mofme.data.families import FAMILIES
 from mofme.data.photos import family_renders, folder_photos
+from mofme.data.transforms import to_tensor
 from mofme.engine.evaluate import EvalReport, evaluate, finite_or_str
 from mofme.engine.restore import restore_image
 from mofme.metrics import psnr, quantize
@@ -64,15 +65,15 @@ def clean_check(
     model: nn.Module, photos: Sequence[tuple[str, Any]], *, tile: int, overlap: int
 ) -> list[dict[str, float]]:
     """Per clean photo: ``psnr`` of the whole-image output from its input (8-bit, RGB) and
-    ``tiled_max_diff``, the largest absolute difference (in 1/255 steps) between the whole and the
-    tiled restore."""
+    ``tiled_max_diff``, the largest absolute difference (in 1/255 steps, before rounding to 8 bits)
+    between the whole and the tiled restore."""
     rows = []
     for name, photo in photos:
-        image = torch.from_numpy(photo).permute(2, 0, 1).float()
+        image = to_tensor(photo)
         whole_tile = -(-max(image.shape[1:]) // 64) * 64  # one tile: the whole photo
-        whole = quantize(restore_image(model, image, tile=whole_tile, overlap=0))
-        tiled = quantize(restore_image(model, image, tile=tile, overlap=overlap))
-        value = psnr(whole[None], quantize(image)[None]).item()
+        whole = restore_image(model, image, tile=whole_tile, overlap=0)
+        tiled = restore_image(model, image, tile=tile, overlap=overlap, whole_pixels=0)  # always tiled
+        value = psnr(quantize(whole)[None], quantize(image)[None]).item()
         steps = (whole - tiled).abs().max().item() * 255
         rows.append({"photo": name, "psnr": value, "tiled_max_diff": round(steps, 3)})
     return rows

@@ -94,11 +94,19 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def model_tiling(model: nn.Module, height: int, width: int, *, tile: int, overlap: int) -> Tiling:
+def model_tiling(
+    model: nn.Module,
+    height: int,
+    width: int,
+    *,
+    tile: int,
+    overlap: int,
+    whole_pixels: int = WHOLE_IMAGE_PIXELS,
+) -> Tiling:
     """How an H x W image is tiled for ``model`` (what :func:`restore_tensor` and the server's tile count
     use). Without a ``model.receptive_margin`` (global attention): ``tile`` and ``overlap`` as asked,
-    margin 0. With one, the tiling is exact: the whole image in one piece up to :data:`WHOLE_IMAGE_PIXELS`
-    (padded); else margin = the receptive margin, overlap = ``max(overlap, 2 * margin + multiple)`` and
+    margin 0. With one, the tiling is exact: the whole image in one piece up to ``whole_pixels``
+    (padded; default :data:`WHOLE_IMAGE_PIXELS`); else margin = the receptive margin, overlap = ``max(overlap, 2 * margin + multiple)`` and
     tile = ``max(tile, 4 * overlap)`` (at most ~45% of the work repeated), both rounded up to the model's
     :attr:`size_multiple` so that every tile starts on its window grid."""
     multiple = model_patch_size(model)
@@ -106,7 +114,7 @@ def model_tiling(model: nn.Module, height: int, width: int, *, tile: int, overla
     if margin is None:
         return Tiling(tile, overlap, 0, multiple)
     padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
-    if padded_h * padded_w <= WHOLE_IMAGE_PIXELS:
+    if padded_h * padded_w <= whole_pixels:
         return Tiling(max(padded_h, padded_w), 0, 0, multiple)
     overlap = _round_up(max(overlap, 2 * margin + multiple), multiple)
     return Tiling(max(_round_up(tile, multiple), 4 * overlap), overlap, margin, multiple)
@@ -177,12 +185,19 @@ def _model_fn(model: nn.Module, device: torch.device):
 
 
 def restore_tensor(
-    model: nn.Module, image: Tensor, *, device: torch.device, tile: int, overlap: int, batch_size: int
+    model: nn.Module,
+    image: Tensor,
+    *,
+    device: torch.device,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    whole_pixels: int = WHOLE_IMAGE_PIXELS,
 ) -> Tensor:
     """The tiled restoration of a (3, H, W) image, already in eval mode; float32 (3, H, W) on ``device``.
     ``tile`` and ``overlap`` as asked, or the exact tiling of a model with a receptive margin
     (:func:`model_tiling`)."""
-    plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap)
+    plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap, whole_pixels=whole_pixels)
     restored = tiled_apply(_model_fn(model, device), image, **plan._asdict(), batch_size=batch_size)
     if _fills_drops(model):  # the fill once, over the stitched image: seamless at any size
         return push_pull_fill(restored[None, :3], 1.0 - restored[None, 3:])[0]
@@ -198,6 +213,7 @@ def restore_image(
     batch_size: int = 1,
     device: str | torch.device | None = None,
     fast: bool = True,
+    whole_pixels: int = WHOLE_IMAGE_PIXELS,
 ) -> Tensor:
     """Restore one image with bounded memory.
 
@@ -207,7 +223,8 @@ def restore_image(
         image: (3, H, W) float in [0, 1], any H, W >= 1, on any device (tiles are moved one batch at a time).
         tile, overlap, batch_size: see :func:`~mofme.engine.tiling.tiled_apply`; ``tile`` must be a
             multiple of the model's patch size. A model with a receptive margin (windowed attention) is
-            tiled exactly instead, ``tile`` and ``overlap`` being minimums (:func:`model_tiling`).
+            tiled exactly instead, ``tile`` and ``overlap`` being minimums (:func:`model_tiling`), or
+            run whole up to ``whole_pixels`` (0: always tiled).
         device: where the model runs; None keeps the model where it is, otherwise the model is moved there.
         fast: run a Restorer on the CPU through its inference fast path
             (:func:`~mofme.engine.fastpath.inference_model`); False: the plain modules.
@@ -220,7 +237,8 @@ def restore_image(
     run_on = prepare_model(model, device)
     with eval_mode(model):
         runner = inference_model(model, device=run_on, fast=fast)
-        out = restore_tensor(runner, image, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size)
+        options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "whole_pixels": whole_pixels}
+        out = restore_tensor(runner, image, device=run_on, **options)
     return out.cpu()
 
 
