@@ -76,13 +76,15 @@ class DropDetector(PretrainedMixin, nn.Module):
         return {**asdict(self.config), "widths": list(self.config.widths)}
 
     @property
-    def size_multiple(self) -> int:
-        """Inputs cut at multiples of this keep the stride-2 grid of every level: 2^(levels - 1)."""
+    def grid_multiple(self) -> int:
+        """Inputs cut at multiples of this keep the stride-2 grid of every level: 2^(levels - 1)
+        (what a restorer's tiles keep when they must match the whole image; the detector run
+        alone is tiled on its own terms)."""
         return 2 ** (len(self.config.widths) - 1)
 
     @property
     def receptive_margin(self) -> int:
-        """Pixels along the edge of an input (cut at a multiple of :attr:`size_multiple`) whose logits
+        """Pixels along the edge of an input (cut at a multiple of :attr:`grid_multiple`) whose logits
         may differ from the whole image's: the sum of the radii on the way down and up. Encoder:
         2 px at level 0, then 2^(i-1) (the stride-2 convolution) + 2^i px at level i; decoder, per
         level i below the last: 2^(i+1) (bilinear upsampling) + 2^i px; the last convolution 1 px.

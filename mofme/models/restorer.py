@@ -487,10 +487,12 @@ class Restorer(TokenGridModel, nn.Module):
     def size_multiple(self) -> int:
         """The multiple tiles should keep: the patch size, times ``window_size`` for windowed models
         (tiles then align with the attention windows). Inputs themselves are padded to the patch size
-        only; windows are completed with masked tokens. With a drop detector, also a multiple of its
-        :attr:`DropDetector.size_multiple`."""
-        multiple = self.patch_size * (self.config.window_size or 1)
-        return math.lcm(multiple, self.drop_head.size_multiple) if self.drop_head is not None else multiple
+        only; windows are completed with masked tokens. A windowed model with a drop detector also
+        keeps the detector's :attr:`DropDetector.grid_multiple` (its tiles must match the whole image)."""
+        if self.config.window_size is None:
+            return self.patch_size
+        multiple = self.patch_size * self.config.window_size
+        return math.lcm(multiple, self.drop_head.grid_multiple) if self.drop_head is not None else multiple
 
     @property
     def receptive_margin(self) -> int | None:
