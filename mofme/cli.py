@@ -92,17 +92,14 @@ def _builtin_eval_data(args: argparse.Namespace):
     """The built-in weather split ``--split`` (test unless said; val for model selection) with
     ``--renders`` renders per photo, weather and severity drawn from ``--seed``."""
     from mofme.data import BuiltinWeatherDataset
+    from mofme.data.builtin import builtin_family_items
 
     split = args.split or "test"
     if split not in ("val", "test"):
         raise ValueError(f"--data builtin scores the val or test split, got --split {split}")
     if not args.family:
         return BuiltinWeatherDataset(split, renders=args.renders, seed=args.seed or 0)
-    return [  # one group per family in the report
-        {**item, "weather": family}
-        for family in args.family
-        for item in BuiltinWeatherDataset(split, renders=args.renders, seed=args.seed or 0, family=family)
-    ]
+    return builtin_family_items(split, args.family, renders=args.renders, seed=args.seed or 0)
 
 
 def _segmentation_data(args: argparse.Namespace):

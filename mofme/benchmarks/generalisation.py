@@ -32,6 +32,7 @@ from typing import Any
 from torch import nn
 
 from mofme.data import BuiltinWeatherDataset
+from mofme.data.builtin import builtin_family_items
 from mofme.data.families import FAMILIES
 from mofme.data.photos import family_renders, folder_photos
 from mofme.data.transforms import to_tensor
@@ -41,15 +42,6 @@ from mofme.metrics import psnr, quantize
 from mofme.models import load_model
 
 __all__ = ["clean_check", "family_report", "main"]
-
-
-def _builtin_family_items(families: Sequence[str]) -> list[dict]:
-    """The built-in test split drawn by each family, labelled with the family's name."""
-    return [
-        {**item, "weather": family}
-        for family in families
-        for item in BuiltinWeatherDataset("test", family=family)
-    ]
 
 
 def _groups(report: EvalReport) -> dict[str, dict[str, float]]:
@@ -81,13 +73,13 @@ def clean_check(
 
 def _evaluate_checkpoint(name: str, args: argparse.Namespace, photos: list) -> dict[str, Any]:
     model = load_model(name)
-    held_out = family_report(model, _builtin_family_items(args.held_out))
+    held_out = family_report(model, builtin_family_items("test", args.held_out))
     result: dict[str, Any] = {"held_out": held_out}
     if photos:
         result["held_out_clean_photos"] = family_report(model, family_renders(photos, args.held_out))
         result["clean"] = clean_check(model, photos, tile=args.tile, overlap=args.overlap)
     trained = [f for f in sorted(FAMILIES) if f not in args.held_out]
-    result["trained"] = family_report(model, _builtin_family_items(trained))
+    result["trained"] = family_report(model, builtin_family_items("test", trained))
     result["builtin"] = family_report(model, list(BuiltinWeatherDataset("test")))
     return result
 

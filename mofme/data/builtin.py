@@ -16,6 +16,7 @@ process and returned read-only.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "BUILTIN_SPLITS",
     "BuiltinWeatherDataset",
     "SplitDataset",
+    "builtin_family_items",
     "builtin_photos",
     "builtin_sources",
 ]
@@ -246,3 +248,15 @@ class BuiltinWeatherDataset(SplitDataset):
             clean_fraction=self.clean_fraction,
             tag=f"_e{self.epoch}_{index}",
         )
+
+
+def builtin_family_items(
+    split: str, families: Sequence[str], *, renders: int | None = None, seed: int = 0
+) -> list[dict]:
+    """The built-in ``split`` (val or test) drawn by each of ``families``, every item's ``weather``
+    the family's name (so an evaluation reports each family as its own group)."""
+    return [
+        {**item, "weather": family}
+        for family in families
+        for item in BuiltinWeatherDataset(split, renders=renders, seed=seed, family=family)
+    ]

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .._types import PathLike
 from ..data.io import ImageReadError, list_images, read_image, write_image
 from ..data.transforms import to_tensor
-from ..models.fill import push_pull_fill
+from ..models.restorer import fill_drops
 from .fastpath import inference_model
 from .tiling import tiled_apply
 
@@ -106,9 +106,10 @@ def model_tiling(
     """How an H x W image is tiled for ``model`` (what :func:`restore_tensor` and the server's tile count
     use). Without a ``model.receptive_margin`` (global attention): ``tile`` and ``overlap`` as asked,
     margin 0. With one, the tiling is exact: the whole image in one piece up to ``whole_pixels``
-    (padded; default :data:`WHOLE_IMAGE_PIXELS`); else margin = the receptive margin, overlap = ``max(overlap, 2 * margin + multiple)`` and
-    tile = ``max(tile, 4 * overlap)`` (at most ~45% of the work repeated), both rounded up to the model's
-    :attr:`size_multiple` so that every tile starts on its window grid."""
+    (padded; default :data:`WHOLE_IMAGE_PIXELS`); else margin = the receptive margin, overlap =
+    ``max(overlap, 2 * margin + multiple)`` and tile = ``max(tile, 4 * overlap)`` (at most ~45% of
+    the work repeated), both rounded up to the model's :attr:`size_multiple` so that every tile
+    starts on its window grid."""
     multiple = model_patch_size(model)
     margin = getattr(model, "receptive_margin", None)
     if margin is None:
@@ -200,7 +201,7 @@ def restore_tensor(
     plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap, whole_pixels=whole_pixels)
     restored = tiled_apply(_model_fn(model, device), image, **plan._asdict(), batch_size=batch_size)
     if _fills_drops(model):  # the fill once, over the stitched image: seamless at any size
-        return push_pull_fill(restored[None, :3], 1.0 - restored[None, 3:])[0]
+        return fill_drops(restored[None, :3], restored[None, 3:])[0]
     return restored
 
 

@@ -557,12 +557,13 @@ class Restorer(TokenGridModel, nn.Module):
         image, drop_logits = torch.sigmoid(logits), None
         if self.drop_head is not None:
             drop_logits = self.drop_head(padded)
-            image = fill_drops(image, drop_logits) if fill else image
+            image = fill_drops(image, torch.sigmoid(drop_logits)) if fill else image
             drop_logits = drop_logits[..., :height, :width]
         return RestorerOutput(image[..., :height, :width], aux, routing, drop_logits)
 
 
-def fill_drops(image: Tensor, drop_logits: Tensor) -> Tensor:
-    """``image`` (N, 3, H, W) with the pixels the drop detector flags (``drop_logits`` (N, 1, H, W))
-    filled from around them: :func:`~mofme.models.fill.push_pull_fill` with confidence 1 - p."""
-    return push_pull_fill(image, 1.0 - torch.sigmoid(drop_logits))
+def fill_drops(image: Tensor, drop_probability: Tensor) -> Tensor:
+    """``image`` (N, 3, H, W) with the pixels the drop detector flags (``drop_probability``
+    (N, 1, H, W), the sigmoid of its logits) filled from around them:
+    :func:`~mofme.models.fill.push_pull_fill` with confidence 1 - p."""
+    return push_pull_fill(image, 1.0 - drop_probability)
