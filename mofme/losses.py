@@ -23,6 +23,11 @@ The drop detector of ``drop_fill`` restorers trains on the renderer's drop opaci
 (mean over pixels) against ``particles`` on raindrop renders and 0 on every other render, so
 streaks, flakes and clean photos teach it what is not a drop.
 
+The weather-presence gate of ``presence_gate`` restorers trains on what the weather changed:
+``drop_mask_loss(presence_logits, presence_targets(inputs, targets))``, the per-pixel binary
+cross-entropy against 1 where the input differs from the clean target by more than 2/255 in some
+channel (dilated by 2 px), 0 elsewhere: everywhere on clean crops.
+
 The VGG16 weights are never downloaded: these machines have no network. Pass the path of torchvision's
 ImageNet checkpoint (``vgg16-397923af.pth``, a ``state_dict`` loaded with ``torch.load(weights_only=True)``)
 or a ``.safetensors`` file with the same keys. Full VGG16 state dicts (``features.N.weight``, classifier
@@ -50,6 +55,7 @@ __all__ = [
     "drop_mask_loss",
     "drop_targets",
     "load_vgg_features",
+    "presence_targets",
 ]
 
 VGG_DOWNLOAD_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -250,6 +256,22 @@ def drop_targets(particles: Tensor, weather: Tensor) -> Tensor:
         )
     is_drop = weather.to(particles.device) == WEATHER_TYPES.index("raindrop")
     return particles * is_drop.view(-1, 1, 1, 1).to(particles.dtype)
+
+
+def presence_targets(
+    inputs: Tensor, targets: Tensor, *, threshold: float = 2 / 255, dilation: int = 2
+) -> Tensor:
+    """The presence gate's target (N, 1, H, W) in {0, 1}: 1 where ``inputs`` (N, 3, H, W) differ from
+    the clean ``targets`` by more than ``threshold`` in some channel, dilated by ``dilation`` px (a
+    (2 d + 1)-square max filter), so the rims of streaks and drops count as weather."""
+    if inputs.shape != targets.shape or inputs.ndim != 4:
+        raise ValueError(
+            f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must be equal (N, C, H, W)"
+        )
+    changed = ((inputs - targets).abs().amax(dim=1, keepdim=True) > threshold).to(inputs.dtype)
+    if dilation:
+        changed = F.max_pool2d(changed, 2 * dilation + 1, stride=1, padding=dilation)
+    return changed
 
 
 def drop_mask_loss(logits: Tensor, targets: Tensor, *, pos_weight: float = 1.0) -> Tensor:

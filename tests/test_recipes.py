@@ -54,5 +54,5 @@ def test_fine_tuning_recipes_start_from_the_model_another_recipe_trains():
                 model.get_submodule(part),
                 configs[parent].model.build().state_dict(),
                 source=f"{name}: {source}",
-                new_modules=list(config.train.init_parts) if not part else (),
+                new_modules=[*config.train.init_parts, *config.train.init_new] if not part else (),
             )

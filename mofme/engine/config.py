@@ -252,6 +252,12 @@ class LossConfig(_Section):
         description="restoration on rendered weather, model.drop_fill models: weight of the drop "
         "detector's binary cross-entropy against the renderer's drop opacity (mofme.losses.drop_mask_loss)",
     )
+    presence_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="restoration, model.presence_gate models: weight of the presence gate's binary "
+        "cross-entropy against the pixels the weather changed (mofme.losses.presence_targets)",
+    )
     drop_pos_weight: float = Field(
         1.0,
         gt=0.0,
@@ -287,6 +293,11 @@ class TrainConfig(_Section):
         default_factory=dict,
         description="modules whose weights come from other saved models (module name -> a save_pretrained "
         "directory or shipped name, e.g. {drop_head: runs/drop_detector/best}); init_from's file may lack them",
+    )
+    init_new: list[str] = Field(
+        default_factory=list,
+        description="modules added since init_from's weights (e.g. [presence_head, context, context_bias]): "
+        "they keep their initialisation",
     )
 
 

@@ -169,18 +169,31 @@ def _fills_drops(model: nn.Module) -> bool:
     )
 
 
-def _model_fn(model: nn.Module, device: torch.device):
-    """``(B, 3, h, w)`` tiles on any device -> restored float32 tiles on ``device``; for a model that
-    fills drops after stitching, (B, 4, h, w): the unfilled image and the drop probability."""
+def _whole_image_context(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype):
+    """The descriptor (1, width) of the whole (3, H, W) ``image`` for a model with a global context
+    (``Restorer.image_context``), which every tile then shares; else None."""
+    image_context = getattr(model, "image_context", None)
+    if image_context is None:
+        return None
+    with torch.no_grad():
+        return image_context(image[None].to(device=device, dtype=dtype))
+
+
+def _model_fn(model: nn.Module, device: torch.device, image: Tensor):
+    """``(B, 3, h, w)`` tiles of (3, H, W) ``image`` on any device -> restored float32 tiles on
+    ``device``; for a model that fills drops after stitching, (B, 4, h, w): the unfilled image and the
+    drop probability. A model with a global context gets the whole image's with every tile."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     unfilled = _fills_drops(model)
+    context = _whole_image_context(model, image, device, dtype)
 
     def fn(tiles: Tensor) -> Tensor:  # contiguous: a fast-path model's images are channels-last
         tiles = tiles.to(device=device, dtype=dtype)
+        options = {} if context is None else {"context": context.expand(len(tiles), -1)}
         if unfilled:
-            out = model(tiles, fill=False)
+            out = model(tiles, fill=False, **options)
             return torch.cat([out.image, torch.sigmoid(out.drop_logits)], dim=1).float().contiguous()
-        return _image_of(model(tiles)).float().contiguous()
+        return _image_of(model(tiles, **options)).float().contiguous()
 
     return fn
 
@@ -199,7 +212,7 @@ def restore_tensor(
     ``tile`` and ``overlap`` as asked, or the exact tiling of a model with a receptive margin
     (:func:`model_tiling`)."""
     plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap, whole_pixels=whole_pixels)
-    restored = tiled_apply(_model_fn(model, device), image, **plan._asdict(), batch_size=batch_size)
+    restored = tiled_apply(_model_fn(model, device, image), image, **plan._asdict(), batch_size=batch_size)
     if _fills_drops(model):  # the fill once, over the stitched image: seamless at any size
         return fill_drops(restored[None, :3], restored[None, 3:])[0]
     return restored

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.data import WEATHER_TYPES
-from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets
+from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets, presence_targets
 from mofme.models import RestorerOutput, load_model, load_weights
 from mofme.nn import aux_loss, label_expert_mutual_information, label_group_loss, routing_probs
 
@@ -223,19 +223,21 @@ class TrainingRecipe:
     def _setup_model(self) -> nn.Module:
         model = self.config.model.build()
         parts = {name: self._part(model, name) for name in self.cfg.init_parts}
+        for name in self.cfg.init_new:
+            self._part(model, name)  # a name the model lacks is a config error
         if self.cfg.init_from is not None:
-            load_weights(model, self.cfg.init_from, new_modules=list(parts))
+            load_weights(model, self.cfg.init_from, new_modules=[*parts, *self.cfg.init_new])
         for name, part in parts.items():
             load_weights(part, self.cfg.init_parts[name])
         return model.to(self.device)
 
     @staticmethod
     def _part(model: nn.Module, name: str) -> nn.Module:
-        """The module of ``model`` that ``train.init_parts`` names ``name``."""
+        """The module of ``model`` that ``train.init_parts`` or ``train.init_new`` names ``name``."""
         try:
             return model.get_submodule(name)
         except AttributeError as error:
-            raise ConfigError(f"train.init_parts: the model has no module {name!r}") from error
+            raise ConfigError(f"train.init_parts / init_new: the model has no module {name!r}") from error
 
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)
@@ -433,6 +435,10 @@ class TrainingRecipe:
                 drop_mask = self._drop_mask_loss(restored, batch)
                 loss = loss + self.config.loss.drop_mask_weight * drop_mask
                 parts["drop_mask"] = drop_mask.detach()
+            if self.config.loss.presence_weight:
+                presence = self._presence_loss(restored, inputs, targets)
+                loss = loss + self.config.loss.presence_weight * presence
+                parts["presence"] = presence.detach()
             if self.config.loss.weather_mi:
                 mutual_information = self._weather_mutual_information(batch)
                 loss = loss - self.config.loss.weather_mi * mutual_information
@@ -457,6 +463,15 @@ class TrainingRecipe:
         targets = drop_targets(batch["particles"], batch["weather"]).to(self.device)
         pos_weight = self.config.loss.drop_pos_weight
         return drop_mask_loss(restored.drop_logits.float(), targets, pos_weight=pos_weight)
+
+    @staticmethod
+    def _presence_loss(restored: RestorerOutput, inputs: Tensor, targets: Tensor) -> Tensor:
+        """The presence gate's loss on this batch (``loss.presence_weight``)."""
+        if restored.presence_logits is None:
+            raise ValueError(
+                "loss.presence_weight needs a model with a presence gate (model.presence_gate: true)"
+            )
+        return drop_mask_loss(restored.presence_logits.float(), presence_targets(inputs, targets))
 
     def _weather_routing(self, batch: dict, field: str) -> tuple[Tensor, list[Tensor]]:
         """The batch's weather labels (B,) and each routed layer's routing probabilities (B, N, E)

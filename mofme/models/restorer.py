@@ -17,6 +17,19 @@ pixels found under drops are replaced by the image around them, however large th
 trains on its own first (``task: drop_detection``), then with the restorer
 (``loss.drop_mask_weight``: binary cross-entropy against the renderer's drop opacity).
 
+``presence_gate=True`` (not in the paper) makes every correction conditional on evidence of weather:
+``presence_head``, a small U-Net of the :class:`~mofme.models.drops.DropDetector` shape
+(:data:`PRESENCE_WIDTHS`, reach 93 px), gives per-pixel ``presence_logits`` g on the (padded) input,
+and the output is ``x + sigmoid(g) * (restored - x)``: where the head sees no weather the input comes
+back unchanged, whatever the rest of the network does (do no harm on clean photos). It trains with
+``loss.presence_weight``: binary cross-entropy against "the weather changed this pixel"
+(:func:`mofme.losses.presence_targets`), zero everywhere on clean crops.
+
+``global_context=True`` (not in the paper) adds :class:`~mofme.models.context.ImageContext`: a
+descriptor of the whole image (its <= 128-px thumbnail) that biases every token (and the presence
+logits), through ``context_bias``, a linear map that starts at zero. Tiled inference computes it once
+from the whole image (:meth:`Restorer.image_context`) and passes it to every tile (``context=``).
+
 ``pos_embed_size`` (paper preset: 240) adds a learned absolute position embedding to the tokens,
 laid out for a ``pos_embed_size`` square image (a grid of side pos_embed_size / P, ViT-style, init
 N(0, 0.02)) and resampled bicubically for other token grids, so any input size still works. The
@@ -53,11 +66,13 @@ from torch import Tensor, nn
 
 from ..nn import FFN_LAYERS, ROUTERS, MoEOutput, build_ffn
 from ..nn.mofme import MODULATIONS
+from .context import ImageContext
 from .drops import DropDetector
 from .fill import push_pull_fill
 from .hub import PretrainedMixin
 
 __all__ = [
+    "PRESENCE_WIDTHS",
     "PRESETS",
     "Attention",
     "FFNChoice",
@@ -82,6 +97,8 @@ __all__ = [
 ]
 
 _LOGIT_EPS = 1e-3  # input clamp for the logit residual: |logit| <= 6.9
+PRESENCE_WIDTHS = (8, 16, 32, 48, 64)  # the presence head: the drop detector's shape at half width
+PRESENCE_PRIOR = 0.9  # the gate a new presence head opens everywhere: a fine-tuned restorer starts close
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,8 @@ class RestorerConfig(FFNChoice):
     pos_embed_size: int | None = None  # image side of a learned position embedding; None: none
     drop_fill: bool = False  # detect lens drops and fill them from around (module docstring)
     window_size: int | None = None  # attention windows in tokens (shifted on odd layers); None: global
+    presence_gate: bool = False  # output = x + sigmoid(presence logits) * (restored - x) (module docstring)
+    global_context: bool = False  # a whole-image descriptor biases every token (module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,12 +182,14 @@ class RestorerOutput(NamedTuple):
     """``image`` (N, 3, H, W) in [0, 1]; ``aux_loss`` scalar (zero for dense FFNs), to add to the
     training loss; ``routing``: per transformer layer ``(expert_indices, expert_weights)``, each
     (N, h, w, k) over the token grid h = ceil(H / P), w = ceil(W / P) (``(None, None)`` for dense);
-    ``drop_logits`` (N, 1, H, W): the drop detector's logits (``drop_fill`` models; else None)."""
+    ``drop_logits`` (N, 1, H, W): the drop detector's logits (``drop_fill`` models; else None);
+    ``presence_logits`` (N, 1, H, W): the weather-presence gate's logits (``presence_gate``; else None)."""
 
     image: Tensor
     aux_loss: Tensor
     routing: list[tuple[Tensor | None, Tensor | None]]
     drop_logits: Tensor | None = None
+    presence_logits: Tensor | None = None
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -481,6 +502,15 @@ class Restorer(TokenGridModel, nn.Module):
             ResBlock(wide), conv3x3(wide, wide // 2), ResBlock(wide // 2), conv3x3(wide // 2, 3)
         )
         self.drop_head = DropDetector() if cfg.drop_fill else None
+        self.presence_head = (
+            DropDetector(widths=PRESENCE_WIDTHS, prior=PRESENCE_PRIOR) if cfg.presence_gate else None
+        )
+        self.context = ImageContext() if cfg.global_context else None
+        self.context_bias = None
+        if self.context is not None:  # (N, width) -> a bias per token channel (+ one for the gate)
+            self.context_bias = nn.Linear(self.context.width, embed_dim + int(cfg.presence_gate))
+            nn.init.zeros_(self.context_bias.weight)
+            nn.init.zeros_(self.context_bias.bias)
         self._conv_radii = (conv_radius(self.head), conv_radius(self.tail))  # (5, 6) pixels
 
     @property
@@ -492,7 +522,11 @@ class Restorer(TokenGridModel, nn.Module):
         if self.config.window_size is None:
             return self.patch_size
         multiple = self.patch_size * self.config.window_size
-        return math.lcm(multiple, self.drop_head.grid_multiple) if self.drop_head is not None else multiple
+        return math.lcm(multiple, *(head.grid_multiple for head in self._pixel_heads()))
+
+    def _pixel_heads(self) -> list[DropDetector]:
+        """The per-pixel U-Nets beside the transformer: drop detector and presence gate, where present."""
+        return [head for head in (self.drop_head, self.presence_head) if head is not None]
 
     @property
     def receptive_margin(self) -> int | None:
@@ -503,6 +537,8 @@ class Restorer(TokenGridModel, nn.Module):
         ``drop_fill`` the drop detector's reach counts too (:attr:`DropDetector.receptive_margin`),
         and the margin holds for the unfilled output (``forward(..., fill=False)``): the fill reaches
         across the image, so tiled inference fills the stitched image once (``mofme.engine.restore``).
+        So does the presence head's; with ``global_context`` the margin holds for tiles given the
+        whole image's context (``forward(tile, context=model.image_context(image))``).
 
         Derivation: the head's convolutions (radius r_h = 5 px) make ceil(r_h / P) tokens along the edge
         differ; each windowed layer widens that band to the next window boundary beyond it
@@ -516,9 +552,7 @@ class Restorer(TokenGridModel, nn.Module):
         head, tail = self._conv_radii
         edge = -(-head // self.patch_size)
         margin = window_reach(edge, window=cfg.window_size, depth=cfg.depth) * self.patch_size + tail
-        if self.drop_head is not None:
-            margin = max(margin, self.drop_head.receptive_margin)
-        return margin
+        return max([margin, *(head.receptive_margin for head in self._pixel_heads())])
 
     def _position(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for an (h, w) token grid, (1, h * w, D)."""
@@ -534,9 +568,16 @@ class Restorer(TokenGridModel, nn.Module):
         feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
         return F.pixel_shuffle(feats, self.patch_size)
 
-    def forward(self, image: Tensor, *, fill: bool = True) -> RestorerOutput:
+    def image_context(self, image: Tensor) -> Tensor | None:
+        """The whole-image descriptor (N, width) of ``image`` (N, 3, H, W) (``global_context``
+        models; else None): what a tiled restore computes once and passes to every tile."""
+        return None if self.context is None else self.context(image)
+
+    def forward(self, image: Tensor, *, fill: bool = True, context: Tensor | None = None) -> RestorerOutput:
         """``fill=False`` (``drop_fill`` models): the restored image before the drop fill, with the
-        drop logits, for a caller that fills a larger image once (:func:`fill_drops`)."""
+        drop logits, for a caller that fills a larger image once (:func:`fill_drops`). ``context``
+        (N, width): the descriptor of the image this one is a tile of (:meth:`image_context`);
+        default: this image's own."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[-2:]
@@ -545,6 +586,9 @@ class Restorer(TokenGridModel, nn.Module):
         tokens = self.patch_embed(self.head(padded * 2 - 1))
         if self.pos_embed is not None:
             tokens = tokens + self._position(grid)
+        bias = self._context_bias(image, context)
+        if bias is not None:
+            tokens = tokens + bias[:, None, : tokens.shape[-1]]
         aux = tokens.new_zeros((), dtype=torch.float32)
         routing = []
         for block in self.blocks:
@@ -554,12 +598,32 @@ class Restorer(TokenGridModel, nn.Module):
         logits = self.tail(self.unpatchify(tokens, grid))
         if self.residual:
             logits = logits + torch.logit(padded.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
-        image, drop_logits = torch.sigmoid(logits), None
+        image, drop_logits, presence_logits = torch.sigmoid(logits), None, None
+        if self.presence_head is not None:
+            presence_logits = self.presence_head(padded)
+            if bias is not None:
+                presence_logits = presence_logits + bias[:, -1:, None, None]
+            image = padded + torch.sigmoid(presence_logits) * (image - padded)
+            presence_logits = presence_logits[..., :height, :width]
         if self.drop_head is not None:
             drop_logits = self.drop_head(padded)
             image = fill_drops(image, torch.sigmoid(drop_logits)) if fill else image
             drop_logits = drop_logits[..., :height, :width]
-        return RestorerOutput(image[..., :height, :width], aux, routing, drop_logits)
+        return RestorerOutput(image[..., :height, :width], aux, routing, drop_logits, presence_logits)
+
+    def _context_bias(self, image: Tensor, context: Tensor | None) -> Tensor | None:
+        """``context_bias`` of the given (or this image's) descriptor, (N, D [+ 1]); None without context."""
+        if self.context is None:
+            if context is not None:
+                raise ValueError("context= given to a Restorer without global_context")
+            return None
+        if context is None:
+            context = self.context(image)
+        if context.shape != (image.shape[0], self.context.width):
+            raise ValueError(
+                f"context must be (N={image.shape[0]}, {self.context.width}), got {tuple(context.shape)}"
+            )
+        return self.context_bias(context.to(image.dtype))
 
 
 def fill_drops(image: Tensor, drop_probability: Tensor) -> Tensor:

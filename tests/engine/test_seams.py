@@ -141,3 +141,26 @@ def test_drop_fill_model_tiles_match_the_whole_image(monkeypatch):
     assert float((whole - tiled).abs().max()) <= LEVEL
     unfilled = model(image[None], fill=False).image[0]
     assert float((whole - unfilled).abs().max()) > 10 * LEVEL  # the fill changed the image
+
+
+@torch.no_grad()
+def test_gated_context_model_tiles_share_the_whole_images_context(monkeypatch):
+    """A windowed model with a presence gate and a global context: tiled inference passes every tile
+    the whole image's descriptor, so it equals the whole restore; tiles that each used their own
+    descriptor would not."""
+    import mofme.engine.restore as restore
+
+    torch.manual_seed(0)
+    model = build_restorer(preset="tiny", window_size=8, presence_gate=True, global_context=True).eval()
+    torch.nn.init.normal_(model.context_bias.weight, std=5.0)  # a context that matters
+    torch.nn.init.normal_(model.presence_head.out.weight, std=3.0)  # a gate that varies
+    assert model.size_multiple == 32 and model.receptive_margin == model.presence_head.receptive_margin == 93
+    image = _gradient_photo(352, 480)[0]
+    whole = restore_image(model, image, fast=False)
+    assert float((restore_image(model, image, fast=True) - whole).abs().max()) <= LEVEL  # the CPU fast path
+    plan = Tiling(tile=320, overlap=224, margin=model.receptive_margin, multiple_of=32)  # 2 x 3 tiles
+    monkeypatch.setattr(restore, "model_tiling", lambda *args, **kwargs: plan)
+    tiled = restore_image(model, image, fast=False)
+    assert float((whole - tiled).abs().max()) <= LEVEL
+    own = tiled_apply(lambda tiles: model(tiles).image, image, **plan._asdict(), batch_size=1)
+    assert float((whole - own).abs().max()) > 2 * LEVEL  # each tile's own context: seams

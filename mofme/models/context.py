@@ -1,0 +1,48 @@
+"""A whole-image descriptor for a restorer: the evidence that spans the image (haze density, airlight
+colour, overall contrast), which a network attending in windows or run tile by tile cannot see.
+
+    context = ImageContext()
+    descriptor = context(image)   # image (N, 3, H, W) in [0, 1] -> (N, width), any H, W
+
+The image is area-resized to at most ``size`` pixels on its long side (aspect kept), scaled to
+[-1, 1], passed through ``len(widths)`` stride-2 3x3 convolutions + ReLU and averaged over the grid.
+The descriptor of a whole photo is computed once and shared by every tile of a tiled restore
+(``Restorer.image_context``), so tiles agree on whatever global correction it drives.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ImageContext"]
+
+
+class ImageContext(nn.Module):
+    """(N, 3, H, W) in [0, 1] -> (N, ``widths[-1]``): conv features of a <= ``size``-px thumbnail,
+    mean-pooled (module docstring)."""
+
+    def __init__(self, *, widths: tuple[int, ...] = (16, 32, 64), size: int = 128) -> None:
+        super().__init__()
+        if not widths or min(widths) < 1 or size < 2 ** len(widths):
+            raise ValueError(f"need positive widths and size >= 2^len(widths), got {widths}, {size}")
+        self.size = size
+        self.width = widths[-1]
+        layers: list[nn.Module] = []
+        for i, width in enumerate(widths):
+            layers += [nn.Conv2d(widths[i - 1] if i else 3, width, 3, stride=2, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+
+    def thumbnail(self, image: Tensor) -> Tensor:
+        """``image`` area-resized so its long side is at most ``size`` (unchanged if already smaller)."""
+        height, width = image.shape[-2:]
+        scale = self.size / max(height, width)
+        if scale >= 1.0:
+            return image
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return F.interpolate(image, size=size, mode="area")
+
+    def forward(self, image: Tensor) -> Tensor:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
+        return self.features(self.thumbnail(image) * 2 - 1).mean(dim=(-2, -1))
