@@ -9,6 +9,12 @@ answered correctly when the PNG has the input's size and is closer (PSNR) to the
 upload was. Reports throughput, latency percentiles (upload to download), the server's restore time per
 photo, the PSNR gain of the answers over the uploads and the server process's peak resident memory (``VmHWM``). Exit status 1 if any request was lost
 or wrong. Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
+
+``--bad-every N``: every N-th upload is a bad file instead, in turn a fuzz mutant
+(:func:`mofme.data.fuzz.mutants`), a PNG header declaring 100,000 x 100,000 pixels and an
+8192 x 8192 float16 TIFF of a few hundred KB (decompression bombs). A bad upload is answered
+correctly when the server refuses it (HTTP 4xx) or its job ends (done or failed, never lost), and
+never with a 5xx; the server must still answer ``/api/health`` at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
@@ -97,6 +104,44 @@ def _photos(count: int, size: tuple[int, int]) -> list[tuple[np.ndarray, bytes, 
     return photos
 
 
+def _png_bomb() -> bytes:
+    """A PNG whose header declares 100,000 x 100,000 pixels (a few hundred bytes of file)."""
+    import struct
+    import zlib
+
+    from mofme.apps.serve.jobs import png_bytes
+
+    data = bytearray(png_bytes(np.zeros((8, 8, 3), np.float32)))
+    data[16:24] = struct.pack(">II", 100_000, 100_000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC over type + fields
+    return bytes(data)
+
+
+def _tiff_bomb() -> bytes:
+    """An 8192 x 8192 float16 TIFF, zlib-compressed zeros: a few hundred KB, 400 MB decoded."""
+    import io
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((8192, 8192), np.float16), compression="zlib")
+    return buffer.getvalue()
+
+
+def bad_uploads(count: int, *, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``count`` bad files ``(name, bytes)``: a fuzz mutant, a PNG bomb and a TIFF bomb in turn."""
+    from mofme.data.fuzz import mutants
+
+    bombs = [("bomb.png", _png_bomb()), ("bomb.tif", _tiff_bomb())] if count > 1 else []
+    files = []
+    for k, mutant in enumerate(mutants(seed, count)):
+        if k % 3 and bombs:
+            files.append(bombs[k % 3 - 1])
+        else:
+            files.append((f"mutant-{k}{mutant.suffix}", mutant.data))
+    return files
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -131,12 +176,32 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _bad_round_trip(url: str, name: str, data: bytes, record: dict) -> None:
+    """Send one bad file; correct when refused with a 4xx or when its job ends (never a 5xx)."""
+    record["bad"] = name
+    try:
+        status, _ = wait_result(url, upload(url, data, name=name)["id"])
+        record["state"] = status["state"]
+        record["correct"] = status["state"] in ("done", "failed")
+    except urllib.error.HTTPError as error:
+        record["http_status"] = error.code
+        record["correct"] = 400 <= error.code < 500
+
+
 def _client(url: str, photos: list, uploads: int, client: int, records: list, lock: threading.Lock) -> None:
-    """One client: ``uploads`` round trips, one after another; appends a record per request."""
+    """One client: ``uploads`` round trips, one after another; appends a record per request.
+    ``photos`` items are (clean, data, PSNR) photos, or (name, data) bad files."""
     for k in range(uploads):
-        clean, data, before = photos[(client + k) % len(photos)]
+        item = photos[(client * uploads + k) % len(photos)]
         record: dict = {"client": client, "upload": k, "correct": False}
         start = time.perf_counter()
+        if len(item) == 2:
+            _bad_round_trip(url, *item, record)
+            record["latency_s"] = time.perf_counter() - start
+            with lock:
+                records.append(record)
+            continue
+        clean, data, before = item
         try:
             status, png = wait_result(url, upload(url, data, name=f"client{client}-{k}.png")["id"])
             record["latency_s"] = time.perf_counter() - start
@@ -161,9 +226,31 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
     return {key: round(value, 3) for key, value in summary.items()}
 
 
-def run_load(*, clients: int, uploads: int, size: tuple[int, int], server_options: Sequence[str]) -> dict:
+def _upload_list(clients: int, uploads: int, size: tuple[int, int], bad_every: int) -> list:
+    """What the clients send, indexed by client * uploads + k: photos, every ``bad_every``-th a bad file."""
+    total = clients * uploads
+    photos = _photos(min(total, 4), size)
+    bad = total // bad_every if bad_every else 0
+    bad_files = iter(bad_uploads(bad))
+    return [
+        next(bad_files) if bad_every and (i + 1) % bad_every == 0 else photos[i % len(photos)]
+        for i in range(total)
+    ]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=30) as response:
+            return bool(json.load(response).get("ok"))
+    except OSError:
+        return False
+
+
+def run_load(
+    *, clients: int, uploads: int, size: tuple[int, int], server_options: Sequence[str], bad_every: int = 0
+) -> dict:
     """Start a server, run the clients, stop the server; the report (see the module docstring)."""
-    photos = _photos(min(clients * uploads, 4), size)
+    photos = _upload_list(clients, uploads, size, bad_every)
     port = _free_port()
     load_before = os.getloadavg()
     server, health = _start_server(port, server_options, timeout=300)
@@ -182,10 +269,12 @@ def run_load(*, clients: int, uploads: int, size: tuple[int, int], server_option
             thread.join()
         wall = time.perf_counter() - start
         peak = _peak_rss_mb(server.pid)
+        healthy = _healthy(url)
     finally:
         server.terminate()
         server.wait(60)
     answered = [r for r in records if "latency_s" in r]
+    good = [r for r in answered if "bad" not in r]
     return {
         "clients": clients,
         "uploads_per_client": uploads,
@@ -195,11 +284,15 @@ def run_load(*, clients: int, uploads: int, size: tuple[int, int], server_option
         "requests": clients * uploads,
         "answered": len(answered),
         "correct": sum(r["correct"] for r in records),
+        "bad_uploads": sum("bad" in r for r in records),
+        "bad_refused_4xx": sum("http_status" in r and r["correct"] for r in records),
+        "http_5xx": sum(r.get("http_status", 0) >= 500 for r in records),
+        "server_healthy_after": healthy,
         "wall_s": round(wall, 3),
         "photos_per_minute": round(60 * len(answered) / wall, 2),
-        "latency_s": _percentiles([r["latency_s"] for r in answered]),
-        "restore_s": _percentiles([r["restore_s"] for r in answered if r.get("restore_s") is not None]),
-        "psnr_gain_db": _percentiles([r["psnr_gain_db"] for r in answered if "psnr_gain_db" in r]),
+        "latency_s": _percentiles([r["latency_s"] for r in good]),
+        "restore_s": _percentiles([r["restore_s"] for r in good if r.get("restore_s") is not None]),
+        "psnr_gain_db": _percentiles([r["psnr_gain_db"] for r in good if "psnr_gain_db" in r]),
         "server_peak_rss_mb": None if peak is None else round(peak, 1),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
@@ -218,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--overlap", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--bad-every", type=int, default=0, help="every N-th upload is a bad file (0: none)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     options = []
@@ -225,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, flag) is not None:
             options += [f"--{flag}", str(getattr(args, flag))]
     report = run_load(
-        clients=args.clients, uploads=args.uploads, size=(width, height), server_options=options
+        clients=args.clients,
+        uploads=args.uploads,
+        size=(width, height),
+        server_options=options,
+        bad_every=args.bad_every,
     )
     report = {"machine": machine(), **report}
     lat = report["latency_s"] or {}
@@ -237,7 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["correct"] == report["requests"] else 1
+    if report["bad_uploads"]:
+        print(
+            f"bad files: {report['bad_uploads']}, refused with 4xx: {report['bad_refused_4xx']}, "
+            f"5xx: {report['http_5xx']}; server healthy after: {report['server_healthy_after']}"
+        )
+    ok = report["correct"] == report["requests"] and report["server_healthy_after"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ while streaming, decoding in a child process), results kept for every accepted j
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import time
@@ -196,3 +197,30 @@ def test_every_error_is_one_json_shape(serve):
     assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404
     refused = client.post("/api/jobs", content=b"raw", headers={"Content-Type": "image/png"})
     assert refused.status_code == 422 and list(refused.json()) == ["error"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_decoder_process_ends_with_the_last_app_using_it(shipped_model):
+    """Apps of one process share one decoder child; it stays while any app runs and is stopped (and
+    reaped) when the last one shuts down, so no decoder process outlives the server."""
+    decoder = Decoder()
+
+    def app():
+        made = create_app(model=shipped_model, settings=ServeSettings(**FAST))
+        made.state.queue.decoder = decoder
+        return made
+
+    with TestClient(app(), base_url=LOCAL):
+        with TestClient(app(), base_url=LOCAL) as second:
+            assert post_photo(second, _tiny()).status_code == 202  # a decode: the child runs
+            (pid,) = decoder.process_ids
+            assert _alive(pid)
+        assert decoder.process_ids == [pid] and _alive(pid)  # the first app still uses it
+    assert decoder.process_ids == [] and not _alive(pid)

@@ -274,9 +274,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        queue.decoder.start()  # the decoder process imports torch: start it before the first upload
+        decoder = queue.decoder  # the decoder process imports torch: start it before the first upload
+        decoder.acquire()
         yield
         queue.close()
+        decoder.release()  # the last app to stop ends the decoder process
         workdir.cleanup()
 
     app = FastAPI(title="mofme serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -215,10 +215,31 @@ class Decoder:
         self._started: Future | None = None
         self._pool_lock = threading.Lock()  # held a moment: to make or replace the child
         self._decode_lock = threading.Lock()  # held for a decode: one at a time
+        self._users = 0  # apps between acquire() and release()
 
     def start(self) -> None:
         """Spawn the child in the background (importing torch there takes seconds), unless it runs."""
         self._ready_pool()
+
+    def acquire(self) -> None:
+        """An app starts using the decoder (its lifespan's start): spawn the child if none runs."""
+        with self._pool_lock:
+            self._users += 1
+        self.start()
+
+    def release(self) -> None:
+        """An app stops using the decoder: the last one to stop ends the child process."""
+        with self._pool_lock:
+            self._users = max(0, self._users - 1)
+            last = self._users == 0
+        if last:
+            self.close()
+
+    @property
+    def process_ids(self) -> list[int]:
+        """The running child's process id (none before the first start and after :meth:`close`)."""
+        pool = self._pool
+        return [] if pool is None else sorted((getattr(pool, "_processes", None) or {}).keys())
 
     def decode(
         self,
@@ -264,10 +285,14 @@ class Decoder:
             if pool is None or pool is not self._pool:
                 return
             self._pool = self._started = None
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         if kill:  # no public API stops a running task; the executor then reports itself broken
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+            for process in processes:
                 process.kill()
         pool.shutdown(wait=False, cancel_futures=True)
+        if kill:
+            for process in processes:  # reaped: no zombie left behind
+                process.join(5.0)
 
 
 def _wait(future: Future, timeout: float | None, stop: Callable[[], bool], name: str):
