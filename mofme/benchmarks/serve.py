@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "run_load", "upload", "wait_result"]
+__all__ = ["bad_uploads", "main", "resized_test_photo", "run_load", "upload", "wait_result"]
 
 HOST = "127.0.0.1"
 WEATHERS = ("rain", "haze")  # the shipped model's clear gains: a correct answer is measurable
@@ -86,16 +86,23 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
 
 
-def _photos(count: int, size: tuple[int, int]) -> list[tuple[np.ndarray, bytes, float]]:
-    """``count`` (clean, degraded PNG bytes, PSNR of the upload) at ``size`` (width, height)."""
+def resized_test_photo(size: tuple[int, int]) -> np.ndarray:
+    """The built-in test photo ``china`` resized (bicubic) to ``size`` (width, height), uint8 (H, W, 3)."""
     from PIL import Image
 
-    from mofme.apps.serve.jobs import png_bytes
-    from mofme.data import builtin_photos, render_weather
+    from mofme.data import builtin_photos
 
     native = dict(builtin_photos("test", long_side=None))["china"]
-    resized = Image.fromarray((native * 255 + 0.5).astype(np.uint8)).resize(size, Image.BICUBIC)
-    clean = np.asarray(resized, dtype=np.float32) / 255
+    photo = Image.fromarray((native * 255 + 0.5).astype(np.uint8)).resize(size, Image.BICUBIC)
+    return np.asarray(photo)
+
+
+def _photos(count: int, size: tuple[int, int]) -> list[tuple[np.ndarray, bytes, float]]:
+    """``count`` (clean, degraded PNG bytes, PSNR of the upload) at ``size`` (width, height)."""
+    from mofme.apps.serve.jobs import png_bytes
+    from mofme.data import render_weather
+
+    clean = resized_test_photo(size).astype(np.float32) / 255
     photos = []
     for k in range(count):
         degraded = render_weather(clean, WEATHERS[k % len(WEATHERS)], severity=2, seed=k).degraded

@@ -3,7 +3,7 @@
     python -m mofme.benchmarks.serve_memory --size 5000x5000 --watch 240 --json docs/results/serve_memory.json
 
 Starts ``mofme serve`` on a free loopback port, uploads ``--max-queue`` copies of one ``--size`` JPEG
-(a built-in photo resized, with fine noise so that the file is large: about 12 MB at 25 MP, quality
+(a built-in photo resized, with fine noise so that the file is large: 7.6 MB at 25 MP, quality
 95) as fast as the server takes them, then samples the resident memory of the server process and of
 its decoder child every half second for ``--watch`` seconds while the first jobs are decoded and
 restored. Reports the peaks (``VmHWM``, and the sampled sum of both processes) next to the bound the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .serve import HOST, _free_port, _peak_rss_mb, _start_server, upload
+from .serve import HOST, _free_port, _peak_rss_mb, _start_server, resized_test_photo, upload
 
 __all__ = ["main", "run_full_queue"]
 
@@ -31,12 +31,9 @@ MB = 1_000_000
 def _large_jpeg(width: int, height: int) -> bytes:
     from PIL import Image
 
-    from mofme.data import builtin_photos
-
-    native = dict(builtin_photos("test", long_side=None))["china"]
-    photo = Image.fromarray((native * 255 + 0.5).astype(np.uint8)).resize((width, height), Image.BICUBIC)
     noise = np.random.default_rng(0).integers(-6, 7, (height, width, 3), dtype=np.int16)
-    pixels = np.clip(np.asarray(photo, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    photo = resized_test_photo((width, height)).astype(np.int16)
+    pixels = np.clip(photo + noise, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
