@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .._types import PathLike
 from ..data.io import ImageReadError, list_images, read_image, write_image
 from ..data.transforms import to_tensor
-from ..models.restorer import fill_drops
+from ..models.restorer import fill_drops, fill_probability
 from .fastpath import inference_model
 from .tiling import tiled_apply
 
@@ -192,7 +192,7 @@ def _model_fn(model: nn.Module, device: torch.device, image: Tensor):
         options = {} if context is None else {"context": context.expand(len(tiles), -1)}
         if unfilled:
             out = model(tiles, fill=False, **options)
-            return torch.cat([out.image, torch.sigmoid(out.drop_logits)], dim=1).float().contiguous()
+            return torch.cat([out.image, fill_probability(out)], dim=1).float().contiguous()
         return _image_of(model(tiles, **options)).float().contiguous()
 
     return fn

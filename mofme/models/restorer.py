@@ -21,7 +21,8 @@ trains on its own first (``task: drop_detection``), then with the restorer
 ``presence_head``, a small U-Net of the :class:`~mofme.models.drops.DropDetector` shape
 (:data:`PRESENCE_WIDTHS`, reach 93 px), gives per-pixel ``presence_logits`` g on the (padded) input,
 and the output is ``x + sigmoid(g) * (restored - x)``: where the head sees no weather the input comes
-back unchanged, whatever the rest of the network does (do no harm on clean photos). It trains with
+back unchanged, whatever the rest of the network does (do no harm on clean photos); with ``drop_fill``
+the fill is weighted by the gate too (:func:`fill_probability`). It trains with
 ``loss.presence_weight``: binary cross-entropy against "the weather changed this pixel"
 (:func:`mofme.losses.presence_targets`), zero everywhere on clean crops.
 
@@ -85,6 +86,7 @@ __all__ = [
     "TransformerBlock",
     "conv_radius",
     "fill_drops",
+    "fill_probability",
     "grid_routing",
     "position_grid",
     "resample_position",
@@ -604,12 +606,16 @@ class Restorer(TokenGridModel, nn.Module):
             if bias is not None:
                 presence_logits = presence_logits + bias[:, -1:, None, None]
             image = padded + torch.sigmoid(presence_logits) * (image - padded)
-            presence_logits = presence_logits[..., :height, :width]
         if self.drop_head is not None:
             drop_logits = self.drop_head(padded)
-            image = fill_drops(image, torch.sigmoid(drop_logits)) if fill else image
-            drop_logits = drop_logits[..., :height, :width]
-        return RestorerOutput(image[..., :height, :width], aux, routing, drop_logits, presence_logits)
+        out = RestorerOutput(image, aux, routing, drop_logits, presence_logits)
+        if fill and drop_logits is not None:
+            out = out._replace(image=fill_drops(image, fill_probability(out)))
+        return out._replace(
+            image=_crop(out.image, height, width),
+            drop_logits=_crop(drop_logits, height, width),
+            presence_logits=_crop(presence_logits, height, width),
+        )
 
     def _context_bias(self, image: Tensor, context: Tensor | None) -> Tensor | None:
         """``context_bias`` of the given (or this image's) descriptor, (N, D [+ 1]); None without context."""
@@ -624,6 +630,21 @@ class Restorer(TokenGridModel, nn.Module):
                 f"context must be (N={image.shape[0]}, {self.context.width}), got {tuple(context.shape)}"
             )
         return self.context_bias(context.to(image.dtype))
+
+
+def _crop(tensor: Tensor | None, height: int, width: int) -> Tensor | None:
+    """A padded (N, C, H', W') map cut back to the input's (H, W); None stays None."""
+    return None if tensor is None else tensor[..., :height, :width]
+
+
+def fill_probability(output: RestorerOutput) -> Tensor:
+    """How strongly each pixel of a ``drop_fill`` model's output is filled, (N, 1, H, W): the drop
+    probability, times the presence gate where the model has one (no drop fill where the gate sees
+    no weather: the detector's false alarms on clouds and bokeh stay unfilled)."""
+    probability = torch.sigmoid(output.drop_logits)
+    if output.presence_logits is not None:
+        probability = probability * torch.sigmoid(output.presence_logits)
+    return probability
 
 
 def fill_drops(image: Tensor, drop_probability: Tensor) -> Tensor:

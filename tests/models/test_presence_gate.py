@@ -108,3 +108,28 @@ def test_new_heads_start_as_the_model_they_extend():
         gate = torch.sigmoid(extended(image).presence_logits)
     torch.testing.assert_close(gate, torch.full_like(gate, 0.9), rtol=0, atol=1e-6)
     torch.testing.assert_close(after, image + 0.9 * (before - image), rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_closed_gate_also_stops_the_drop_fill():
+    """The fill is weighted by the gate (fill_probability): a detector firing everywhere fills nothing
+    where the gate sees no weather, and fills as before where it is open."""
+    from mofme.models.restorer import fill_drops, fill_probability
+
+    model = _gated(drop_fill=True)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.drop_head.out.weight, std=3.0)  # a detector that fires somewhere
+        model.drop_head.out.bias.zero_()
+    image = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(7))
+    out = model(image, fill=False)
+    assert float(torch.sigmoid(out.drop_logits).max()) > 0.5
+    torch.testing.assert_close(
+        fill_probability(out), torch.sigmoid(out.drop_logits) * torch.sigmoid(out.presence_logits)
+    )
+    torch.testing.assert_close(model(image).image, fill_drops(out.image, fill_probability(out)))
+    _set_gate(model, -40.0)
+    torch.testing.assert_close(model(image).image, image, rtol=0, atol=1e-6)  # nothing filled
+    _set_gate(model, 40.0)
+    filled = model(image).image
+    unfilled = model(image, fill=False).image
+    assert float((filled - unfilled).abs().max()) > 1e-2  # the open gate lets the fill act
