@@ -18,7 +18,7 @@ from mofme.apps.serve import ServeSettings, create_app, jobs, serve_in_thread
 from mofme.apps.serve.guard import COOKIE, split_host
 from mofme.apps.serve.server import page_address
 from mofme.apps.serve.uploads import Decoder
-from mofme.benchmarks.serve import upload
+from mofme.benchmarks.serve import upload, wait_result
 
 from .client import FAST, LOCAL, post_photo, wait_job
 from .photos import crash_or_decode, damaged_png16, encode, png_with_note, weather_photo
@@ -116,7 +116,8 @@ def test_a_chunked_upload_is_refused_as_soon_as_it_passes_the_limit(shipped_mode
         assert b"upload limit of 100,000 bytes" in answer
         assert sent < 20 * MB, sent  # refused while streaming: the rest was never sent
         assert app.state.queue.pending() == 0
-        assert upload(url, _tiny(), name="next.png")["state"] == "queued"  # still serving
+        accepted = upload(url, _tiny(), name="next.png")  # still serving: queued (or running already)
+        assert wait_result(url, accepted["id"], timeout=120)[0]["state"] == "done"
 
 
 def test_a_damaged_16bit_png_fails_its_job_and_the_server_goes_on(serve):
