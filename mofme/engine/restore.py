@@ -181,8 +181,9 @@ def _whole_image_context(model: nn.Module, image: Tensor, device: torch.device, 
 
 def _model_fn(model: nn.Module, device: torch.device, image: Tensor):
     """``(B, 3, h, w)`` tiles of (3, H, W) ``image`` on any device -> restored float32 tiles on
-    ``device``; for a model that fills drops after stitching, (B, 4, h, w): the unfilled image and the
-    drop probability. A model with a global context gets the whole image's with every tile."""
+    ``device``; for a model that fills drops after stitching, (B, 4, h, w): the unfilled image and
+    how strongly to fill each pixel (:func:`~mofme.models.restorer.fill_probability`). A model with a
+    global context gets the whole image's with every tile."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     unfilled = _fills_drops(model)
     context = _whole_image_context(model, image, device, dtype)

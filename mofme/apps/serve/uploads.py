@@ -202,7 +202,7 @@ def decode_to_file(data: bytes, name: str, max_pixels: int, workdir: str, out: s
 
 
 class Decoder:
-    """Decodes uploads one at a time in a child process (spawned by :meth:`start` or the first decode;
+    """Decodes uploads one at a time in a child process (spawned by :meth:`acquire` or the first decode;
     replaced after a crash, or after a decode hangs more than ``timeout`` seconds: the child's start
     does not count). The decoded image comes back through a ``.npy`` file in the caller's folder, read
     once: the server holds one copy of it. ``function`` (tests): what the child runs, a module-level
@@ -217,15 +217,12 @@ class Decoder:
         self._decode_lock = threading.Lock()  # held for a decode: one at a time
         self._users = 0  # apps between acquire() and release()
 
-    def start(self) -> None:
-        """Spawn the child in the background (importing torch there takes seconds), unless it runs."""
-        self._ready_pool()
-
     def acquire(self) -> None:
-        """An app starts using the decoder (its lifespan's start): spawn the child if none runs."""
+        """An app starts using the decoder (its lifespan's start): spawn the child in the background
+        (importing torch there takes seconds) if none runs."""
         with self._pool_lock:
             self._users += 1
-        self.start()
+        self._ready_pool()
 
     def release(self) -> None:
         """An app stops using the decoder: the last one to stop ends the child process."""
