@@ -296,8 +296,14 @@ class TrainConfig(_Section):
     )
     init_new: list[str] = Field(
         default_factory=list,
-        description="modules added since init_from's weights (e.g. [presence_head, context, context_bias]): "
+        description="modules added since init_from's weights (e.g. [presence_head, context, context_gate]): "
         "they keep their initialisation",
+    )
+    trainable: list[str] | None = Field(
+        None,
+        description="train only these modules (e.g. [presence_head, context, context_gate]); every other "
+        "parameter stays as loaded and every other module stays in eval mode (no dropout): a new part "
+        "learns around a fixed network. None: train everything",
     )
 
 

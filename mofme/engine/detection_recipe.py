@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryJaccardIndex
 from mofme.data import WEATHER_TYPES
 from mofme.losses import DropMaskLoss, drop_targets
 
+from .restore import eval_mode
 from .trainer import TrainingRecipe
 
 __all__ = ["DropDetectionRecipe", "drop_iou"]
@@ -32,9 +33,7 @@ def drop_iou(model: nn.Module, dataset: Dataset, *, device: torch.device | str =
     opacity > 0.5), each item of ``dataset`` whole: ``"raindrop"`` over the raindrop renders,
     ``"mean"`` over every render (pixels flagged under other weather count as false alarms)."""
     pooled, drops = BinaryJaccardIndex(), BinaryJaccardIndex()
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for item in dataset:
             probs = torch.sigmoid(model(item["input"][None].to(device)).float()).cpu()
             weather = torch.tensor([item["weather"]])
@@ -42,7 +41,6 @@ def drop_iou(model: nn.Module, dataset: Dataset, *, device: torch.device | str =
             pooled.update(probs, target)
             if item["weather"] == _RAINDROP:
                 drops.update(probs, target)
-    model.train(was_training)
     return {"raindrop": float(drops.compute()), "mean": float(pooled.compute())}
 
 

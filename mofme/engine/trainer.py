@@ -45,6 +45,7 @@ from .data import build_datasets
 from .distributed import setup_distributed
 from .evaluate import evaluate
 from .optim import adamw, decay_groups
+from .restore import eval_mode
 
 __all__ = ["TrainResult", "TrainingRecipe", "recipe_class", "train", "validate"]
 
@@ -101,15 +102,14 @@ def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, fl
     the output's PSNR from its own input) are reported as ``clean`` and ``clean_min`` and never
     enter ``mean``: the clean photos are a check, not a selection criterion."""
     conv = config.eval
-    was_training = model.training
-    report = evaluate(
-        model,
-        dataset,
-        **conv.model_dump(),
-        progress=False,
-        fast=False,  # training's validation keeps the plain modules (mofme.engine.fastpath is for inference)
-    )
-    model.train(was_training)
+    with eval_mode(model):  # each module gets its own mode back (some may be fixed, in eval mode)
+        report = evaluate(
+            model,
+            dataset,
+            **conv.model_dump(),
+            progress=False,
+            fast=False,  # training's validation keeps the plain modules (fastpath is for inference)
+        )
     scores = {weather: group.psnr for weather, group in report.per_weather.items()}
     weathered = [psnr for weather, psnr in scores.items() if weather != "clean"]
     scores["mean"] = sum(weathered) / len(weathered) if weathered else report.mean_over_weather.psnr
@@ -229,15 +229,32 @@ class TrainingRecipe:
             load_weights(model, self.cfg.init_from, new_modules=[*parts, *self.cfg.init_new])
         for name, part in parts.items():
             load_weights(part, self.cfg.init_parts[name])
+        if self.cfg.trainable is not None:
+            self.trained_parts = [self._part(model, name) for name in self.cfg.trainable]
+            model.requires_grad_(False)
+            for part in self.trained_parts:
+                part.requires_grad_(True)
         return model.to(self.device)
+
+    def _train_mode(self) -> None:
+        """Training mode for what trains: the whole model, or only ``train.trainable``'s modules
+        (the fixed rest stays in eval mode, so its dropout does not perturb what the new parts see)."""
+        if self.cfg.trainable is None:
+            self.model.train()
+            return
+        self.model.eval()
+        for part in self.trained_parts:
+            part.train()
 
     @staticmethod
     def _part(model: nn.Module, name: str) -> nn.Module:
-        """The module of ``model`` that ``train.init_parts`` or ``train.init_new`` names ``name``."""
+        """The module of ``model`` that ``train.init_parts``, ``init_new`` or ``trainable`` names ``name``."""
         try:
             return model.get_submodule(name)
         except AttributeError as error:
-            raise ConfigError(f"train.init_parts / init_new: the model has no module {name!r}") from error
+            raise ConfigError(
+                f"train.init_parts / init_new / trainable: the model has no module {name!r}"
+            ) from error
 
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)
@@ -539,7 +556,7 @@ class TrainingRecipe:
 
     def train(self) -> TrainResult:
         """Run the loop to the end of the schedule (or of the time budget) and return the result."""
-        self.model.train()
+        self._train_mode()
         while self.step < self.schedule["total"] and not self.out_of_time():
             epoch, position = divmod(self.step, self.steps_per_epoch)
             for batch in self._loader(epoch, position):

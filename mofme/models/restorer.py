@@ -27,8 +27,8 @@ the fill is weighted by the gate too (:func:`fill_probability`). It trains with
 (:func:`mofme.losses.presence_targets`), zero everywhere on clean crops.
 
 ``global_context=True`` (not in the paper) adds :class:`~mofme.models.context.ImageContext`: a
-descriptor of the whole image (its <= 128-px thumbnail) that biases every token (and the presence
-logits), through ``context_bias``, a linear map that starts at zero. Tiled inference computes it once
+descriptor of the whole image (its <= 128-px thumbnail) that biases every token through
+``context_bias`` (and the presence logits through ``context_gate``), linear maps that start at zero. Tiled inference computes it once
 from the whole image (:meth:`Restorer.image_context`) and passes it to every tile (``context=``).
 
 ``pos_embed_size`` (paper preset: 240) adds a learned absolute position embedding to the tokens,
@@ -508,11 +508,11 @@ class Restorer(TokenGridModel, nn.Module):
             DropDetector(widths=PRESENCE_WIDTHS, prior=PRESENCE_PRIOR) if cfg.presence_gate else None
         )
         self.context = ImageContext() if cfg.global_context else None
-        self.context_bias = None
-        if self.context is not None:  # (N, width) -> a bias per token channel (+ one for the gate)
-            self.context_bias = nn.Linear(self.context.width, embed_dim + int(cfg.presence_gate))
-            nn.init.zeros_(self.context_bias.weight)
-            nn.init.zeros_(self.context_bias.bias)
+        self.context_bias = self.context_gate = None
+        if self.context is not None:  # (N, width) -> a bias per token channel, and one for the gate
+            self.context_bias = _zero_linear(self.context.width, embed_dim)
+            if cfg.presence_gate:
+                self.context_gate = _zero_linear(self.context.width, 1)
         self._conv_radii = (conv_radius(self.head), conv_radius(self.tail))  # (5, 6) pixels
 
     @property
@@ -588,9 +588,9 @@ class Restorer(TokenGridModel, nn.Module):
         tokens = self.patch_embed(self.head(padded * 2 - 1))
         if self.pos_embed is not None:
             tokens = tokens + self._position(grid)
-        bias = self._context_bias(image, context)
-        if bias is not None:
-            tokens = tokens + bias[:, None, : tokens.shape[-1]]
+        context = self._context(image, context)
+        if context is not None:
+            tokens = tokens + self.context_bias(context)[:, None, :]
         aux = tokens.new_zeros((), dtype=torch.float32)
         routing = []
         for block in self.blocks:
@@ -603,8 +603,8 @@ class Restorer(TokenGridModel, nn.Module):
         image, drop_logits, presence_logits = torch.sigmoid(logits), None, None
         if self.presence_head is not None:
             presence_logits = self.presence_head(padded)
-            if bias is not None:
-                presence_logits = presence_logits + bias[:, -1:, None, None]
+            if context is not None:
+                presence_logits = presence_logits + self.context_gate(context)[:, :, None, None]
             image = padded + torch.sigmoid(presence_logits) * (image - padded)
         if self.drop_head is not None:
             drop_logits = self.drop_head(padded)
@@ -617,8 +617,8 @@ class Restorer(TokenGridModel, nn.Module):
             presence_logits=_crop(presence_logits, height, width),
         )
 
-    def _context_bias(self, image: Tensor, context: Tensor | None) -> Tensor | None:
-        """``context_bias`` of the given (or this image's) descriptor, (N, D [+ 1]); None without context."""
+    def _context(self, image: Tensor, context: Tensor | None) -> Tensor | None:
+        """The given (or this image's) descriptor (N, width), checked; None without ``global_context``."""
         if self.context is None:
             if context is not None:
                 raise ValueError("context= given to a Restorer without global_context")
@@ -629,7 +629,15 @@ class Restorer(TokenGridModel, nn.Module):
             raise ValueError(
                 f"context must be (N={image.shape[0]}, {self.context.width}), got {tuple(context.shape)}"
             )
-        return self.context_bias(context.to(image.dtype))
+        return context.to(image.dtype)
+
+
+def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear map that starts at zero (a new input that changes nothing until trained)."""
+    linear = nn.Linear(in_features, out_features)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
 def _crop(tensor: Tensor | None, height: int, width: int) -> Tensor | None:

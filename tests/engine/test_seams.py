@@ -153,6 +153,7 @@ def test_gated_context_model_tiles_share_the_whole_images_context(monkeypatch):
     torch.manual_seed(0)
     model = build_restorer(preset="tiny", window_size=8, presence_gate=True, global_context=True).eval()
     torch.nn.init.normal_(model.context_bias.weight, std=5.0)  # a context that matters
+    torch.nn.init.normal_(model.context_gate.weight, std=5.0)  # to the gate too
     torch.nn.init.normal_(model.presence_head.out.weight, std=3.0)  # a gate that varies
     assert model.size_multiple == 32 and model.receptive_margin == model.presence_head.receptive_margin == 93
     image = _gradient_photo(352, 480)[0]

@@ -80,6 +80,7 @@ def test_a_given_context_replaces_the_images_own():
     model = _gated(global_context=True)
     with torch.no_grad():
         torch.nn.init.normal_(model.context_bias.weight, std=0.5)
+        torch.nn.init.normal_(model.context_gate.weight, std=0.5)
     image = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(4))
     other = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(5))
     own = model(image)
@@ -101,7 +102,12 @@ def test_new_heads_start_as_the_model_they_extend():
     base = build_restorer(preset="tiny", residual=True).eval()
     extended = build_restorer(preset="tiny", residual=True, presence_gate=True, global_context=True).eval()
     missing = extended.load_state_dict(base.state_dict(), strict=False).missing_keys
-    assert {key.split(".")[0] for key in missing} == {"presence_head", "context", "context_bias"}
+    assert {key.split(".")[0] for key in missing} == {
+        "presence_head",
+        "context",
+        "context_bias",
+        "context_gate",
+    }
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         before, after = base(image).image, extended(image).image
