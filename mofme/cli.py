@@ -24,8 +24,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from mofme.configs import recipe_path
-    from mofme.engine.config import load_config
-    from mofme.engine.trainer import train
+    from mofme.train.config import load_config
+    from mofme.train.trainer import train
 
     config = load_config(recipe_path(args.config), args.overrides)
     result = train(config, resume=args.resume)
@@ -57,7 +57,7 @@ RECOGNITION_DATA = tuple(RECOGNITION_TASK)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mofme.engine.evaluate import evaluate
+    from mofme.evaluate.restoration import evaluate
     from mofme.models import ViTClassifier, ViTSegmenter, load_model
 
     model = load_model(args.checkpoint, device=args.device)
@@ -105,7 +105,7 @@ def _builtin_eval_data(args: argparse.Namespace):
 def _segmentation_data(args: argparse.Namespace):
     """The whole images of ``--split`` of the Cityscapes / ACDC tree at ``--root``."""
     from mofme.data import SegmentationDataset
-    from mofme.engine.data import segmentation_pairs
+    from mofme.train.data import segmentation_pairs
 
     if args.root is None:
         raise ValueError(f"--data {args.data} needs --root, the dataset's folder")
@@ -122,7 +122,7 @@ def _recognition_data(args: argparse.Namespace, task: str):
     wanted = RECOGNITION_TASK.get(args.data)
     if wanted is not None and wanted != task:
         raise ValueError(f"--data {args.data} is a {wanted} task; {args.checkpoint} holds a {task} model")
-    from mofme.engine.data import SEGMENTATION_DATASETS
+    from mofme.train.data import SEGMENTATION_DATASETS
 
     if args.data in SEGMENTATION_DATASETS:
         return _segmentation_data(args)
@@ -149,7 +149,7 @@ def _recognition_data(args: argparse.Namespace, task: str):
 
 def _eval_recognition(args: argparse.Namespace, model) -> int:
     """``mofme eval`` of a classifier or segmenter, optionally also on images restored first."""
-    from mofme.engine.recognition import evaluate_classifier, evaluate_segmenter, task_of
+    from mofme.evaluate.recognition import evaluate_classifier, evaluate_segmenter, task_of
     from mofme.models import DEFAULT_WEIGHTS as SHIPPED
     from mofme.models import load_restorer
 
@@ -189,7 +189,7 @@ def _restore_then_recognise(args, model, data, restorer, options: dict, meta: di
     """Evaluate on the degraded and on the restored images; write both reports, the table and the figure."""
     from mofme.apps.plots import plot_restore_then_recognise
     from mofme.atomic import write_text_atomic
-    from mofme.engine.recognition import compare_with_restoration, restoration_table_markdown
+    from mofme.evaluate.recognition import compare_with_restoration, restoration_table_markdown
 
     degraded, restored = compare_with_restoration(model, data, restorer, **options)
     output = Path(args.output)
@@ -208,7 +208,7 @@ def _restore_then_recognise(args, model, data, restorer, options: dict, meta: di
 
 def _restore(args: argparse.Namespace) -> int:
     from mofme.data.io import IMAGE_EXTENSIONS
-    from mofme.engine.restore import plan_outputs, restore_paths
+    from mofme.infer.restore import plan_outputs, restore_paths
     from mofme.models import load_restorer
 
     if not plan_outputs(args.inputs, Path(args.output)):  # before loading the model
@@ -253,7 +253,7 @@ def _report_failed(failed: list) -> int:
 
 
 def _masks(args: argparse.Namespace) -> int:
-    from mofme.engine.masks import weather_masks
+    from mofme.infer.masks import weather_masks
     from mofme.models import load_model
 
     model = load_model(args.checkpoint, device=args.device)

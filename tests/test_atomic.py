@@ -14,8 +14,8 @@ import torch
 import mofme.atomic
 import mofme.models.hub
 from mofme.atomic import atomic_file, recover_directory, staged_directory, write_text_atomic
-from mofme.engine.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from mofme.models import build_restorer, load_model
+from mofme.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 
 
 def _contents(folder):

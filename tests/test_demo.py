@@ -6,8 +6,8 @@ import torch
 
 from mofme.apps.demo import clean_passthrough, estimate_step_seconds
 from mofme.configs import recipe_path
-from mofme.engine.config import load_config
-from tests.engine.standin import StandIn
+from mofme.train.config import load_config
+from tests.standin import StandIn
 
 
 def test_step_estimate_is_positive_and_leaves_the_rng_alone():

@@ -26,7 +26,7 @@ def test_summary_is_the_mean_and_std_over_seeds_of_each_runs_scores():
 
 
 def test_comparison_runs_every_variant_and_seed_and_skips_finished_runs(tmp_path, monkeypatch):
-    from mofme.engine import data
+    from mofme.train import data
 
     def small(split, **kwargs):  # one crop per class and condition in the val and test splits
         return downstream.SceneDataset(

@@ -9,17 +9,45 @@ from pathlib import Path
 import mofme
 
 PACKAGE = Path(mofme.__file__).parent
-LIBRARY = ("nn", "models", "data", "engine")
+LIBRARY = ("nn", "models", "data")  # the library: never imports the jobs or the applications
+JOBS = ("train", "evaluate", "infer")  # the jobs: never import the applications
+ABOVE = {"nn": set(), "models": {"nn"}, "data": {"nn", "models"}, "infer": {"nn", "models", "data"}}
+_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:mofme\.|\.\.)(\w+)", re.MULTILINE)
 
 
-def test_library_modules_never_import_the_applications():
-    offenders = [
-        str(path.relative_to(PACKAGE))
-        for part in LIBRARY
-        for path in (PACKAGE / part).rglob("*.py")
-        if re.search(r"^\s*(from|import)\s+(mofme\.apps|\.\.apps)\b", path.read_text(), re.MULTILINE)
-    ]
-    assert offenders == []
+def _imported_parts(part: str) -> set[str]:
+    """The top-level parts of mofme that the modules of ``mofme/<part>`` import (absolute or ``..``)."""
+    found = set()
+    for path in (PACKAGE / part).rglob("*.py"):
+        found |= set(_IMPORT.findall(path.read_text()))
+    return found - {part}
+
+
+def test_library_and_jobs_never_import_the_applications():
+    for part in (*LIBRARY, *JOBS):
+        assert not _imported_parts(part) & {"apps", "benchmarks", "cli"}, part
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    """nn <- models <- data <- infer: an arrow against the flow would be an import cycle in waiting."""
+    subpackages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    for part, allowed in ABOVE.items():
+        assert _imported_parts(part) & subpackages <= allowed, part
+    assert not _imported_parts("evaluate") & {"train"}
+
+
+def test_old_engine_paths_still_import_with_a_warning():
+    script = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "try:\n    import mofme.engine.restore\nexcept DeprecationWarning as w:\n    print(w)\n"
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "import mofme.engine.restore as old, mofme.infer.restore as new\n"
+        "from mofme.engine.config import load_config\n"
+        "assert old is new and load_config.__module__ == 'mofme.train.config'"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mofme.engine.restore moved to mofme.infer.restore" in result.stdout
 
 
 def test_the_version_is_written_once():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mofme.configs import recipe_path, recipes
-from mofme.engine.config import load_config
 from mofme.models import DEFAULT_WEIGHTS
 from mofme.models.hub import check_state_dict
+from mofme.train.config import load_config
 
 
 def test_recipes_are_shipped():

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from mofme.apps import analysis
-from mofme.engine.routing import expert_counts, routing_nmi
+from mofme.evaluate.routing import expert_counts, routing_nmi
 from mofme.models import create_model
 
 

@@ -1,3 +1,3 @@
 """Applications built on the library: the demo, the study, routing analysis and figures. The
-library modules (``mofme.nn``, ``mofme.models``, ``mofme.data``, ``mofme.engine``) never import
-from here."""
+library (``mofme.nn``, ``mofme.models``, ``mofme.data``) and the jobs (``mofme.train``,
+``mofme.evaluate``, ``mofme.infer``) never import from here."""

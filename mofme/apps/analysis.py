@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mofme.data import WEATHER_TYPES
-from mofme.engine.routing import condition_counts, expert_counts, expert_usage, routing_nmi, weather_routing
+from mofme.evaluate.routing import condition_counts, expert_counts, expert_usage, routing_nmi, weather_routing
 from mofme.models.restorer import pad_to_multiple
 from mofme.nn import RoutedLayer, UncertaintyAwareRouter, label_expert_mutual_information, routing_probs
 

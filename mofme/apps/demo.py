@@ -32,15 +32,15 @@ from mofme.apps.plots import comparison_grid, routing_heatmaps
 from mofme.configs import recipe_path
 from mofme.data import BUILTIN_LONG_SIDE, WEATHER_TYPES, BuiltinWeatherDataset, builtin_photos
 from mofme.data.transforms import to_tensor
-from mofme.engine.config import Config, load_config
-from mofme.engine.evaluate import EvalReport, evaluate
-from mofme.engine.fastpath import inference_model
-from mofme.engine.restore import model_device
-from mofme.engine.trainer import train as train_model
+from mofme.evaluate.restoration import EvalReport, evaluate
+from mofme.infer.fastpath import inference_model
+from mofme.infer.restore import model_device
 from mofme.losses import RestorationLoss
 from mofme.metrics import psnr, quantize
 from mofme.models import DEFAULT_WEIGHTS, load_restorer
 from mofme.nn import aux_loss
+from mofme.train.config import Config, load_config
+from mofme.train.trainer import train as train_model
 
 __all__ = ["DemoResult", "estimate_step_seconds", "run_demo"]
 

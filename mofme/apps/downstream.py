@@ -25,10 +25,10 @@ from mofme.apps.analysis import expert_counts, routing_nmi, routing_weather_cali
 from mofme.apps.study import STUDY_VARIANTS
 from mofme.configs import recipe_path
 from mofme.data.builtin_tasks import DegradationDataset, SceneDataset
-from mofme.engine.config import load_config
-from mofme.engine.recognition import evaluate_classifier, evaluate_segmenter
-from mofme.engine.trainer import train
+from mofme.evaluate.recognition import evaluate_classifier, evaluate_segmenter
 from mofme.models import load_model
+from mofme.train.config import load_config
+from mofme.train.trainer import train
 
 __all__ = ["TASK_RECIPES", "compare", "main", "summarise"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from mofme.engine.recognition import RecognitionReport
+    from mofme.evaluate.recognition import RecognitionReport
 
 __all__ = ["comparison_grid", "plot_restore_then_recognise", "pyplot", "routing_heatmaps"]
 
@@ -79,7 +79,7 @@ def plot_restore_then_recognise(
     degraded: RecognitionReport, restored: RecognitionReport, path: str | Path
 ) -> Path:
     """A grouped bar chart per weather type: clean / degraded / restored score (%), saved as PNG."""
-    from mofme.engine.recognition import restoration_rows
+    from mofme.evaluate.recognition import restoration_rows
 
     rows = restoration_rows(degraded, restored)
     plt = pyplot()

@@ -31,13 +31,13 @@ from mofme.atomic import write_text_atomic
 from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path, study_settings_path
 from mofme.data import SEVERITIES, WEATHER_TYPES, BuiltinWeatherDataset
-from mofme.engine.config import Config, load_config
-from mofme.engine.data import build_datasets
-from mofme.engine.evaluate import evaluate
-from mofme.engine.optim import adamw
-from mofme.engine.trainer import train
+from mofme.evaluate.restoration import evaluate
 from mofme.models import Restorer, load_restorer
 from mofme.nn import aux_loss
+from mofme.train.config import Config, load_config
+from mofme.train.data import build_datasets
+from mofme.train.optim import adamw
+from mofme.train.trainer import train
 
 __all__ = ["STUDY_VARIANTS", "StudyResult", "load_settings", "run_study", "study_grid"]
 

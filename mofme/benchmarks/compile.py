@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from mofme.engine.optim import adamw
 from mofme.models import build_restorer
+from mofme.train.optim import adamw
 
 from .restorer import train_step
 from .timing import machine, time_side_by_side

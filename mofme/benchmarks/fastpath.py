@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mofme.data import builtin_photos
 from mofme.data.transforms import to_tensor
-from mofme.engine.restore import restore_image
+from mofme.infer.restore import restore_image
 from mofme.models import DEFAULT_WEIGHTS, build_restorer, load_restorer
 
 from .timing import machine, peak_rss_mb, time_side_by_side

@@ -4,7 +4,7 @@
         --held-out rain-noise snow-bokeh haze-fractal raindrop-blur \
         --clean-folder data/photos/clean --output docs/results/generalisation
 
-For every checkpoint, side by side (:func:`mofme.engine.evaluate.evaluate`, its conventions: RGB,
+For every checkpoint, side by side (:func:`mofme.evaluate.restoration.evaluate`, its conventions: RGB,
 8-bit outputs, full resolution):
 
 * ``held_out``: each held-out family on the built-in test photos (2 photos x 3 severities x 4
@@ -15,7 +15,7 @@ For every checkpoint, side by side (:func:`mofme.engine.evaluate.evaluate`, its 
 * ``clean``: each clean photo restored whole at ``--long-side``, PSNR of the output from its own
   input (higher = less altered; the do-no-harm target is >= 38 dB), and the largest difference
   between that and a tiled restore (``--tile`` / ``--overlap`` asked; a windowed model tiles
-  exactly on its own grid, :func:`~mofme.engine.restore.model_tiling`; a seam shows as a large value).
+  exactly on its own grid, :func:`~mofme.infer.restore.model_tiling`; a seam shows as a large value).
 
 Writes ``report.json`` and ``report.md`` under ``--output``. Nothing here trains or selects.
 """
@@ -36,8 +36,8 @@ from mofme.data.builtin import builtin_family_items
 from mofme.data.families import FAMILIES
 from mofme.data.photos import family_renders, folder_photos
 from mofme.data.transforms import to_tensor
-from mofme.engine.evaluate import EvalReport, evaluate, finite_or_str
-from mofme.engine.restore import restore_image
+from mofme.evaluate.restoration import EvalReport, evaluate, finite_or_str
+from mofme.infer.restore import restore_image
 from mofme.metrics import psnr, quantize
 from mofme.models import load_model
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mofme.engine.optim import adamw
-from mofme.engine.trainer import autocast_context
 from mofme.models import Restorer, build_restorer
 from mofme.nn import RoutedLayer
+from mofme.train.optim import adamw
+from mofme.train.trainer import autocast_context
 
 from .targets import check_targets, load_limits, targets_markdown
 from .timing import count_gflops, machine, peak_memory_mb, time_side_by_side

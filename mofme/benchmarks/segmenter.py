@@ -3,7 +3,7 @@
     python -m mofme.benchmarks.segmenter [--presets tiny small] [--tiles 64 256 512] [--json F] [--targets F]
 
 For each preset (MoFME FFN, 19 classes) and tile size, the image is segmented by
-:func:`~mofme.engine.recognition.segment_logits` (eval mode, no gradients; overlap = tile / 4,
+:func:`~mofme.infer.segment.segment_logits` (eval mode, no gradients; overlap = tile / 4,
 ``--batch-size`` windows per forward), each configuration in a fresh process. Memory: on CPU the
 peak resident memory of that process (everything: Python, torch, model, image, activations); on
 CUDA the allocator's peak. Time: median of ``--repeats`` calls. The ratio named
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mofme.engine.recognition import segment_logits
+from mofme.infer.segment import segment_logits
 from mofme.models import create_model
 
 from .targets import check_targets, load_limits, targets_markdown

@@ -1,1 +1,3 @@
-"""Training, evaluation and inference machinery (tiled inference lives in :mod:`mofme.engine.tiling`)."""
+"""Deprecated: the old home of training, evaluation and inference, now :mod:`mofme.train`,
+:mod:`mofme.evaluate` and :mod:`mofme.infer`. Each old module path still imports (with a
+DeprecationWarning) for one release."""

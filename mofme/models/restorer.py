@@ -538,7 +538,7 @@ class Restorer(TokenGridModel, nn.Module):
         the input's grid) or a capacity limit (a token's expert depends on all tokens). With
         ``drop_fill`` the drop detector's reach counts too (:attr:`DropDetector.receptive_margin`),
         and the margin holds for the unfilled output (``forward(..., fill=False)``): the fill reaches
-        across the image, so tiled inference fills the stitched image once (``mofme.engine.restore``).
+        across the image, so tiled inference fills the stitched image once (``mofme.infer.restore``).
         So does the presence head's; with ``global_context`` the margin holds for tiles given the
         whole image's context (``forward(tile, context=model.image_context(image))``).
 
@@ -546,7 +546,7 @@ class Restorer(TokenGridModel, nn.Module):
         differ; each windowed layer widens that band to the next window boundary beyond it
         (:func:`window_reach`: depth 2, windows 8, shift 4 -> 12 tokens); unpatchify keeps it at
         P x tokens pixels and the tail's convolutions add r_t = 6 px. Small window preset:
-        4 x 12 + 6 = 54 px (verified in tests/engine/test_seams.py)."""
+        4 x 12 + 6 = 54 px (verified in tests/infer/test_seams.py)."""
         cfg = self.config
         capacity = (cfg.ffn_kwargs or {}).get("capacity_factor") is not None
         if cfg.window_size is None or cfg.pos_embed_size is not None or capacity:
@@ -563,7 +563,7 @@ class Restorer(TokenGridModel, nn.Module):
     def unpatchify(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """Tokens (N, h * w, D) on an (h, w) grid -> features (N, 4C, h P, w P): ``to_pixels``, then
         pixel shuffle. A ``to_pixels`` replacement with an ``unpatchify(tokens, grid)`` method (the CPU
-        fast path's, :mod:`mofme.engine.fastpath`) computes the same features its own way."""
+        fast path's, :mod:`mofme.infer.fastpath`) computes the same features its own way."""
         fused = getattr(self.to_pixels, "unpatchify", None)
         if fused is not None:
             return fused(tokens, grid)

@@ -9,8 +9,8 @@ import torch
 import mofme.data.photos as photos
 from mofme.data import BUILTIN_SPLITS, write_image
 from mofme.data.photos import RenderedWeatherDataset, folder_photos
-from mofme.engine.config import ConfigError, load_config
-from mofme.engine.data import build_datasets
+from mofme.train.config import ConfigError, load_config
+from mofme.train.data import build_datasets
 
 
 def _photo(height: int, width: int, seed: int) -> np.ndarray:

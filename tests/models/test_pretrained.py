@@ -11,7 +11,6 @@ from mofme.cli import main
 from mofme.configs import recipe_path
 from mofme.data import builtin_photos, read_image, render_weather, write_image
 from mofme.data.transforms import to_tensor
-from mofme.engine.config import load_config
 from mofme.metrics import psnr
 from mofme.models import (
     DEFAULT_WEIGHTS,
@@ -22,6 +21,7 @@ from mofme.models import (
     shipped_weights,
 )
 from mofme.models.hub import SHIPPED_WEIGHTS_DIR, WEIGHTS_NAME
+from mofme.train.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -145,9 +145,9 @@ def test_cuda_grouped_mm_equals_the_dense_reference(name):
 
 @CUDA
 def test_a_short_restorer_training_on_cuda_with_bf16_autocast(tmp_path):
-    from mofme.engine.config import load_config
-    from mofme.engine.trainer import train
     from mofme.models import load_restorer
+    from mofme.train.config import load_config
+    from mofme.train.trainer import train
 
     overrides = [
         "model.preset=tiny",

@@ -3,7 +3,7 @@
 A :class:`Job` holds one upload as it was sent (encoded bytes); :class:`JobQueue` runs jobs in
 submission order on a single worker thread (the model is never run by two requests at once): when its
 turn comes the upload is decoded in a child process (:class:`~mofme.apps.serve.uploads.Decoder`), then
-restored with :func:`mofme.engine.restore.restore_image`, the tiled restoration ``mofme restore`` uses.
+restored with :func:`mofme.infer.restore.restore_image`, the tiled restoration ``mofme restore`` uses.
 A forward hook on the model counts the tiles done (the progress) and the experts each tile's tokens
 were routed to. Images are float32 (H, W, 3) in [0, 1]; results are 8-bit PNG bytes, in memory only.
 
@@ -26,8 +26,8 @@ import numpy as np
 from torch import nn
 
 from mofme.data.transforms import to_tensor
-from mofme.engine.restore import model_tiling, restore_image
-from mofme.engine.tiling import tile_windows
+from mofme.infer.restore import model_tiling, restore_image
+from mofme.infer.tiling import tile_windows
 
 from .settings import ServeSettings
 from .uploads import Decoder, UploadError, png_bytes
@@ -47,7 +47,7 @@ class Stopped(RuntimeError):
 
 
 def count_tiles(height: int, width: int, *, tile: int, overlap: int, multiple_of: int) -> int:
-    """How many windows :func:`~mofme.engine.tiling.tiled_apply` runs on an H x W image."""
+    """How many windows :func:`~mofme.infer.tiling.tiled_apply` runs on an H x W image."""
     padded_h, padded_w = -(-height // multiple_of) * multiple_of, -(-width // multiple_of) * multiple_of
     return len(tile_windows(padded_h, padded_w, tile=tile, overlap=overlap))
 

@@ -16,7 +16,7 @@ class ServeSettings:
     * ``max_upload_bytes``: the largest file accepted (a larger request is refused before it is read);
     * ``max_pixels``: the largest decoded image; a file declaring more is refused from its header,
       without decoding it (decompression bombs included);
-    * ``tile``, ``overlap``, ``batch_size``: the tiled restoration (:func:`mofme.engine.restore.restore_image`).
+    * ``tile``, ``overlap``, ``batch_size``: the tiled restoration (:func:`mofme.infer.restore.restore_image`).
       128 / 16, not ``mofme restore``'s 256 / 32: on 1-MP photos with the shipped model (trained on
       96-px crops) 1.75x faster through the server (19 s vs 33 s, 1 thread) and no worse (PSNR gain
       +5.1 vs +4.7 dB, rain and haze; ``python -m mofme.benchmarks.serve --tile``);

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mofme.engine.tiling import axis_weights, axis_windows, blend_weights, tile_windows, tiled_apply
+from mofme.infer.tiling import axis_weights, axis_windows, blend_weights, tile_windows, tiled_apply
 
 SIZES = [(37, 101), (300, 513), (64, 64), (1, 9), (129, 250)]
 CONFIGS = [(32, 8), (48, 16), (64, 0), (24, 13)]  # (tile, overlap)

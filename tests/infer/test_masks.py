@@ -15,8 +15,8 @@ from mofme.data import read_image, write_image
 from mofme.data.builtin_tasks import DEGRADATION_CLASSES
 from mofme.data.transforms import to_tensor
 from mofme.data.weather import render_weather
-from mofme.engine.masks import MASK_COLOURS
-from mofme.engine.recognition import segment_logits
+from mofme.infer.masks import MASK_COLOURS
+from mofme.infer.segment import segment_logits
 from mofme.models import create_model, load_model
 
 

@@ -12,11 +12,11 @@ from sklearn.metrics import jaccard_score
 
 from mofme.data import WEATHER_TYPES
 from mofme.data.builtin import BuiltinWeatherDataset
-from mofme.engine.config import ConfigError, load_config
-from mofme.engine.detection_recipe import drop_iou
-from mofme.engine.trainer import TrainingRecipe, recipe_class, train
 from mofme.losses import drop_mask_loss, drop_targets
 from mofme.models import build_restorer, create_model, load_model
+from mofme.train.config import ConfigError, load_config
+from mofme.train.recipes.drop_detection import drop_iou
+from mofme.train.trainer import TrainingRecipe, recipe_class, train
 
 DETECTOR = {
     "task": "drop_detection",

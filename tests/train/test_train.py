@@ -16,13 +16,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mofme.engine import trainer
-from mofme.engine.checkpoint import latest_checkpoint, save_checkpoint
-from mofme.engine.config import ConfigError, load_config, parse_overrides
-from mofme.engine.optim import decay_groups
-from mofme.engine.trainer import train, warmup_cosine
 from mofme.losses import drop_mask_loss, drop_targets
 from mofme.models import build_restorer
+from mofme.train import trainer
+from mofme.train.checkpoint import latest_checkpoint, save_checkpoint
+from mofme.train.config import ConfigError, load_config, parse_overrides
+from mofme.train.optim import decay_groups
+from mofme.train.trainer import train, warmup_cosine
 
 TINY = {
     "model": {"preset": "tiny", "ffn": "mofme", "num_experts": 4, "top_k": 2, "router": "uar"},
@@ -340,8 +340,8 @@ main(["train", sys.argv[1]])
 
 _DRAWS = r"""
 import os, sys, torch
-from mofme.engine.config import load_config
-from mofme.engine.trainer import TrainingRecipe
+from mofme.train.config import load_config
+from mofme.train.trainer import TrainingRecipe
 recipe = TrainingRecipe(load_config(sys.argv[1])).setup()
 torch.save({"draw": torch.rand(8), "weights": recipe.net.module.state_dict()}, sys.argv[2] + os.environ["RANK"])
 """
@@ -391,8 +391,8 @@ def test_weight_decay_pulls_matrices_but_not_film_vectors(decay_all):
 
 def test_log_routing_logs_the_validation_nmi_of_the_model_it_validates(tmp_path):
     from mofme.apps.analysis import expert_counts, routing_nmi
-    from mofme.engine.data import build_datasets
     from mofme.models import load_restorer
+    from mofme.train.data import build_datasets
 
     output = tmp_path / "run"
     config = load_config(_write_config(tmp_path, output, epochs=2, eval_every=1, log_routing=True))

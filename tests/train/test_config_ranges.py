@@ -5,7 +5,7 @@ import re
 import pytest
 
 from mofme.configs import recipe_path
-from mofme.engine.config import ConfigError, load_config
+from mofme.train.config import ConfigError, load_config
 
 OUT_OF_RANGE = {  # override -> what the error says
     "train.epochs=-5": "train.epochs: Input should be greater than or equal to 1",

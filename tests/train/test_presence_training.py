@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mofme.engine.config import ConfigError, load_config
-from mofme.engine.trainer import TrainingRecipe
 from mofme.losses import presence_targets
 from mofme.models import build_restorer
+from mofme.train.config import ConfigError, load_config
+from mofme.train.trainer import TrainingRecipe
 
 MODEL = {"preset": "tiny", "ffn": "dense", "residual": True}
 

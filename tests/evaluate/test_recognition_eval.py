@@ -14,13 +14,13 @@ from PIL import Image
 from torch import nn
 
 from mofme.apps.plots import plot_restore_then_recognise
-from mofme.engine.recognition import (
+from mofme.evaluate.recognition import (
     compare_with_restoration,
     evaluate_classifier,
     evaluate_segmenter,
     restoration_table_markdown,
-    segment_logits,
 )
+from mofme.infer.segment import segment_logits
 
 IGNORE = 255
 

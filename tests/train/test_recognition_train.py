@@ -12,12 +12,12 @@ from torch.nn import functional as F
 
 from mofme.data import CITYSCAPES_CLASSES, IGNORE_INDEX
 from mofme.data.builtin_tasks import DEGRADATION_CLASSES, SCENE_CLASSES, DegradationDataset, SceneDataset
-from mofme.engine.config import ConfigError, load_config
-from mofme.engine.data import build_datasets, class_names
-from mofme.engine.recognition import evaluate_classifier, evaluate_segmenter
-from mofme.engine.recognition_recipes import SegmentationRecipe
-from mofme.engine.trainer import train
+from mofme.evaluate.recognition import evaluate_classifier, evaluate_segmenter
 from mofme.models import ViTClassifier, ViTSegmenter, load_model
+from mofme.train.config import ConfigError, load_config
+from mofme.train.data import build_datasets, class_names
+from mofme.train.recipes.recognition import SegmentationRecipe
+from mofme.train.trainer import train
 
 TRAIN = ["train.epochs=4", "train.eval_every=2", "train.checkpoint_every=100", "train.progress=false"]
 MOE = ["model.ffn=moe", "model.num_experts=4", "model.top_k=2"]

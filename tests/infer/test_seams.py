@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mofme.apps.serve.jobs import count_tiles
-from mofme.engine.restore import Tiling, model_tiling, restore_image
-from mofme.engine.tiling import axis_weights, axis_windows, tiled_apply
+from mofme.infer.restore import Tiling, model_tiling, restore_image
+from mofme.infer.tiling import axis_weights, axis_windows, tiled_apply
 from mofme.models import build_restorer
 from mofme.models.restorer import pad_to_multiple
 
@@ -124,7 +124,7 @@ def test_drop_fill_model_tiles_match_the_whole_image(monkeypatch):
     """A windowed drop_fill model: its tiles give the unfilled image and the drop probability, which
     are stitched and filled once, so the tiled restore equals the whole one although the fill reaches
     across the image (a detector that flags spots at random, so that the fill matters)."""
-    import mofme.engine.restore as restore
+    import mofme.infer.restore as restore
 
     torch.manual_seed(0)
     model = build_restorer(preset="small_window", drop_fill=True).eval()
@@ -148,7 +148,7 @@ def test_gated_context_model_tiles_share_the_whole_images_context(monkeypatch):
     """A windowed model with a presence gate and a global context: tiled inference passes every tile
     the whole image's descriptor, so it equals the whole restore; tiles that each used their own
     descriptor would not."""
-    import mofme.engine.restore as restore
+    import mofme.infer.restore as restore
 
     torch.manual_seed(0)
     model = build_restorer(preset="tiny", window_size=8, presence_gate=True, global_context=True).eval()

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mofme.engine.restore as restore_module
+import mofme.infer.restore as restore_module
 from mofme.cli import build_parser, main
 from mofme.data import builtin_photos, read_image, write_image
 from mofme.data.transforms import to_tensor
-from mofme.engine.fastpath import (
+from mofme.infer.fastpath import (
     FusedResBlock,
     PackedLinear,
     PixelUnpatch,
@@ -21,11 +21,10 @@ from mofme.engine.fastpath import (
     is_fast_path,
     optimize_for_cpu_inference,
 )
-from mofme.engine.restore import restore_image
+from mofme.infer.restore import restore_image
 from mofme.models import DEFAULT_WEIGHTS, build_restorer, load_restorer
 from mofme.models.restorer import ResBlock
-
-from .standin import StandIn
+from tests.standin import StandIn
 
 pytestmark = pytest.mark.skipif(
     not fast_path_available(), reason="this PyTorch build lacks oneDNN's operators"

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from mofme.data import BuiltinWeatherDataset, ImagePair, write_image
-from mofme.engine.evaluate import EvalReport, evaluate
+from mofme.evaluate.restoration import EvalReport, evaluate
 from mofme.metrics import psnr, quantize
 from mofme.models import create_model
-
-from .standin import StandIn
+from tests.standin import StandIn
 
 
 def _pair(rng, height, width):

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 from mofme.data import read_image, write_image
-from mofme.engine.restore import RestoreResult, model_patch_size, restore_image, restore_paths
+from mofme.infer.restore import RestoreResult, model_patch_size, restore_image, restore_paths
 from mofme.models import create_model
-
-from .standin import StandIn
+from tests.standin import StandIn
 
 
 def _u8(rng, *shape):
@@ -54,7 +53,7 @@ def folder(tmp_path):
 def test_folder_of_odd_files(folder, tmp_path, caplog):
     root, sizes, bad = folder
     out = tmp_path / "restored"
-    with caplog.at_level(logging.WARNING, logger="mofme.engine.restore"):
+    with caplog.at_level(logging.WARNING, logger="mofme.infer.restore"):
         result = restore_paths(StandIn(blur=True), [root], out, tile=64, overlap=16, progress=False)
     assert isinstance(result, RestoreResult)
     assert sorted(p.relative_to(out).as_posix() for p in result.written) == sorted(sizes)

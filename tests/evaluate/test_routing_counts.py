@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mofme.data import SEVERITIES, WEATHER_TYPES
-from mofme.engine.routing import condition_counts, expert_counts, routing_nmi
+from mofme.evaluate.routing import condition_counts, expert_counts, routing_nmi
 from mofme.models import create_model
 
 EXPERTS, TOP_K = 4, 2

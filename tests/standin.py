@@ -1,4 +1,4 @@
-"""A stand-in restorer for engine tests: identity or a 3x3 box blur, with the Restorer's output type."""
+"""A stand-in restorer for the inference and evaluation tests: identity or a 3x3 box blur, with the Restorer's output type."""
 
 import torch
 import torch.nn.functional as F

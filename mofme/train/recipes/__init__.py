@@ -1,0 +1,2 @@
+"""Training recipes beside restoration (:class:`mofme.train.trainer.TrainingRecipe`): lens-drop
+detection (``drop_detection``) and recognition (``classification``, ``segmentation``)."""
