@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_WEIGHTS = (
-    "mofme-small-weather"  # = mofme.models.DEFAULT_WEIGHTS; the CLI starts without importing torch
+    "mofme-small-weather-gated"  # = mofme.models.DEFAULT_WEIGHTS; the CLI starts without importing torch
 )
 
 

@@ -58,7 +58,7 @@ _RESTORERS = (Restorer, UNetRestorer)
 # every restorer preset: the single-scale published network (PRESETS) and the multi-scale U-Net
 RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
 _CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
-DEFAULT_WEIGHTS = "mofme-small-weather"  # what `mofme restore` and `mofme demo` use without --checkpoint
+DEFAULT_WEIGHTS = "mofme-small-weather-gated"  # what `mofme restore` and `mofme demo` use by default
 PRETRAINED: dict[str, str] = {"restorer_small": DEFAULT_WEIGHTS}  # model name -> shipped weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
