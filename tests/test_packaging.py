@@ -1,5 +1,6 @@
 """Package layout rules that a refactor could silently break."""
 
+import graphlib
 import importlib.metadata
 import re
 import subprocess
@@ -34,6 +35,12 @@ def test_each_layer_imports_only_the_layers_below_it():
     for part, allowed in ABOVE.items():
         assert _imported_parts(part) & subpackages <= allowed, part
     assert not _imported_parts("evaluate") & {"train"}
+
+
+def test_no_import_cycle_between_the_parts_of_mofme():
+    parts = {path.parent.name for path in PACKAGE.glob("*/__init__.py")} - {"engine"}  # engine: aliases
+    graph = {part: _imported_parts(part) & parts for part in parts}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
 
 
 def test_old_engine_paths_still_import_with_a_warning():

@@ -28,12 +28,12 @@ from mofme.apps.analysis import condition_counts, expert_usage, routing_nmi, uar
 from mofme.apps.plots import routing_heatmaps
 from mofme.apps.study_report import SCALED_NAME, setting_pairs, write_study
 from mofme.atomic import write_text_atomic
-from mofme.benchmarks.timing import machine, time_side_by_side
 from mofme.configs import recipe_path, study_settings_path
 from mofme.data import SEVERITIES, WEATHER_TYPES, BuiltinWeatherDataset
 from mofme.evaluate.restoration import evaluate
 from mofme.models import Restorer, load_restorer
 from mofme.nn import aux_loss
+from mofme.timing import machine, time_side_by_side
 from mofme.train.config import Config, load_config
 from mofme.train.data import build_datasets
 from mofme.train.optim import adamw

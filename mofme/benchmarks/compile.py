@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from mofme.models import build_restorer
+from mofme.timing import machine, time_side_by_side
 from mofme.train.optim import adamw
 
 from .restorer import train_step
-from .timing import machine, time_side_by_side
 
 __all__ = ["explain_forward", "main"]
 

@@ -6,7 +6,7 @@ The image is a built-in test photo resized (bicubic) to ``--size`` (width x heig
 whole tiled restoration that ``mofme restore`` runs (``--tile`` / ``--overlap``, the model in eval mode,
 the fast path's copy built inside every fast call), interleaved repeat by repeat, median seconds after
 ``--warmup`` calls. Peak memory: the process's peak resident memory during one call, and its rise over
-the start of the call (:func:`~mofme.benchmarks.timing.peak_rss_mb`; Linux). ``max_abs_diff``: the
+the start of the call (:func:`~mofme.timing.peak_rss_mb`; Linux). ``max_abs_diff``: the
 largest difference between the two restored images (outputs in [0, 1]). Threads: torch's default
 unless ``--threads``.
 """
@@ -25,8 +25,7 @@ from mofme.data import builtin_photos
 from mofme.data.transforms import to_tensor
 from mofme.infer.restore import restore_image
 from mofme.models import DEFAULT_WEIGHTS, build_restorer, load_restorer
-
-from .timing import machine, peak_rss_mb, time_side_by_side
+from mofme.timing import machine, peak_rss_mb, time_side_by_side
 
 __all__ = ["main", "parse_size", "run"]
 

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from mofme.nn import DenseFFN, MoEOutput, MoFME, SparseMoE
+from mofme.timing import count_gflops, machine, time_side_by_side
 
 from .mixtral import MixtralLayer, equal_flops_hidden, implementations
 from .targets import check_targets, load_limits, targets_markdown
-from .timing import count_gflops, machine, time_side_by_side
 
 
 @dataclass

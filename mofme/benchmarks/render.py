@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mofme.data import SEVERITIES, WEATHER_TYPES, render_weather
-
-from .timing import machine
+from mofme.timing import machine
 
 __all__ = ["main", "measure"]
 

@@ -5,7 +5,7 @@ side by side, interleaved repeat by repeat. The "reference" rows are the publish
 (every expert for every token), obtained by switching the same models to ``dispatch="dense"``.
 Latency: eval-mode forward under ``torch.no_grad()`` after warm-up, median (synchronised on CUDA).
 Training step: forward + backward + AdamW step (the trainer's, fused where available) on one batch. Memory: peak allocated during one
-forward, parameters included (see :func:`mofme.benchmarks.timing.peak_memory_mb`). ``--amp bf16``
+forward, parameters included (see :func:`mofme.timing.peak_memory_mb`). ``--amp bf16``
 runs forwards and training steps under autocast, as ``train.amp`` does (``auto``: bf16 on a GPU).
 """
 
@@ -22,11 +22,11 @@ from torch import nn
 
 from mofme.models import Restorer, build_restorer
 from mofme.nn import RoutedLayer
+from mofme.timing import count_gflops, machine, peak_memory_mb, time_side_by_side
 from mofme.train.optim import adamw
 from mofme.train.trainer import autocast_context
 
 from .targets import check_targets, load_limits, targets_markdown
-from .timing import count_gflops, machine, peak_memory_mb, time_side_by_side
 
 __all__ = ["main", "run", "train_step"]
 

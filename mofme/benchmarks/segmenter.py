@@ -22,9 +22,9 @@ import torch
 
 from mofme.infer.segment import segment_logits
 from mofme.models import create_model
+from mofme.timing import machine, time_side_by_side
 
 from .targets import check_targets, load_limits, targets_markdown
-from .timing import machine, time_side_by_side
 
 __all__ = ["bench_segmenter", "main"]
 
