@@ -13,6 +13,7 @@ PACKAGE = Path(mofme.__file__).parent
 LIBRARY = ("nn", "models", "data")  # the library: never imports the jobs or the applications
 JOBS = ("train", "evaluate", "infer")  # the jobs: never import the applications
 ABOVE = {"nn": set(), "models": {"nn"}, "data": {"nn", "models"}, "infer": {"nn", "models", "data"}}
+SUBPACKAGES = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
 _IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:mofme\.|\.\.)(\w+)", re.MULTILINE)
 
 
@@ -31,14 +32,13 @@ def test_library_and_jobs_never_import_the_applications():
 
 def test_each_layer_imports_only_the_layers_below_it():
     """nn <- models <- data <- infer: an arrow against the flow would be an import cycle in waiting."""
-    subpackages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
     for part, allowed in ABOVE.items():
-        assert _imported_parts(part) & subpackages <= allowed, part
+        assert _imported_parts(part) & SUBPACKAGES <= allowed, part
     assert not _imported_parts("evaluate") & {"train"}
 
 
 def test_no_import_cycle_between_the_parts_of_mofme():
-    parts = {path.parent.name for path in PACKAGE.glob("*/__init__.py")} - {"engine"}  # engine: aliases
+    parts = SUBPACKAGES - {"engine"}  # engine: deprecated aliases
     graph = {part: _imported_parts(part) & parts for part in parts}
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
 

@@ -55,8 +55,15 @@ from mofme.atomic import write_text_atomic
 from mofme.data.recognition import IGNORE_INDEX
 from mofme.data.weather import WEATHER_TYPES
 from mofme.evaluate.restoration import finite_or_str
-from mofme.infer.restore import _image_of, eval_mode, model_patch_size, prepare_model, restore_tensor
-from mofme.infer.segment import logits_of, model_dtype, segment_logits
+from mofme.infer.restore import (
+    _image_of,
+    eval_mode,
+    model_dtype,
+    model_patch_size,
+    prepare_model,
+    restore_tensor,
+)
+from mofme.infer.segment import logits_of, segment_logits
 
 __all__ = [
     "ECE_BINS",

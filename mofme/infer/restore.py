@@ -45,6 +45,7 @@ __all__ = [
     "Tiling",
     "eval_mode",
     "model_device",
+    "model_dtype",
     "model_patch_size",
     "model_tiling",
     "plan_outputs",
@@ -179,12 +180,17 @@ def _whole_image_context(model: nn.Module, image: Tensor, device: torch.device, 
         return image_context(image[None].to(device=device, dtype=dtype))
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def _model_fn(model: nn.Module, device: torch.device, image: Tensor):
     """``(B, 3, h, w)`` tiles of (3, H, W) ``image`` on any device -> restored float32 tiles on
     ``device``; for a model that fills drops after stitching, (B, 4, h, w): the unfilled image and
     how strongly to fill each pixel (:func:`~mofme.models.restorer.fill_probability`). A model with a
     global context gets the whole image's with every tile."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = model_dtype(model)
     unfilled = _fills_drops(model)
     context = _whole_image_context(model, image, device, dtype)
 

@@ -10,15 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .restore import model_patch_size, prepare_model
+from .restore import model_dtype, model_patch_size, prepare_model
 from .tiling import tiled_apply
 
-__all__ = ["logits_of", "model_dtype", "segment_logits"]
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter (float32 for a model without any)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+__all__ = ["logits_of", "segment_logits"]
 
 
 def logits_of(output: Any) -> Tensor:
