@@ -136,6 +136,44 @@ class SplitDataset(Dataset):
         raise NotImplementedError
 
 
+def _check_builtin_args(
+    split: str,
+    *,
+    family: str | None,
+    weathers: tuple[str, ...],
+    severities: tuple[int, ...],
+    renders: int | None,
+    train_only: bool,
+    clean_fraction: float,
+    zoom: tuple[float, ...],
+) -> tuple[tuple[str, ...], int]:
+    """:class:`BuiltinWeatherDataset`'s arguments checked, each named in the error -> the weathers to
+    render (a family's own) and the number of renders (default: 4 for test, 1 otherwise).
+    ``train_only``: a train-split-only argument was given."""
+    if family is not None:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown renderer family {family!r}; expected one of {sorted(FAMILIES)}")
+        weathers = (FAMILIES[family].weather,)
+    if split not in BUILTIN_SPLITS:
+        raise ValueError(f"unknown split '{split}'; expected one of {tuple(BUILTIN_SPLITS)}")
+    bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
+    if bad or not weathers or not severities:
+        raise ValueError(f"invalid weathers/severities: {bad or (weathers, severities)}")
+    renders = (4 if split == "test" else 1) if renders is None else int(renders)
+    if renders < 1 or (split == "train" and renders != 1):
+        raise ValueError(f"renders must be >= 1 and applies to val/test only, got {renders}")
+    if split != "train" and train_only:
+        raise ValueError(
+            "samples_per_epoch, zoom, color_jitter and clean_fraction only apply to the train split "
+            "(val/test are fixed lists)"
+        )
+    if not 0.0 <= clean_fraction < 1.0:
+        raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+    if not zoom or any(not z > 0 for z in zoom):
+        raise ValueError(f"zoom factors must be positive, got {tuple(zoom)}")
+    return tuple(weathers), renders
+
+
 class BuiltinWeatherDataset(SplitDataset):
     """Rendered (degraded, clean) pairs from the built-in photos.
 
@@ -180,28 +218,19 @@ class BuiltinWeatherDataset(SplitDataset):
         clean_fraction: float = 0.0,
         family: str | None = None,
     ) -> None:
-        if family is not None:
-            if family not in FAMILIES:
-                raise ValueError(f"unknown renderer family {family!r}; expected one of {sorted(FAMILIES)}")
-            weathers = (FAMILIES[family].weather,)
-        if split not in BUILTIN_SPLITS:
-            raise ValueError(f"unknown split '{split}'; expected one of {tuple(BUILTIN_SPLITS)}")
-        bad = [w for w in weathers if w not in WEATHER_TYPES] + [s for s in severities if s not in SEVERITIES]
-        if bad or not weathers or not severities:
-            raise ValueError(f"invalid weathers/severities: {bad or (weathers, severities)}")
-        renders = (4 if split == "test" else 1) if renders is None else int(renders)
-        if renders < 1 or (split == "train" and renders != 1):
-            raise ValueError(f"renders must be >= 1 and applies to val/test only, got {renders}")
-        train_only = samples_per_epoch is not None or tuple(zoom) != (1.0,) or color_jitter or clean_fraction
-        if split != "train" and train_only:
-            raise ValueError(
-                "samples_per_epoch, zoom, color_jitter and clean_fraction only apply to the train split "
-                "(val/test are fixed lists)"
-            )
-        if not 0.0 <= clean_fraction < 1.0:
-            raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
-        if not zoom or any(not z > 0 for z in zoom):
-            raise ValueError(f"zoom factors must be positive, got {tuple(zoom)}")
+        weathers, renders = _check_builtin_args(
+            split,
+            family=family,
+            weathers=weathers,
+            severities=severities,
+            renders=renders,
+            train_only=samples_per_epoch is not None
+            or tuple(zoom) != (1.0,)
+            or color_jitter
+            or clean_fraction,
+            clean_fraction=clean_fraction,
+            zoom=zoom,
+        )
         self.split = split
         self.crop_size = int(crop_size)
         self.samples_per_epoch = 1024 if samples_per_epoch is None else int(samples_per_epoch)

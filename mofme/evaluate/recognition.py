@@ -379,14 +379,13 @@ def evaluate_classifier(
         prepare_model(restorer, run_on)
     states: dict[Condition, list] = {}
     classes: tuple[str, ...] | None = None
+    restore_tiling = {"tile": restore_tile, "overlap": restore_overlap}
     start = time.perf_counter()
     with _inference(model, restorer), _progress(dataset, progress, "classify") as bar:
         for batch in _batches(_items(dataset), batch_size):
             images = torch.stack([_image(item) for item in batch])
             if restorer is not None:
-                images = _restore_batch(
-                    restorer, images, device=run_on, tile=restore_tile, overlap=restore_overlap
-                )
+                images = _restore_batch(restorer, images, device=run_on, **restore_tiling)
             probs = logits_of(model(images.to(run_on, model_dtype(model)))).double().softmax(1).cpu()
             classes = classes or _class_names(dataset, probs.shape[1])
             for item, p in zip(batch, probs, strict=True):
@@ -399,18 +398,17 @@ def evaluate_classifier(
     conventions = {
         "summary": f"top-1 accuracy; ECE with {ECE_BINS} equal-width confidence bins (l1)",
         "ece_bins": ECE_BINS,
-        "restore_tiling": {"tile": restore_tile, "overlap": restore_overlap} if restorer else None,
+        "restore_tiling": restore_tiling if restorer else None,
     }
-    meta = _meta(start, run_on, restorer)
+    metrics = (_pool_classification, _classification_metrics)
     return _grouped(
         "classification",
         classes or (),
         stacked,
         counts,
-        _pool_classification,
-        _classification_metrics,
+        *metrics,
         conventions,
-        meta,
+        _meta(start, run_on, restorer),
     )
 
 
@@ -441,6 +439,24 @@ def _segmentation_metrics(confusion: Tensor, classes: tuple[str, ...]) -> dict[s
         "iou": dict(zip(classes, iou.tolist(), strict=True)),
         "confusion_matrix": confusion.long().tolist(),
     }
+
+
+def _segment_item(
+    model: nn.Module,
+    item: dict,
+    restorer: nn.Module | None,
+    *,
+    device: torch.device,
+    restore_tiling: dict[str, int],
+    tile: int,
+    overlap: int,
+    batch_size: int,
+) -> Tensor:
+    """(C, H, W) logits of ``item``'s image, restored first (tiled, clamped to [0, 1]) when a restorer is given."""
+    image = _image(item)
+    if restorer is not None:
+        image = restore_tensor(restorer, image, device=device, batch_size=1, **restore_tiling).clamp(0, 1)
+    return segment_logits(model, image, tile=tile, overlap=overlap, batch_size=batch_size, device=device)
 
 
 def evaluate_segmenter(
@@ -476,17 +492,13 @@ def evaluate_segmenter(
     matrices: dict[Condition, Tensor] = {}
     counts: Counter = Counter()
     classes: tuple[str, ...] | None = None
+    restore_tiling = {"tile": restore_tile, "overlap": restore_overlap}
+    tiling = {"tile": tile, "overlap": overlap, "batch_size": batch_size}
     start = time.perf_counter()
     with _inference(model, restorer), _progress(dataset, progress, "segment") as bar:
         for item in _items(dataset):
-            image = _image(item)
-            if restorer is not None:
-                restored = restore_tensor(
-                    restorer, image, device=run_on, tile=restore_tile, overlap=restore_overlap, batch_size=1
-                )
-                image = restored.clamp(0, 1)
-            logits = segment_logits(
-                model, image, tile=tile, overlap=overlap, batch_size=batch_size, device=run_on
+            logits = _segment_item(
+                model, item, restorer, device=run_on, restore_tiling=restore_tiling, **tiling
             )
             classes = classes or _class_names(dataset, logits.shape[0])
             confusion = _pixel_confusion(logits, item["mask"], ignore_index, str(item.get("name", "")))
@@ -501,7 +513,7 @@ def evaluate_segmenter(
         f"{tile}px tiles, {overlap}px overlap",
         "ignore_index": ignore_index,
         "tiling": {"tile": tile, "overlap": overlap, "multiple_of": model_patch_size(model)},
-        "restore_tiling": {"tile": restore_tile, "overlap": restore_overlap} if restorer else None,
+        "restore_tiling": restore_tiling if restorer else None,
     }
     meta = _meta(start, run_on, restorer)
     return _grouped(

@@ -345,6 +345,37 @@ def _score(
     return ImageMetrics(name, weather, inp.shape[1], inp.shape[2], p[0], s[0], p[1], s[1], severity)
 
 
+def _score_pairs(
+    runner: nn.Module,
+    pairs_or_dataset: Iterable[Any],
+    *,
+    device: torch.device,
+    tiling: dict[str, int],
+    save_images: PathLike | None,
+    y_channel: bool,
+    crop_border: int,
+) -> Iterator[ImageMetrics]:
+    """Restore every pair (tiled: ``tiling``'s tile, overlap, batch_size) and yield its metrics
+    (:func:`evaluate`); the 8-bit outputs are written under ``save_images`` when given."""
+    used: set[str] = set()
+    for inp, tgt, weather, name, tgt_path, severity in _samples(pairs_or_dataset):
+        _check_sizes(inp, tgt, name, tgt_path)
+        restored = quantize(restore_tensor(runner, inp, device=device, **tiling))[None]
+        yield _score(
+            restored,
+            inp,
+            tgt,
+            name=name,
+            weather=weather,
+            severity=severity,
+            y_channel=y_channel,
+            crop_border=crop_border,
+        )
+        if save_images is not None:
+            out = Path(save_images) / _output_name(name, weather, used)
+            write_image(out, restored[0].permute(1, 2, 0).cpu().numpy())
+
+
 def evaluate(
     model: nn.Module,
     pairs_or_dataset: Iterable[Any],
@@ -384,25 +415,20 @@ def evaluate(
     metric_conventions = dict(y_channel=y_channel, crop_border=crop_border)
     conventions = _conventions(**metric_conventions, tile=tile, overlap=overlap, patch=patch)
     rows: list[ImageMetrics] = []
-    used: set[str] = set()
     start = time.perf_counter()
     total = len(pairs_or_dataset) if hasattr(pairs_or_dataset, "__len__") else None
     with eval_mode(model), tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
         runner = inference_model(model, device=run_on, fast=fast)
-        for inp, tgt, weather, name, tgt_path, severity in _samples(pairs_or_dataset):
-            _check_sizes(inp, tgt, name, tgt_path)
-            restored = restore_tensor(
-                runner, inp, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
-            )
-            restored = quantize(restored)[None]
-            rows.append(
-                _score(
-                    restored, inp, tgt, name=name, weather=weather, severity=severity, **metric_conventions
-                )
-            )
-            if save_images is not None:
-                out = Path(save_images) / _output_name(name, weather, used)
-                write_image(out, restored[0].permute(1, 2, 0).cpu().numpy())
+        scored = _score_pairs(
+            runner,
+            pairs_or_dataset,
+            device=run_on,
+            tiling=dict(tile=tile, overlap=overlap, batch_size=batch_size),
+            save_images=save_images,
+            **metric_conventions,
+        )
+        for row in scored:
+            rows.append(row)
             bar.update(1)
             bar.set_postfix(psnr=f"{_mean([r.psnr for r in rows]):.2f}", refresh=False)
     if not rows:

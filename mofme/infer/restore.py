@@ -387,26 +387,45 @@ def restore_paths(
         runner = inference_model(model, device=run_on, fast=fast)
         for source, destination in bar:
             bar.set_postfix_str(source.name, refresh=False)
-            try:
-                image = read_image(source)
-            except ImageReadError as error:
-                logger.warning("skipping %s", error)
-                failed.append((source, error.reason))
-                continue
-            tensor = to_tensor(image)
-            del image
-            restored = restore_tensor(
-                runner, tensor, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
+            reason = _restore_file(
+                runner, source, destination, device=run_on, tile=tile, overlap=overlap, batch_size=batch_size
             )
-            array = restored.cpu().permute(1, 2, 0).numpy()
-            del restored, tensor
-            bits = 16 if destination.suffix.lower() in _SIXTEEN_BIT and _is_16_bit(source) else 8
-            try:
-                write_image(destination, array, bit_depth=bits)
-            except (OSError, ValueError) as error:
-                reason = f"cannot write '{destination}': {error}"
-                logger.warning("skipping %s: %s", source, reason)
+            if reason is None:
+                written.append(destination)
+            else:
                 failed.append((source, reason))
-                continue
-            written.append(destination)
     return RestoreResult(written, failed)
+
+
+def _restore_file(
+    runner: nn.Module,
+    source: Path,
+    destination: Path,
+    *,
+    device: torch.device,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+) -> str | None:
+    """Restore one file into ``destination`` (:func:`restore_paths`); None when written, else the reason
+    it was skipped (logged as a warning)."""
+    try:
+        image = read_image(source)
+    except ImageReadError as error:
+        logger.warning("skipping %s", error)
+        return error.reason
+    tensor = to_tensor(image)
+    del image
+    restored = restore_tensor(
+        runner, tensor, device=device, tile=tile, overlap=overlap, batch_size=batch_size
+    )
+    array = restored.cpu().permute(1, 2, 0).numpy()
+    del restored, tensor
+    bits = 16 if destination.suffix.lower() in _SIXTEEN_BIT and _is_16_bit(source) else 8
+    try:
+        write_image(destination, array, bit_depth=bits)
+    except (OSError, ValueError) as error:
+        reason = f"cannot write '{destination}': {error}"
+        logger.warning("skipping %s: %s", source, reason)
+        return reason
+    return None

@@ -240,32 +240,49 @@ def tiled_apply(
             report(1)
             return result[0] if squeeze else result
 
-        acc: Tensor | None = None
-        for first in range(0, len(windows), batch_size):
-            batch = windows[first : first + batch_size]
-            out = _apply(fn, torch.cat([padded[..., rows, cols] for rows, cols in batch]))
-            if acc is None:  # allocate where (and in what precision) fn's outputs live
-                out_dtype = out.dtype
-                acc_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
-                acc = torch.zeros(1, out.shape[1], padded_h, padded_w, dtype=acc_dtype, device=out.device)
-                weights = blend_weights(
-                    padded_h,
-                    padded_w,
-                    tile=tile,
-                    overlap=overlap,
-                    margin=margin,
-                    dtype=acc_dtype,
-                    device=out.device,
-                )
-            for window, tile_out in zip(batch, out, strict=True):
-                (rows, cols), weight = next(weights)
-                assert (rows, cols) == window  # blend_weights follows the order of tile_windows
-                acc[0, :, rows, cols].addcmul_(tile_out.to(acc_dtype), weight)
-            report(first + len(batch))
-        assert acc is not None
-        result = acc[..., :height, :width].to(out_dtype)  # no copy when unpadded and already out_dtype
-        result = result.contiguous()
+        blend = dict(tile=tile, overlap=overlap, margin=margin, batch_size=batch_size)
+        result = _blend_windows(fn, padded, windows, report=report, **blend)[..., :height, :width]
+        result = result.contiguous()  # no copy when unpadded
     return result[0] if squeeze else result
+
+
+def _blend_windows(
+    fn: Callable[[Tensor], Tensor],
+    padded: Tensor,
+    windows: list[Window],
+    *,
+    tile: int,
+    overlap: int,
+    margin: int,
+    batch_size: int,
+    report: Callable[[int], None],
+) -> Tensor:
+    """``fn`` over ``windows`` of ``padded`` (1, C, H, W), ``batch_size`` at a time, each output added with
+    its :func:`blend_weights` weight -> (1, C', H, W) in ``fn``'s output dtype. Accumulates in that
+    dtype, or float32 for lower-precision outputs."""
+    acc: Tensor | None = None
+    for first in range(0, len(windows), batch_size):
+        batch = windows[first : first + batch_size]
+        out = _apply(fn, torch.cat([padded[..., rows, cols] for rows, cols in batch]))
+        if acc is None:  # allocate where (and in what precision) fn's outputs live
+            out_dtype = out.dtype
+            acc_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+            acc = torch.zeros(1, out.shape[1], *padded.shape[-2:], dtype=acc_dtype, device=out.device)
+            weights = blend_weights(
+                *padded.shape[-2:],
+                tile=tile,
+                overlap=overlap,
+                margin=margin,
+                dtype=acc_dtype,
+                device=out.device,
+            )
+        for window, tile_out in zip(batch, out, strict=True):
+            (rows, cols), weight = next(weights)
+            assert (rows, cols) == window  # blend_weights follows the order of tile_windows
+            acc[0, :, rows, cols].addcmul_(tile_out.to(acc_dtype), weight)
+        report(first + len(batch))
+    assert acc is not None
+    return acc.to(out_dtype)  # no copy when already out_dtype
 
 
 def _progress_reporter(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int], None]:
