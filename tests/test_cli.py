@@ -13,7 +13,7 @@ from mofme.cli import main
 from mofme.data import read_image
 
 TINY_TRAINING = [
-    "model.preset=tiny",
+    "model.name=restorer_tiny",
     "model.num_experts=4",
     "data.samples_per_epoch=16",
     "data.batch_size=4",
@@ -70,7 +70,7 @@ def test_demo_gives_the_same_numbers_every_run(demo_dir, tmp_path):
 
 
 def test_demo_cli_refuses_overrides_without_train(tmp_path, capsys):
-    assert main(["demo", "--output", str(tmp_path), "model.preset=tiny"]) == 2
+    assert main(["demo", "--output", str(tmp_path), "model.name=restorer_tiny"]) == 2
     assert "only apply with --train" in capsys.readouterr().err
 
 

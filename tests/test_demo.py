@@ -13,7 +13,7 @@ from tests.standin import StandIn
 def test_step_estimate_is_positive_and_leaves_the_rng_alone():
     config = load_config(
         recipe_path("demo_cpu"),
-        ["model.preset=tiny", "model.num_experts=4", "data.batch_size=2", "data.crop_size=16"],
+        ["model.name=restorer_tiny", "model.num_experts=4", "data.batch_size=2", "data.crop_size=16"],
     )
     torch.manual_seed(7)
     before = torch.get_rng_state()

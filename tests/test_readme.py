@@ -1,11 +1,15 @@
-"""The README's API example runs as written."""
+"""The README's API example runs as written, and the README stays a short map whose links resolve."""
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
+_CODE_BLOCK = re.compile(r"```.*?```", flags=re.S)
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 
 
 def test_readme_api_example_runs():
@@ -26,3 +30,43 @@ def test_readme_starts_with_the_two_commands():
     ci = (README.parent / ".ci" / "run").read_text()
     test_command = next(line for line in commands.splitlines() if "pytest" in line).split("#")[0].strip()
     assert test_command in ci
+
+
+def _sub_commands() -> set[str]:
+    from mofme.cli import build_parser
+
+    actions = build_parser()._actions
+    return {
+        name
+        for action in actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+
+
+def test_readme_is_a_short_map_of_mofme_commands():
+    text = README.read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines: move the detail to docs/"
+    assert not [line for line in lines if "python -m mofme" in line], "show mofme sub-commands, not modules"
+    # every program shown after the set-up block is a mofme sub-command the command line knows
+    known = _sub_commands()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)[1:]
+    shown = [line.split()[:2] for block in blocks for line in block.splitlines() if line.strip()]
+    shown += [span.split()[:2] for span in re.findall(r"`(mofme [^`]+)`", _CODE_BLOCK.sub("", text))]
+    assert shown and all(words[0] == "mofme" for words in shown), shown
+    assert {words[1] for words in shown if len(words) > 1} <= known | {"<command>"}
+
+
+def _relative_links(page: Path) -> list[str]:
+    text = re.sub(r"`[^`\n]*`", "", _CODE_BLOCK.sub("", page.read_text()))  # code shows no links
+    targets = (target.split("#")[0] for target in _LINK.findall(text))
+    return [target for target in targets if target and not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+@pytest.mark.parametrize(
+    "page", [README, *sorted(DOCS.rglob("*.md"))], ids=lambda p: str(p.relative_to(README.parent))
+)
+def test_relative_links_point_to_existing_files(page):
+    missing = [target for target in _relative_links(page) if not (page.parent / target).exists()]
+    assert not missing, f"{page.relative_to(README.parent)} links to missing files: {missing}"

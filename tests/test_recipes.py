@@ -29,7 +29,7 @@ def test_paper_recipes_carry_the_published_optimisation():
         config = load_config(recipe_path(f"allweather_paper_{ffn}"))
         assert (config.optim.lr, config.optim.weight_decay, config.optim.warmup_epochs) == (4e-4, 0.01, 3)
         assert (config.data.crop_size, config.train.epochs, config.loss.perceptual_weight) == (240, 200, 0.04)
-        assert config.model.preset == "paper"
+        assert config.model.name == "restorer_paper"
 
 
 def test_unknown_recipe_names_the_shipped_ones():

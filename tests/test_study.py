@@ -8,7 +8,7 @@ import pytest
 from mofme.apps.study import STUDY_VARIANTS, run_study
 
 TINY = [
-    "model.preset=tiny",
+    "model.name=restorer_tiny",
     "model.num_experts=4",
     "data.samples_per_epoch=8",
     "data.batch_size=4",

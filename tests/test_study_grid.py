@@ -47,7 +47,12 @@ def test_settings_files_add_named_variants_and_bad_ones_are_named(tmp_path):
 
 
 def _tiny_config(tmp_path, overrides=()):
-    tiny = ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"]
+    tiny = [
+        "model.name=restorer_tiny",
+        "model.num_experts=4",
+        "data.samples_per_epoch=8",
+        "data.batch_size=4",
+    ]
     return study._config(STUDY_VARIANTS["mofme"], 0, tmp_path / "run", [*tiny, *overrides], 1)
 
 
@@ -75,7 +80,12 @@ def test_a_stopped_run_is_resumed_and_a_changed_one_restarted(tmp_path, monkeypa
 
 
 def test_a_finished_run_is_reused_only_with_the_same_configuration(tmp_path, monkeypatch):
-    tiny = ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"]
+    tiny = [
+        "model.name=restorer_tiny",
+        "model.num_experts=4",
+        "data.samples_per_epoch=8",
+        "data.batch_size=4",
+    ]
     config = study._config(STUDY_VARIANTS["mofme"], 0, tmp_path / "runs" / "mofme-seed0", tiny, 1)
     (tmp_path / "runs" / "mofme-seed0").mkdir(parents=True)
     # result.json alone: no weights, as when a study continues from copies of it
@@ -111,7 +121,7 @@ def test_a_run_copied_to_another_folder_is_the_same_run(tmp_path):
         STUDY_VARIANTS["mofme"],
         0,
         tmp_path / "elsewhere" / "mofme-e4-seed0",
-        ["model.preset=tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"],
+        ["model.name=restorer_tiny", "model.num_experts=4", "data.samples_per_epoch=8", "data.batch_size=4"],
         1,
     )
     assert moved.train.output_dir != config.train.output_dir
@@ -243,13 +253,13 @@ def test_every_shipped_specialisation_setting_builds_a_routed_model():
 
 def test_a_study_can_run_on_another_recipe():
     paper = study._config(STUDY_VARIANTS["moe"], 1, "unused", [], 2, recipe="allweather_paper_mofme")
-    assert (paper.model.preset, paper.model.ffn, paper.train.seed, paper.train.epochs) == (
-        "paper",
+    assert (paper.model.name, paper.model.ffn, paper.train.seed, paper.train.epochs) == (
+        "restorer_paper",
         "moe",
         1,
         2,
     )
-    assert study._config(STUDY_VARIANTS["moe"], 1, "unused", [], 2).model.preset == "small"
+    assert study._config(STUDY_VARIANTS["moe"], 1, "unused", [], 2).model.name == "restorer_small"
 
 
 def test_settings_are_paired_with_the_variant_they_change():

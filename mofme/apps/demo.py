@@ -98,7 +98,7 @@ def _train_from_scratch(
     steps = config.train.epochs * (config.data.samples_per_epoch // config.data.batch_size)
     estimate = steps * estimate_step_seconds(config) / 60
     print(
-        f"[mofme demo] training a {config.model.resolved().ffn} restorer ({config.model.preset} preset) for {steps:,} steps; "
+        f"[mofme demo] training a {config.model.resolved().ffn} restorer ({config.model.name}) for {steps:,} steps; "
         f"about {estimate:.1f} min on this machine"
     )
     result = train_model(config)

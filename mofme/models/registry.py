@@ -5,12 +5,16 @@
     detector = create_model("drop_detector")        # lens-drop logits, the drop_head of drop_fill restorers
     model = create_model("restorer_small", ffn="moe", num_experts=8)
     model = create_model("segmenter_tiny", num_classes=19, ffn="mofme")
-    model = build_restorer(preset="paper", ffn="mofme", num_experts=128, top_k=4)
+    model = create_model("restorer_small.weather", pretrained=True)   # shipped weights, by tag
+    config = model_config("restorer_paper", num_experts=128, top_k=4)  # the settings, checked
     model = load_model("runs/x/best")              # any saved model, whatever its architecture
     model = load_restorer("runs/x/best")           # the same, refusing anything but a restorer
 
 A function decorated with :func:`register_model` takes keyword overrides and returns a module;
-its name is the model name. Tests run over every registered name, so a new variant is tested
+its name is the model name, and ``defaults=`` its config dataclass (every field it accepts, with the
+entry's values): :func:`model_config` checks a set of fields against it (the YAML ``model:``
+section). Shipped weights are tagged names, ``<model>.<tag>`` (timm's convention; the first tag
+listed for a model is its default). Tests run over every registered name, so a new variant is tested
 as soon as it is registered.
 """
 
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 from .._hints import closest_name
-from .drops import DropDetector
+from .drops import DropDetector, DropDetectorConfig
 from .hub import PretrainedMixin, read_config
 from .recognition import RECOGNIZER_PRESETS, ViTClassifier, ViTSegmenter
 from .restorer import PRESETS, Restorer, RestorerConfig
@@ -41,8 +45,10 @@ __all__ = [
     "build_restorer",
     "create_model",
     "list_models",
+    "list_pretrained",
     "load_model",
     "load_restorer",
+    "model_config",
     "register_model",
     "restorer_config",
 ]
@@ -59,18 +65,32 @@ _RESTORERS = (Restorer, UNetRestorer)
 RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
 _CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
 DEFAULT_WEIGHTS = "mofme-small-weather-gated"  # what `mofme restore` and `mofme demo` use by default
-PRETRAINED: dict[str, str] = {"restorer_small": DEFAULT_WEIGHTS}  # model name -> shipped weights
+# tagged model name -> shipped weights (mofme/weights/); a model's first tag is its default
+PRETRAINED: dict[str, str] = {
+    "restorer_small.weather_gated": DEFAULT_WEIGHTS,
+    "restorer_small.weather": "mofme-small-weather",
+}
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULTS: dict[str, Any] = {}  # model name -> its config dataclass with the entry's values
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` (keyword overrides -> module) under its ``__name__``."""
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = fn
-    return fn
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, defaults: Any = None
+) -> Callable[..., nn.Module] | Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``fn`` (keyword overrides -> module) under its ``__name__``; ``defaults``: the config
+    dataclass of the fields it accepts (:func:`model_config`). ``@register_model`` or
+    ``@register_model(defaults=...)``."""
+
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        _DEFAULTS[name] = defaults
+        return fn
+
+    return register if fn is None else register(fn)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -78,17 +98,53 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
 
 
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Tagged names (``<model>.<tag>``) with shipped weights matching ``pattern``, in registry order."""
+    return [name for name in PRETRAINED if fnmatch.fnmatchcase(name, pattern)]
+
+
+def _untagged(name: str) -> tuple[str, str | None]:
+    """``"restorer_small.weather"`` -> ``("restorer_small", "weather")``; the model must be registered."""
+    model, _, tag = name.partition(".")
+    if model not in _MODELS:
+        close = closest_name(model, list(_MODELS))
+        hint = f" (did you mean {close}?)" if close else ""
+        raise ValueError(f"unknown model {model!r}{hint}; choose from {list_models()}")
+    return model, tag or None
+
+
+def model_config(name: str, **fields: Any) -> Any:
+    """The config dataclass of registered model ``name`` (a tag is ignored) with ``fields`` replaced: every
+    setting of the model, checked (unknown fields, and values the config refuses, raise ValueError
+    naming them). None for an entry registered without ``defaults``."""
+    model, _ = _untagged(name)
+    defaults = _DEFAULTS[model]
+    return None if defaults is None else _replaced(defaults, fields, owner=f"model {model!r}")
+
+
+def _replaced(base: Any, fields: dict[str, Any], *, owner: str) -> Any:
+    """``dataclasses.replace(base, **fields)``, an unknown field named (with the closest known one)."""
+    names = [f.name for f in dataclasses.fields(base)]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        close = closest_name(unknown[0], names) if len(unknown) == 1 else None
+        hint = f" (did you mean {close}?)" if close else ""
+        raise ValueError(f"{owner} has no field {', '.join(unknown)}{hint}; its fields: {', '.join(names)}")
+    return dataclasses.replace(base, **fields)
+
+
 def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """The registered model ``name``, built with ``overrides`` (constructor keyword arguments); with
-    ``pretrained``, its shipped weights (:data:`PRETRAINED`) in eval mode, ``overrides`` being those
-    ``from_pretrained`` takes (ones that keep the parameter shapes)."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {list_models()}")
+    ``pretrained``, shipped weights in eval mode: those of ``name`` when it is tagged
+    (``"restorer_small.weather"``, :func:`list_pretrained`), else the model's default tag; ``overrides``
+    then being those ``from_pretrained`` takes (ones that keep the parameter shapes)."""
+    model, tag = _untagged(name)
     if not pretrained:
-        return _MODELS[name](**overrides)
-    if name not in PRETRAINED:
-        raise ValueError(f"no pretrained weights ship for {name!r}; these have some: {sorted(PRETRAINED)}")
-    return load_model(PRETRAINED[name], **overrides)
+        return _MODELS[model](**overrides)
+    tagged = name if tag is not None else next((t for t in PRETRAINED if t.startswith(f"{model}.")), name)
+    if tagged not in PRETRAINED:
+        raise ValueError(f"no pretrained weights ship as {tagged!r}; these do: {list_pretrained()}")
+    return load_model(PRETRAINED[tagged], **overrides)
 
 
 def restorer_config(preset: str = "small", **fields: Any) -> RestorerConfig | UNetConfig:
@@ -96,16 +152,7 @@ def restorer_config(preset: str = "small", **fields: Any) -> RestorerConfig | UN
     resolved and checked (unknown fields and unregistered FFN / router names raise ValueError)."""
     if preset not in RESTORER_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(RESTORER_PRESETS)}")
-    base = RESTORER_PRESETS[preset]
-    names = [f.name for f in dataclasses.fields(base)]
-    unknown = sorted(set(fields) - set(names))
-    if unknown:
-        close = closest_name(unknown[0], names) if len(unknown) == 1 else None
-        hint = f" (did you mean {close}?)" if close else ""
-        raise ValueError(
-            f"preset {preset!r} has no field {', '.join(unknown)}{hint}; its fields: {', '.join(names)}"
-        )
-    return dataclasses.replace(base, **fields)
+    return _replaced(RESTORER_PRESETS[preset], fields, owner=f"preset {preset!r}")
 
 
 def build_restorer(*, preset: str = "small", **fields: Any) -> Restorer | UNetRestorer:
@@ -142,34 +189,34 @@ def load_restorer(
     return model
 
 
-@register_model
+@register_model(defaults=RESTORER_PRESETS["paper"])
 def restorer_paper(**overrides: Any) -> Restorer:
     """The published network: C=32, D=384, P=8, depth 2, 8 heads x 64, 30 x 30 position embedding
     (8.71M parameters dense)."""
     return build_restorer(preset="paper", **overrides)
 
 
-@register_model
+@register_model(defaults=RESTORER_PRESETS["small"])
 def restorer_small(**overrides: Any) -> Restorer:
     """C=16, D=128, P=4, depth 2, 4 heads x 32: CPU experiments; ``pretrained=True`` loads the
     shipped weights (MoFME E=16, k=2, residual)."""
     return build_restorer(preset="small", **overrides)
 
 
-@register_model
+@register_model(defaults=RESTORER_PRESETS["small_window"])
 def restorer_small_window(**overrides: Any) -> Restorer:
     """``restorer_small`` with 8 x 8 token attention windows (32 x 32 px), shifted on the second layer:
     memory linear in the image size and seamless tiled inference (``receptive_margin`` 54 px)."""
     return build_restorer(preset="small_window", **overrides)
 
 
-@register_model
+@register_model(defaults=RESTORER_PRESETS["tiny"])
 def restorer_tiny(**overrides: Any) -> Restorer:
     """C=8, D=64, P=4, depth 1, 2 heads x 32: smoke tests and CPU training on small crops."""
     return build_restorer(preset="tiny", **overrides)
 
 
-@register_model
+@register_model(defaults=RESTORER_PRESETS["unet"])
 def restorer_unet(**overrides: Any) -> UNetRestorer:
     """Multi-scale U-Net, MoFME in the transformer blocks of its two coarsest levels (C=24, depths
     1/1/2/2, E=16, k=2)."""
@@ -181,31 +228,31 @@ def _recognizer(cls: type[ViTClassifier | ViTSegmenter], preset: str, overrides:
     return cls(**{**asdict(RECOGNIZER_PRESETS[preset]), **overrides})
 
 
-@register_model
+@register_model(defaults=RECOGNIZER_PRESETS["tiny"])
 def classifier_tiny(**overrides: Any) -> ViTClassifier:
     """ViT classifier, D=64, depth 2, P=4, 2 heads x 32, 64 x 64 position grid: CPU training."""
     return _recognizer(ViTClassifier, "tiny", overrides)
 
 
-@register_model
+@register_model(defaults=RECOGNIZER_PRESETS["small"])
 def classifier_small(**overrides: Any) -> ViTClassifier:
     """ViT classifier, D=128, depth 4, P=4, 4 heads x 32, 64 x 64 position grid."""
     return _recognizer(ViTClassifier, "small", overrides)
 
 
-@register_model
+@register_model(defaults=RECOGNIZER_PRESETS["tiny"])
 def segmenter_tiny(**overrides: Any) -> ViTSegmenter:
     """ViT segmenter (progressive upsampling decoder), D=64, depth 2, P=4, 2 heads x 32."""
     return _recognizer(ViTSegmenter, "tiny", overrides)
 
 
-@register_model
+@register_model(defaults=RECOGNIZER_PRESETS["small"])
 def segmenter_small(**overrides: Any) -> ViTSegmenter:
     """ViT segmenter (progressive upsampling decoder), D=128, depth 4, P=4, 4 heads x 32."""
     return _recognizer(ViTSegmenter, "small", overrides)
 
 
-@register_model
+@register_model(defaults=DropDetectorConfig())
 def drop_detector(**overrides: Any) -> DropDetector:
     """Lens-drop detector: a 5-level convolutional U-Net (widths 16-128), image -> drop logits
     (``task: drop_detection``; the ``drop_head`` of ``drop_fill`` restorers)."""

@@ -8,6 +8,7 @@ the metric conventions (``eval.y_channel``, ``eval.crop_border``) are part of th
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from mofme._hints import closest_name
+from mofme.models.registry import RESTORER_PRESETS, create_model, list_models, model_config
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
 
@@ -31,24 +33,38 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The model: a registered ``name`` (``classifier_tiny``, ``segmenter_small``, ...: see
-    :func:`mofme.models.list_models`; the recognition tasks need one) or a restorer ``preset``,
-    plus any field of its config, given flat
-    (:class:`~mofme.models.RestorerConfig` or :class:`~mofme.models.UNetConfig`: ``ffn``,
-    ``num_experts``, ``top_k``, ``router``, ``router_kwargs``, ``modulation``, ``residual``,
-    ``depth``, ...). Fields not given keep the preset's values, which are the only defaults; unknown
-    fields and names missing from the FFN and router registries are errors. An ``overrides:``
-    mapping (recipes written before this layout) is merged into the fields."""
+    """The model: a registered ``name`` (:func:`mofme.models.list_models`: ``restorer_small``,
+    ``restorer_unet``, ``segmenter_small``, ...) and any field of its config dataclass, given flat
+    (:class:`~mofme.models.RestorerConfig`: ``ffn``, ``num_experts``, ``top_k``, ``router``,
+    ``modulation``, ``residual``, ``depth``, ...), checked once against the entry's config
+    (:func:`mofme.models.model_config`: unknown fields and names missing from the FFN and router
+    registries are errors) and built by :func:`mofme.models.create_model`. Fields not given keep the
+    entry's values, the only defaults. Read for one release, with a FutureWarning: ``preset: X``
+    (now ``name: restorer_X``; it replaces a restorer ``name``, as ``model.preset=tiny`` on the command
+    line did, and is ignored beside a recognizer's) and an ``overrides:`` mapping (now the fields)."""
 
     model_config = ConfigDict(extra="allow")
-    preset: str = "small"
-    name: str | None = Field(None, description="a registered model; when given, preset is not used")
+    name: str = "restorer_small"
 
     @model_validator(mode="before")
     @classmethod
-    def _merge_overrides(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("overrides"), dict):
-            data = {**{k: v for k, v in data.items() if k != "overrides"}, **data["overrides"]}
+    def _deprecated_spellings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("overrides"), dict):
+            _deprecated("model.overrides: {...}", "the fields themselves, in model:")
+            fields = data.pop("overrides")
+            data = {**data, **fields}
+        if "preset" in data:
+            preset = data.pop("preset")
+            _deprecated(f"model.preset: {preset}", f"model.name: restorer_{preset}")
+            if data.get("name") is None or str(data["name"]).startswith("restorer_"):
+                if f"restorer_{preset}" not in list_models("restorer_*"):
+                    raise ValueError(f"unknown preset {preset!r}; choose from {sorted(RESTORER_PRESETS)}")
+                data["name"] = f"restorer_{preset}"
+        if "name" in data and data["name"] is None:  # as saved before: the default model
+            del data["name"]
         return data
 
     @model_validator(mode="after")
@@ -58,29 +74,28 @@ class ModelConfig(_Section):
 
     @property
     def fields(self) -> dict[str, Any]:
-        """The fields given (everything but ``preset``)."""
+        """The fields given (everything but ``name``)."""
         return dict(self.model_extra or {})
 
     def resolved(self) -> Any:
         """The config dataclass with the given fields: every setting of the model."""
-        if self.name is not None:
-            return self.build().config
-        from mofme.models.registry import restorer_config
-
-        return restorer_config(self.preset, **self.fields)
+        return model_config(self.name, **self.fields)
 
     def build(self, **fields: Any) -> Any:
-        """The model this section describes (:func:`mofme.models.create_model` for ``name``, else
-        :func:`mofme.models.build_restorer`); ``fields`` fill in settings the section leaves out."""
-        from mofme.models.registry import build_restorer, create_model
+        """The model this section describes (:func:`mofme.models.create_model`); ``fields`` fill in
+        settings the section leaves out."""
+        try:
+            return create_model(self.name, **{**fields, **self.fields})
+        except TypeError as error:  # an unknown keyword of a model built outside its config class
+            raise ValueError(f"model {self.name!r}: {error}") from error
 
-        merged = {**fields, **self.fields}
-        if self.name is not None:
-            try:
-                return create_model(self.name, **merged)
-            except TypeError as error:  # an unknown keyword of a recognizer's config
-                raise ValueError(f"model {self.name!r}: {error}") from error
-        return build_restorer(preset=self.preset, **merged)
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; write {new}",
+        FutureWarning,
+        stacklevel=4,
+    )
 
 
 class FolderSource(_Section):
@@ -220,50 +235,101 @@ class OptimConfig(_Section):
     grad_clip: Rate | None = 1.0
 
 
-class LossConfig(_Section):
-    """Restoration: smooth L1 (+ perceptual); recognition: cross-entropy with ``label_smoothing``
-    and, for segmentation, ``class_weights`` (one per class; default equal)."""
+class RestorationLoss(_Section):
+    """``task: restoration``: smooth L1 (+ perceptual), and the weights of the optional terms."""
 
-    label_smoothing: Fraction = 0.0
-    class_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
+    task: Literal["restoration"] = Field("restoration", exclude=True)  # the discriminator (Config.task)
     smooth_l1_beta: Rate = 1.0
     perceptual_weight: float = Field(0.0, ge=0.0)
     vgg_weights: str | None = None
     weather_mi: float = Field(
         0.0,
         ge=0.0,
-        description="restoration: subtract this x I(weather; expert) of each batch (routing specialisation)",
+        description="subtract this x I(weather; expert) of each batch (routing specialisation)",
     )
     weather_groups: float = Field(
         0.0,
         ge=0.0,
-        description="restoration: add this x the cross-entropy of each token's routing mass on its weather's "
+        description="add this x the cross-entropy of each token's routing mass on its weather's "
         "group of experts (mofme.nn.label_group_loss; supervised routing specialisation)",
     )
     particle_weight: float = Field(
         0.0,
         ge=0.0,
-        description="restoration on rendered weather: pixel-loss weight 1 + this x particle opacity (drops, "
-        "flakes, streaks)",
+        description="on rendered weather: pixel-loss weight 1 + this x particle opacity (drops, flakes, streaks)",
     )
     drop_mask_weight: float = Field(
         0.0,
         ge=0.0,
-        description="restoration on rendered weather, model.drop_fill models: weight of the drop "
-        "detector's binary cross-entropy against the renderer's drop opacity (mofme.losses.drop_mask_loss)",
+        description="on rendered weather, model.drop_fill models: weight of the drop detector's binary "
+        "cross-entropy against the renderer's drop opacity (mofme.losses.drop_mask_loss)",
     )
     presence_weight: float = Field(
         0.0,
         ge=0.0,
-        description="restoration, model.presence_gate models: weight of the presence gate's binary "
-        "cross-entropy against the pixels the weather changed (mofme.losses.presence_targets)",
+        description="model.presence_gate models: weight of the presence gate's binary cross-entropy "
+        "against the pixels the weather changed (mofme.losses.presence_targets)",
     )
     drop_pos_weight: float = Field(
-        1.0,
-        gt=0.0,
-        description="drop detection (task drop_detection, loss.drop_mask_weight): weight of the drop "
-        "pixels in the binary cross-entropy (they are few)",
+        1.0, gt=0.0, description="weight of the drop pixels in the drop detector's binary cross-entropy"
     )
+
+
+class _CrossEntropyLoss(_Section):
+    """Recognition: cross-entropy with ``label_smoothing`` and ``class_weights`` (one per class;
+    default equal)."""
+
+    label_smoothing: Fraction = 0.0
+    class_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
+
+
+class ClassificationLoss(_CrossEntropyLoss):
+    """``task: classification``: cross-entropy (:class:`_CrossEntropyLoss`)."""
+
+    task: Literal["classification"] = Field("classification", exclude=True)
+
+
+class SegmentationLoss(_CrossEntropyLoss):
+    """``task: segmentation``: per-pixel cross-entropy (:class:`_CrossEntropyLoss`), unlabelled pixels left out."""
+
+    task: Literal["segmentation"] = Field("segmentation", exclude=True)
+
+
+class DropDetectionLoss(_Section):
+    """``task: drop_detection``: binary cross-entropy against the drop opacity."""
+
+    task: Literal["drop_detection"] = Field("drop_detection", exclude=True)
+    drop_pos_weight: float = Field(1.0, gt=0.0, description="weight of the drop pixels (they are few)")
+
+
+# the loss section, typed by the task: a field of another task's loss is a schema error
+LossConfig = Annotated[
+    RestorationLoss | ClassificationLoss | SegmentationLoss | DropDetectionLoss, Field(discriminator="task")
+]
+TASK_LOSSES: dict[str, type[_Section]] = {
+    cls.model_fields["task"].default: cls
+    for cls in (RestorationLoss, ClassificationLoss, SegmentationLoss, DropDetectionLoss)
+}
+
+
+def _typed_loss(data: Any) -> Any:
+    """The raw config with its ``loss`` section tagged by ``task`` (the union's discriminator), less
+    fields of other tasks' losses left at their defaults (runs saved before the loss was typed
+    wrote every field)."""
+    if not isinstance(data, dict) or not isinstance(data.get("loss", {}), dict):
+        return data
+    task = data.get("task", "restoration")
+    if task not in TASK_LOSSES:
+        return data  # the task's own error names it
+    own = TASK_LOSSES[task].model_fields
+    idle = {
+        name
+        for cls in TASK_LOSSES.values()
+        for name, field in cls.model_fields.items()
+        if name not in own and data.get("loss", {}).get(name, object()) == field.default
+    }
+    loss = {k: v for k, v in (data.get("loss") or {}).items() if k not in idle}
+    return {**data, "loss": {**loss, "task": task}}
 
 
 class TrainConfig(_Section):
@@ -321,9 +387,14 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    loss: LossConfig = Field(default_factory=RestorationLoss)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_of_the_task(cls, data: Any) -> Any:
+        return _typed_loss(data)
 
     @model_validator(mode="after")
     def _task_matches(self) -> Config:
@@ -421,16 +492,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _describe(error: ErrorDetails) -> str:
     """One validation error as ``field: problem`` (``train.epochs: Input should be greater than or
     equal to 1``); an unknown field with the closest known one (``unknown field train.epoch; did you
-    mean train.epochs?``), or the section's fields when none is close."""
-    loc = error["loc"]
+    mean train.epochs?``), or the section's fields when none is close; a loss field of another task
+    named as such."""
+    loc, section = error["loc"], None
+    if loc[:1] == ("loss",) and len(loc) > 1 and loc[1] in TASK_LOSSES:  # the union's tag: the task
+        task, loc = loc[1], ("loss", *loc[2:])
+        section = TASK_LOSSES[task] if len(loc) == 2 else None
     where = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":
-        section = _section_at(loc[:-1])
+        section = section or _section_at(loc[:-1])
         if section is None:
             return f"unknown field {where}"
-        close = closest_name(str(loc[-1]), section.model_fields)
+        known = [name for name in section.model_fields if name != "task"]
+        if section in TASK_LOSSES.values() and any(
+            loc[-1] in cls.model_fields for cls in TASK_LOSSES.values()
+        ):
+            return f"{where} is not a field of the {task} loss (task: {task}); its fields: {', '.join(known)}"
+        close = closest_name(str(loc[-1]), known)
         if close is None:
-            return f"unknown field {where}; known: {', '.join(section.model_fields)}"
+            return f"unknown field {where}; known: {', '.join(known)}"
         return f"unknown field {where}; did you mean {'.'.join(str(part) for part in (*loc[:-1], close))}?"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message

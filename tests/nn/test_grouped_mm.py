@@ -150,7 +150,7 @@ def test_a_short_restorer_training_on_cuda_with_bf16_autocast(tmp_path):
     from mofme.train.trainer import train
 
     overrides = [
-        "model.preset=tiny",
+        "model.name=restorer_tiny",
         "model.num_experts=4",
         "data.samples_per_epoch=16",
         "data.batch_size=4",

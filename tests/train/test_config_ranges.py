@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import yaml
 
 from mofme.configs import recipe_path
 from mofme.train.config import ConfigError, load_config
@@ -111,3 +112,48 @@ def test_mofme_train_refuses_a_bad_number_before_writing_anything(tmp_path, caps
     assert main(["train", "demo_cpu", "train.epochs=-5", f"train.output_dir={output}"]) == 2
     assert "train.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "task"),
+    [
+        ("weather_gate_fixed", "loss.class_weights=[1.0, 2.0]", "restoration"),
+        ("weather_gate_fixed", "loss.label_smoothing=0.1", "restoration"),
+        ("scenes_vit", "loss.particle_weight=4.0", "classification"),
+        ("drop_detector", "loss.smooth_l1_beta=0.01", "drop_detection"),
+    ],
+)
+def test_a_loss_field_of_another_task_is_a_schema_error(recipe, override, task):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]} is not a field of the {task} loss"):
+        load_config(recipe_path(recipe), [override])
+
+
+def test_each_task_reads_its_own_loss_section_and_old_full_dumps_still_load():
+    for recipe, task in [
+        ("weather_gate_fixed", "restoration"),
+        ("scenes_vit", "classification"),
+        ("drop_detector", "drop_detection"),
+    ]:
+        config = load_config(recipe_path(recipe))
+        assert config.task == task and set(config.loss.model_dump()) < OLD_FLAT_LOSS_FIELDS
+        saved = yaml.safe_load(config.to_yaml())
+        saved["loss"] = {**OLD_FLAT_LOSS_DEFAULTS, **saved["loss"]}  # runs saved every field before
+        assert config.same_as(yaml.safe_dump(saved))
+        saved["loss"][next(iter(saved["loss"].keys() - config.loss.model_dump().keys()))] = 0.5
+        assert not config.same_as(yaml.safe_dump(saved))  # another task's field, set: not the same run
+
+
+OLD_FLAT_LOSS_DEFAULTS = {  # the one flat loss section before it was typed by task, at its defaults
+    "label_smoothing": 0.0,
+    "class_weights": None,
+    "smooth_l1_beta": 1.0,
+    "perceptual_weight": 0.0,
+    "vgg_weights": None,
+    "weather_mi": 0.0,
+    "weather_groups": 0.0,
+    "particle_weight": 0.0,
+    "drop_mask_weight": 0.0,
+    "presence_weight": 0.0,
+    "drop_pos_weight": 1.0,
+}
+OLD_FLAT_LOSS_FIELDS = set(OLD_FLAT_LOSS_DEFAULTS)

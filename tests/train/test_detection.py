@@ -88,7 +88,7 @@ def test_a_restorer_takes_a_saved_detector_as_its_drop_head(tmp_path):
     detector.save_pretrained(tmp_path / "detector")
     build_restorer(preset="tiny", ffn="dense").save_pretrained(tmp_path / "restorer")
     restoration = {
-        "model": {"preset": "tiny", "ffn": "dense", "drop_fill": True},
+        "model": {"name": "restorer_tiny", "ffn": "dense", "drop_fill": True},
         "data": {"type": "builtin", "crop_size": 32, "batch_size": 4, "samples_per_epoch": 16},
         "loss": {"drop_mask_weight": 0.5},
     }

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 import yaml
 
 from mofme.losses import presence_targets
-from mofme.models import build_restorer
+from mofme.models import create_model
 from mofme.train.config import ConfigError, load_config
 from mofme.train.trainer import TrainingRecipe
 
-MODEL = {"preset": "tiny", "ffn": "dense", "residual": True}
+MODEL = {"name": "restorer_tiny", "ffn": "dense", "residual": True}
 
 
 def _config(tmp_path, name, *, model, loss, train=None):
@@ -28,7 +28,7 @@ def _config(tmp_path, name, *, model, loss, train=None):
 
 def test_gated_fine_tune_keeps_the_saved_weights_and_adds_the_gate_loss(tmp_path):
     torch.manual_seed(0)
-    saved = build_restorer(**MODEL)
+    saved = create_model(**MODEL)
     saved.save_pretrained(tmp_path / "saved")
     gated = {**MODEL, "presence_gate": True, "global_context": True}
     train = {
@@ -57,7 +57,7 @@ def test_trainable_trains_only_its_modules_and_keeps_the_rest_in_eval_mode(tmp_p
     the gate's move; the fixed modules run without dropout (their output on a batch does not depend
     on the dropout RNG), and validation gives every module its own mode back."""
     torch.manual_seed(0)
-    saved = build_restorer(**{**MODEL, "ffn": "mofme", "dropout": 0.5})
+    saved = create_model(**{**MODEL, "ffn": "mofme", "dropout": 0.5})
     saved.save_pretrained(tmp_path / "saved")
     gated = {**MODEL, "ffn": "mofme", "dropout": 0.5, "presence_gate": True, "global_context": True}
     new = ["presence_head", "context", "context_bias", "context_gate"]
@@ -95,7 +95,7 @@ def test_gate_settings_are_checked(tmp_path):
     recipe = TrainingRecipe(config).setup()
     with pytest.raises(ValueError, match="presence_gate: true"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
-    build_restorer(**MODEL).save_pretrained(tmp_path / "saved")
+    create_model(**MODEL).save_pretrained(tmp_path / "saved")
     train = {"init_from": str(tmp_path / "saved"), "init_new": ["presense_head"]}
     gated = {**MODEL, "presence_gate": True}
     config = _config(tmp_path, "typo", model=gated, loss={}, train=train)

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from mofme.losses import drop_mask_loss, drop_targets
-from mofme.models import build_restorer
+from mofme.models import build_restorer, create_model
 from mofme.train import trainer
 from mofme.train.checkpoint import latest_checkpoint, save_checkpoint
 from mofme.train.config import ConfigError, load_config, parse_overrides
@@ -25,7 +25,7 @@ from mofme.train.optim import decay_groups
 from mofme.train.trainer import train, warmup_cosine
 
 TINY = {
-    "model": {"preset": "tiny", "ffn": "mofme", "num_experts": 4, "top_k": 2, "router": "uar"},
+    "model": {"name": "restorer_tiny", "ffn": "mofme", "num_experts": 4, "top_k": 2, "router": "uar"},
     "data": {"type": "builtin", "crop_size": 32, "batch_size": 4, "samples_per_epoch": 16},
     "optim": {"lr": 1e-3, "warmup_epochs": 1},
     "train": {
@@ -469,7 +469,7 @@ def test_particle_weight_weights_the_batch_particles(tmp_path):
 
 
 def test_init_from_starts_from_saved_weights_and_names_a_mismatch(tmp_path):
-    saved = build_restorer(**{"preset": "tiny", **TINY["model"]})
+    saved = create_model(**TINY["model"])
     with torch.no_grad():  # weights no fresh initialisation has
         for parameter in saved.parameters():
             parameter.add_(torch.randn_like(parameter))
