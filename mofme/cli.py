@@ -23,6 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import mofme.studies  # noqa: F401  (registers the study's loss.extra terms)
     from mofme.configs import recipe_path
     from mofme.train.config import load_config
     from mofme.train.trainer import train
@@ -293,7 +294,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from mofme.apps.study import load_settings, run_study
+    from mofme.studies.study import load_settings, run_study
 
     command = "mofme study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else "mofme study"
     run_study(
@@ -574,7 +575,7 @@ def _add_bench(commands: Subcommands) -> None:
 
 def _add_study(commands: Subcommands) -> None:
     """mofme study."""
-    from mofme.apps.study import DEFAULT_STEPS, RECIPE, STUDY_VARIANTS
+    from mofme.studies.study import DEFAULT_STEPS, RECIPE, STUDY_VARIANTS
 
     study = commands.add_parser(
         "study", help="dense vs MoE vs MoFME (linear, UaR) at an equal budget, with routing analysis"

@@ -34,16 +34,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.atomic import recover_directory, staged_directory
-from mofme.data import WEATHER_TYPES
 from mofme.evaluate.restoration import evaluate
 from mofme.infer.restore import eval_mode
 from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets, presence_targets
 from mofme.models import RestorerOutput, load_model, load_weights
-from mofme.nn import aux_loss, label_expert_mutual_information, label_group_loss, routing_probs
+from mofme.nn import aux_loss
 from mofme.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from mofme.train.config import Config, ConfigError
 from mofme.train.data import build_datasets
 from mofme.train.distributed import setup_distributed
+from mofme.train.hooks import extra_loss
 from mofme.train.optim import adamw, decay_groups
 
 __all__ = ["TrainResult", "TrainingRecipe", "recipe_class", "train", "validate"]
@@ -260,6 +260,8 @@ class TrainingRecipe:
 
     def _setup_loss(self) -> nn.Module:
         loss = self.config.loss
+        for name in loss.extra:
+            extra_loss(name)  # a name nothing registered: an error before the first step
         return RestorationLoss(
             beta=loss.smooth_l1_beta,
             perceptual_weight=loss.perceptual_weight,
@@ -455,14 +457,11 @@ class TrainingRecipe:
                 presence = self._presence_loss(restored, inputs, targets)
                 loss = loss + self.config.loss.presence_weight * presence
                 parts["presence"] = presence.detach()
-            if self.config.loss.weather_mi:
-                mutual_information = self._weather_mutual_information(batch)
-                loss = loss - self.config.loss.weather_mi * mutual_information
-                parts["weather_mi"] = mutual_information.detach()
-            if self.config.loss.weather_groups:
-                group_loss = self._weather_group_loss(batch)
-                loss = loss + self.config.loss.weather_groups * group_loss
-                parts["weather_groups"] = group_loss.detach()
+            for name, weight in self.config.loss.extra.items():
+                term = extra_loss(name)
+                value = term.fn(self, batch)
+                loss = loss - weight * value if term.maximise else loss + weight * value
+                parts[name] = value.detach()
         return loss, parts
 
     def _drop_mask_loss(self, restored: RestorerOutput, batch: dict) -> Tensor:
@@ -488,32 +487,6 @@ class TrainingRecipe:
                 "loss.presence_weight needs a model with a presence gate (model.presence_gate: true)"
             )
         return drop_mask_loss(restored.presence_logits.float(), presence_targets(inputs, targets))
-
-    def _weather_routing(self, batch: dict, field: str) -> tuple[Tensor, list[Tensor]]:
-        """The batch's weather labels (B,) and each routed layer's routing probabilities (B, N, E)
-        from the last forward, for the weather-aware loss ``loss.<field>``."""
-        if "weather" not in batch:
-            raise ValueError(
-                f"loss.{field} needs weather-labelled training items; data.type {self.config.data.type!r} has none"
-            )
-        weather = batch["weather"].to(self.device)
-        layers = routing_probs(self.model)
-        if not layers:
-            raise ValueError(f"loss.{field} needs a model with routed layers (model.ffn moe or mofme)")
-        return weather, [p.reshape(len(weather), -1, p.shape[-1]) for p in layers]
-
-    def _weather_mutual_information(self, batch: dict) -> Tensor:
-        """I(weather; expert) of this batch's images, mean over routed layers (``loss.weather_mi``:
-        :func:`mofme.nn.label_expert_mutual_information` of each image's mean routing probabilities)."""
-        weather, layers = self._weather_routing(batch, "weather_mi")
-        values = [label_expert_mutual_information(p.mean(1), weather, len(WEATHER_TYPES)) for p in layers]
-        return torch.stack(values).mean()
-
-    def _weather_group_loss(self, batch: dict) -> Tensor:
-        """The tokens' cross-entropy on their weather's group of experts, mean over routed layers
-        (``loss.weather_groups``: :func:`mofme.nn.label_group_loss`)."""
-        weather, layers = self._weather_routing(batch, "weather_groups")
-        return torch.stack([label_group_loss(p, weather, len(WEATHER_TYPES)) for p in layers]).mean()
 
     def _train_step(self, batch: dict) -> dict[str, float] | None:
         """One optimiser step; the logged values on logging steps, else None."""

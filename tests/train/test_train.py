@@ -390,8 +390,8 @@ def test_weight_decay_pulls_matrices_but_not_film_vectors(decay_all):
 
 
 def test_log_routing_logs_the_validation_nmi_of_the_model_it_validates(tmp_path):
-    from mofme.apps.analysis import expert_counts, routing_nmi
     from mofme.models import load_restorer
+    from mofme.studies.analysis import expert_counts, routing_nmi
     from mofme.train.data import build_datasets
 
     output = tmp_path / "run"
@@ -412,13 +412,13 @@ def test_log_routing_needs_weather_labelled_restoration_data():
 
 
 def _batch_mutual_information(probs, weather):
-    from mofme.nn import label_expert_mutual_information
+    from mofme.studies.losses import label_expert_mutual_information
 
     return label_expert_mutual_information(probs.mean(dim=1), weather, 4)  # each image's mean routing
 
 
 def _weather_group_loss(probs, weather):
-    from mofme.nn import label_group_loss
+    from mofme.studies.losses import label_group_loss
 
     return label_group_loss(probs, weather, 4)
 
@@ -430,9 +430,10 @@ def _weather_group_loss(probs, weather):
 def test_weather_aware_routing_losses_enter_the_loss_with_their_weight(tmp_path, field, sign, expected):
     # weather_mi rewards the batch's I(weather; expert); weather_groups penalises each token's
     # cross-entropy on its weather's group of experts
+    import mofme.studies  # noqa: F401  (registers the terms)
     from mofme.nn import routing_probs
 
-    overrides = [f"loss.{field}=0.5", "data.clean_fraction=0.25"]
+    overrides = [f"loss.extra.{field}=0.5", "data.clean_fraction=0.25"]
     recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
     batch = next(iter(recipe._loader(0, 0)))
     loss, parts = recipe._loss(batch)
