@@ -204,9 +204,9 @@ def compare(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mofme.studies.downstream", description=__doc__.split("\n")[0]
+        prog=prog or "python -m mofme.studies.downstream", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--task", choices=sorted(TASK_RECIPES), required=True)
     parser.add_argument("--output", type=Path, required=True)
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overrides", nargs="*", help="recipe overrides for every run, e.g. data.batch_size=16"
     )
     args = parser.parse_args(argv)
-    command = "python -m mofme.studies.downstream " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = parser.prog + " " + " ".join(sys.argv[1:] if argv is None else argv)
     options = {
         "seeds": args.seeds,
         "steps": args.steps,

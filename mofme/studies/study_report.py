@@ -82,7 +82,7 @@ SCALED_NAME = re.compile(r"(.+)-e(\d+)")  # a scaling study's run name: <variant
 
 
 def setting_pairs(settings: list[str], baseline: str = "mofme") -> list[Pair]:
-    """Each named setting (``mofme study --settings``) against the variant it changes."""
+    """Each named setting (``mofme study run --settings``) against the variant it changes."""
     return [(name, baseline, 0.0, f"setting {name} vs {baseline}") for name in settings if name != baseline]
 
 
