@@ -124,11 +124,11 @@ def test_errors_are_reported_without_a_traceback(tmp_path):
 
 
 def test_study_names_an_unknown_variant_and_a_bad_settings_file(tmp_path, capsys):
-    assert main(["study", "--output", str(tmp_path / "s"), "--variants", "mofme-huge"]) == 2
+    assert main(["study", "run", "--output", str(tmp_path / "s"), "--variants", "mofme-huge"]) == 2
     assert "unknown study variant(s) ['mofme-huge']" in capsys.readouterr().err
     bad = tmp_path / "sweep.yaml"
     bad.write_text("- model.ffn=mofme\n")
-    assert main(["study", "--output", str(tmp_path / "s"), "--settings", str(bad)]) == 2
+    assert main(["study", "run", "--output", str(tmp_path / "s"), "--settings", str(bad)]) == 2
     assert f"{bad}: expected a mapping" in capsys.readouterr().err
 
 

@@ -7,9 +7,15 @@ import pytest
 from mofme.cli import build_parser, main
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(commands.choices)
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every sub-command, nested ones included (``bench layers``), by its words after ``mofme``."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[prefix + name] = sub
+                found |= _subcommands(sub, prefix + name + " ")
+    return found
 
 
 @pytest.mark.parametrize("command", sorted(_subcommands(build_parser())))

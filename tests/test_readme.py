@@ -32,16 +32,16 @@ def test_readme_starts_with_the_two_commands():
     assert test_command in ci
 
 
-def _sub_commands() -> set[str]:
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = [action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(found[0]) if found else {}
+
+
+def _sub_commands() -> dict[str, set[str]]:
+    """mofme's sub-commands -> their own sub-commands (``bench`` -> ``layers``, ...; most have none)."""
     from mofme.cli import build_parser
 
-    actions = build_parser()._actions
-    return {
-        name
-        for action in actions
-        if isinstance(action, argparse._SubParsersAction)
-        for name in action.choices
-    }
+    return {name: set(_choices(parser)) for name, parser in _choices(build_parser()).items()}
 
 
 def test_readme_is_a_short_map_of_mofme_commands():
@@ -52,10 +52,13 @@ def test_readme_is_a_short_map_of_mofme_commands():
     # every program shown after the set-up block is a mofme sub-command the command line knows
     known = _sub_commands()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)[1:]
-    shown = [line.split()[:2] for block in blocks for line in block.splitlines() if line.strip()]
-    shown += [span.split()[:2] for span in re.findall(r"`(mofme [^`]+)`", _CODE_BLOCK.sub("", text))]
+    shown = [line.split()[:3] for block in blocks for line in block.splitlines() if line.strip()]
+    shown += [span.split()[:3] for span in re.findall(r"`(mofme [^`]+)`", _CODE_BLOCK.sub("", text))]
     assert shown and all(words[0] == "mofme" for words in shown), shown
-    assert {words[1] for words in shown if len(words) > 1} <= known | {"<command>"}
+    assert {words[1] for words in shown if len(words) > 1} <= set(known) | {"<command>"}
+    # a command with sub-commands of its own is shown with one of them (`mofme bench layers`)
+    nested = [words for words in shown if len(words) > 2 and known.get(words[1])]
+    assert nested and all(words[2] in known[words[1]] or words[2].startswith("<") for words in nested)
 
 
 def _relative_links(page: Path) -> list[str]:

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mofme.apps.analysis import expert_counts, expert_usage
 from mofme.apps.plots import comparison_grid, routing_heatmaps
 from mofme.configs import recipe_path
 from mofme.data import BUILTIN_LONG_SIDE, WEATHER_TYPES, BuiltinWeatherDataset, builtin_photos
 from mofme.data.transforms import to_tensor
 from mofme.evaluate.restoration import EvalReport, evaluate
+from mofme.evaluate.routing import expert_counts, expert_usage
 from mofme.infer.fastpath import inference_model
 from mofme.infer.restore import model_device
 from mofme.losses import RestorationLoss

@@ -46,9 +46,9 @@ def _reason(graph_break) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mofme.benchmarks.compile", description=__doc__.split("\n")[0]
+        prog=prog or "python -m mofme.benchmarks.compile", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--ffn", default="mofme")

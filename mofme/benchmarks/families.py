@@ -80,8 +80,8 @@ def _markdown(table: dict[str, dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="folder for families.json, .md and .png")
     parser.add_argument("--long-side", type=int, default=512, help="the photos' long side (default 512)")
     parser.add_argument("--seeds", type=int, default=3, help="renders per photo, family and severity")

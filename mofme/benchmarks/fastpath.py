@@ -134,9 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mofme.benchmarks.fastpath", description=__doc__.split("\n")[0]
+        prog=prog or "python -m mofme.benchmarks.fastpath", description=__doc__.split("\n")[0]
     )
     add_arguments(parser)
     run(parser.parse_args(argv))

@@ -135,8 +135,8 @@ def to_markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", nargs="+", required=True, help="saved models or shipped names")
     parser.add_argument("--held-out", nargs="+", required=True, help="the families held out of training")
     parser.add_argument("--clean-folder", default=None, help="weather-free photos never trained on")
@@ -147,8 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
     unknown = [f for f in args.held_out if f not in FAMILIES]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; registered: {sorted(FAMILIES)}")

@@ -215,10 +215,10 @@ def markdown(rows: list[Row], router: dict | None, checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The benchmark's command line (``python -m mofme.benchmarks.layers --help``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m mofme.benchmarks.layers", description=__doc__.split("\n")[0]
+        prog=prog or "python -m mofme.benchmarks.layers", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--experts", type=int, nargs="+", default=[4, 16, 64, 128, 512])
     parser.add_argument("--top-k", type=int, nargs="+", default=[1, 2, 4])
@@ -248,8 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     limits = load_limits(args.targets, "layers") if args.targets else {}
     device = torch.device(args.device)

@@ -1,4 +1,4 @@
-"""Whole-restorer benchmark (``mofme bench``): parameters, FLOPs, latency, memory, training step.
+"""Whole-restorer benchmark (``mofme bench restorer``): parameters, FLOPs, latency, memory, training step.
 
 For each E the restorers are built once (dense, MoE, MoFME generator, low-rank, static) and timed
 side by side, interleaved repeat by repeat. The "reference" rows are the published computation
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``mofme bench`` (and ``python -m mofme.benchmarks.restorer``)."""
+    """The options of ``mofme bench restorer`` (and ``python -m mofme.benchmarks.restorer``)."""
     parser.add_argument("--preset", default="paper", help="restorer preset benchmarked (default: paper)")
     parser.add_argument(
         "--experts",
@@ -276,8 +276,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mofme bench", description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m mofme.benchmarks.restorer", description=__doc__.split("\n")[0]
+    )
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

@@ -81,9 +81,9 @@ def markdown(rows: list[dict], size: tuple[int, int], checks: list[dict]) -> str
     return "\n".join(lines + targets_markdown(checks))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mofme.benchmarks.segmenter", description=__doc__.split("\n")[0]
+        prog=prog or "python -m mofme.benchmarks.segmenter", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--tiles", type=int, nargs="+", default=[64, 256, 512])

@@ -307,10 +307,10 @@ def run_load(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from .timing import machine
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--uploads", type=int, default=5, help="uploads per client, one after another")
     parser.add_argument("--size", default="1000x1000", help="WIDTHxHEIGHT of every photo")

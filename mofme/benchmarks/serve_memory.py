@@ -92,10 +92,10 @@ def run_full_queue(*, size: tuple[int, int], max_queue: int, watch_s: float) -> 
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from .timing import machine
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="5000x5000", help="WIDTHxHEIGHT of the photo (default: 25 MP)")
     parser.add_argument("--max-queue", type=int, default=32)
     parser.add_argument("--watch", type=float, default=240.0, help="seconds of sampling after the uploads")

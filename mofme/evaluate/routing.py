@@ -1,6 +1,6 @@
 """Which experts a model's routed layers choose per weather type (and severity), and how much the
 choice says about them (NMI): used by the trainer (``train.log_routing``) and the study's analysis
-(:mod:`mofme.apps.analysis`)."""
+(:mod:`mofme.studies.analysis`)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hub import PretrainedMixin
+from .hub import PretrainedMixin, config_from
 
 __all__ = ["DropDetector", "DropDetectorConfig"]
 
@@ -54,9 +54,9 @@ class DropDetector(PretrainedMixin, nn.Module):
     """Per-pixel drop logits: (N, 3, H, W) in [0, 1] -> (N, 1, H, W). Keyword arguments: the fields
     of :class:`DropDetectorConfig`."""
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, config: DropDetectorConfig | None = None, /, **fields: Any) -> None:
         super().__init__()
-        self.config = cfg = DropDetectorConfig(**fields)
+        self.config = cfg = config_from(DropDetectorConfig, config, fields)
         widths = cfg.widths
         self.encoder = nn.ModuleList(
             nn.Sequential(

@@ -30,6 +30,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "PretrainedMixin",
     "check_state_dict",
+    "config_from",
     "load_weights",
     "read_config",
     "shipped_weights",
@@ -150,6 +151,18 @@ def read_config(name_or_path: str | Path, *, revision: str | None = None) -> tup
     if not isinstance(config, dict):
         raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
     return config, config_path
+
+
+def config_from(config_class: type, config: Any, fields: dict[str, Any]) -> Any:
+    """A model's settings: ``config`` (an instance of ``config_class``, e.g. from
+    :func:`mofme.models.model_config`) or ``config_class(**fields)``; giving both is a TypeError."""
+    if config is None:
+        return config_class(**fields)
+    if fields:
+        raise TypeError(f"give a {config_class.__name__} or keyword fields, not both (got {sorted(fields)})")
+    if not isinstance(config, config_class):
+        raise TypeError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    return config
 
 
 class PretrainedMixin:

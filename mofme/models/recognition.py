@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .hub import config_from
 from .restorer import (
     FFNChoice,
     PatchEmbed,
@@ -143,9 +144,9 @@ class ViTEncoder(nn.Module):
 class _Recognizer(TokenGridModel, nn.Module):
     """The config (keyword-only fields of :class:`RecognizerConfig`) and the shared encoder."""
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, config: RecognizerConfig | None = None, /, **fields: Any) -> None:
         super().__init__()
-        self.config = RecognizerConfig(**fields)
+        self.config = config_from(RecognizerConfig, config, fields)
         self.patch_size = self.config.patch_size
         self.encoder = ViTEncoder(self.config)
 
@@ -155,8 +156,8 @@ class ViTClassifier(_Recognizer):
     :class:`ClassifierOutput` with logits (N, num_classes): the mean of the encoder's tokens
     through a linear head. Keyword-only arguments: the fields of :class:`RecognizerConfig`."""
 
-    def __init__(self, **fields: Any) -> None:
-        super().__init__(**fields)
+    def __init__(self, config: RecognizerConfig | None = None, /, **fields: Any) -> None:
+        super().__init__(config, **fields)
         self.head = nn.Linear(self.config.embed_dim, self.config.num_classes)
 
     def forward(self, image: Tensor) -> ClassifierOutput:
@@ -183,8 +184,8 @@ class ViTSegmenter(_Recognizer):
     mapped to the classes by a conv1x1. ``patch_size`` must be a power of two. Keyword-only arguments:
     the fields of :class:`RecognizerConfig`."""
 
-    def __init__(self, **fields: Any) -> None:
-        super().__init__(**fields)
+    def __init__(self, config: RecognizerConfig | None = None, /, **fields: Any) -> None:
+        super().__init__(config, **fields)
         patch, width = self.config.patch_size, self.config.embed_dim
         if patch & (patch - 1):
             raise ValueError(f"the segmenter needs a power-of-two patch_size, got {patch}")

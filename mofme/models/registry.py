@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +160,7 @@ def build_restorer(*, preset: str = "small", **fields: Any) -> Restorer | UNetRe
     ``"tiny"``) or a
     :class:`UNetRestorer` (``"unet"``)."""
     config = restorer_config(preset, **fields)
-    return _CLASSES[type(config)](**asdict(config))
+    return _CLASSES[type(config)](config)
 
 
 def load_model(
@@ -224,8 +223,8 @@ def restorer_unet(**overrides: Any) -> UNetRestorer:
 
 
 def _recognizer(cls: type[ViTClassifier | ViTSegmenter], preset: str, overrides: dict[str, Any]) -> Any:
-    """``cls`` built from the recognition preset with ``overrides`` (unknown fields raise TypeError)."""
-    return cls(**{**asdict(RECOGNIZER_PRESETS[preset]), **overrides})
+    """``cls`` built from the recognition preset with ``overrides`` (an unknown field raises ValueError naming it)."""
+    return cls(_replaced(RECOGNIZER_PRESETS[preset], overrides, owner=f"{cls.__name__} preset {preset!r}"))
 
 
 @register_model(defaults=RECOGNIZER_PRESETS["tiny"])

@@ -70,7 +70,7 @@ from ..nn.mofme import MODULATIONS
 from .context import ImageContext
 from .drops import DropDetector
 from .fill import push_pull_fill
-from .hub import PretrainedMixin
+from .hub import PretrainedMixin, config_from
 
 __all__ = [
     "PRESENCE_WIDTHS",
@@ -488,9 +488,9 @@ class Restorer(TokenGridModel, nn.Module):
     ``from_pretrained`` store them in ``config.json`` next to ``model.safetensors``.
     """
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, config: RestorerConfig | None = None, /, **fields: Any) -> None:
         super().__init__()
-        self.config = cfg = RestorerConfig(**fields)
+        self.config = cfg = config_from(RestorerConfig, config, fields)
         channels, embed_dim, patch_size = cfg.channels, cfg.embed_dim, cfg.patch_size
         self.patch_size = patch_size
         self.residual = cfg.residual

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import MoEOutput
-from .hub import PretrainedMixin
+from .hub import PretrainedMixin, config_from
 from .restorer import FFNChoice, RestorerOutput, conv3x3, ffn_from_config, pad_to_multiple
 
 __all__ = ["UNET_PRESETS", "ChannelAttention", "ConvBlock", "MoFMEBlock", "UNetConfig", "UNetRestorer"]
@@ -134,9 +134,9 @@ class UNetRestorer(PretrainedMixin, nn.Module):
 
     The arguments are the fields of :class:`UNetConfig`, keyword only, with its defaults."""
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, config: UNetConfig | None = None, /, **fields: Any) -> None:
         super().__init__()
-        self.config = cfg = UNetConfig(**fields)
+        self.config = cfg = config_from(UNetConfig, config, fields)
         depths, channels = cfg.depths, cfg.channels
         levels = len(depths)
         self.size_multiple = 2 ** (levels - 1)  # inputs are padded to a multiple of this

@@ -14,8 +14,6 @@ from .routers import (
     TopKRouter,
     UncertaintyAwareRouter,
     build_router,
-    label_expert_mutual_information,
-    label_group_loss,
     load_balancing_loss,
     router_z_loss,
 )
@@ -43,11 +41,30 @@ __all__ = [
     "build_router",
     "group_by_expert",
     "grouped_linear",
-    "label_expert_mutual_information",
-    "label_group_loss",
     "load_balancing_loss",
     "mix_rows",
     "router_z_loss",
     "routing_probs",
     "scatter_tokens",
 ]
+
+
+_MOVED = {  # deprecated names: moved out of the layer library, kept importable for one release
+    "label_expert_mutual_information": "mofme.studies.losses",
+    "label_group_loss": "mofme.studies.losses",
+}
+
+
+def __getattr__(name: str) -> object:
+    """``mofme.nn.<name>`` for a name in :data:`_MOVED`: its new home's object, with a DeprecationWarning."""
+    if name not in _MOVED:
+        raise AttributeError(f"module 'mofme.nn' has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    warnings.warn(
+        f"mofme.nn.{name} moved to {_MOVED[name]}.{name}; the old path goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(_MOVED[name]), name)

@@ -14,10 +14,8 @@ Auxiliary losses (both returned unscaled and also summed, with their coefficient
 * router z-loss (ST-MoE, Zoph et al. 2022): ``mean(logsumexp(logits)^2)``, which keeps logits
   small. Default coefficient 1e-3 (ST-MoE).
 
-A third, opt-in signal needs labels the router does not see (:func:`label_expert_mutual_information`,
-the task-expert mutual information of Mod-Squad, Chen et al. 2023): maximised, it makes images of
-one label (here: weather type) use their own experts. A fourth, supervised one
-(:func:`label_group_loss`) assigns each label a group of experts outright.
+Signals that need labels the router does not see (the task-expert mutual information of
+Mod-Squad, expert groups per label) belong to a study, not to the layer: :mod:`mofme.studies.losses`.
 """
 
 from __future__ import annotations
@@ -37,8 +35,6 @@ __all__ = [
     "UncertaintyAwareRouter",
     "build_router",
     "combine_weights",
-    "label_expert_mutual_information",
-    "label_group_loss",
     "load_balancing_loss",
     "router_z_loss",
 ]
@@ -66,46 +62,6 @@ def load_balancing_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Ten
     counts = count_per_expert(indices.reshape(-1), num_experts).to(probs.dtype)
     fraction = counts / max(indices.numel(), 1)
     return num_experts * torch.sum(fraction * probs.mean(dim=0))
-
-
-def label_expert_mutual_information(probs: Tensor, labels: Tensor, num_labels: int) -> Tensor:
-    """Mutual information I(label; expert) in nats of the soft joint distribution
-    ``P(l, e) = mean_i [label_i = l] * p_i(e)`` (Mod-Squad's task-expert MI).
-
-    ``probs`` (B, E): each sample's routing probabilities (e.g. the mean over its tokens), rows
-    summing to 1; ``labels`` (B,) int64 in [0, num_labels), negative = unlabelled, left out. 0 when
-    no sample is labelled. Between 0 and min(log num_labels, log E); maximising it also spreads the
-    load over the experts (its H(expert) term), so it needs no balance loss of its own.
-    """
-    kept = labels >= 0
-    if not bool(kept.any()):
-        return probs.sum() * 0.0
-    probs = probs[kept].float()
-    onehot = F.one_hot(labels[kept], num_labels).to(probs.dtype)
-    joint = onehot.T @ probs / probs.shape[0]  # (L, E)
-    marginals = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
-    return torch.sum(joint * (torch.log(joint + _TINY) - torch.log(marginals + _TINY)))
-
-
-def label_group_loss(probs: Tensor, labels: Tensor, num_labels: int) -> Tensor:
-    """Cross-entropy of each token's routing mass on its label's group of experts,
-    ``-mean log sum_{e in G(l)} p(e)``, the E experts split into ``num_labels`` contiguous groups
-    (expert e in group ``e * num_labels // E``).
-
-    ``probs`` (B, N, E): routing probabilities of each sample's N tokens; ``labels`` (B,) int64,
-    negative = unlabelled, left out (0 when none is labelled). ``log num_labels`` for uniform
-    routing, 0 when every token routes inside its label's group.
-    """
-    experts = probs.shape[-1]
-    if experts < num_labels:
-        raise ValueError(f"label_group_loss needs at least one expert per label: {experts} < {num_labels}")
-    kept = labels >= 0
-    if not bool(kept.any()):
-        return probs.sum() * 0.0
-    group = torch.arange(experts, device=probs.device) * num_labels // experts
-    member = (group == labels[kept, None]).to(probs.dtype)  # (B', E): the experts of each label
-    mass = (probs[kept].float() * member[:, None, :]).sum(-1)  # (B', N)
-    return -torch.log(mass + _TINY).mean()
 
 
 def router_z_loss(logits: Tensor) -> Tensor:

@@ -242,16 +242,10 @@ class RestorationLoss(_Section):
     smooth_l1_beta: Rate = 1.0
     perceptual_weight: float = Field(0.0, ge=0.0)
     vgg_weights: str | None = None
-    weather_mi: float = Field(
-        0.0,
-        ge=0.0,
-        description="subtract this x I(weather; expert) of each batch (routing specialisation)",
-    )
-    weather_groups: float = Field(
-        0.0,
-        ge=0.0,
-        description="add this x the cross-entropy of each token's routing mass on its weather's "
-        "group of experts (mofme.nn.label_group_loss; supervised routing specialisation)",
+    extra: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict,
+        description="weights of registered extra terms (mofme.train.hooks), e.g. {weather_mi: 0.1}: "
+        "mofme.studies registers weather_mi (maximised) and weather_groups",
     )
     particle_weight: float = Field(
         0.0,
@@ -315,7 +309,8 @@ TASK_LOSSES: dict[str, type[_Section]] = {
 def _typed_loss(data: Any) -> Any:
     """The raw config with its ``loss`` section tagged by ``task`` (the union's discriminator), less
     fields of other tasks' losses left at their defaults (runs saved before the loss was typed
-    wrote every field)."""
+    wrote every field); ``weather_mi`` / ``weather_groups`` given as fields (before they became
+    registered terms) are read into ``extra``, with a FutureWarning when set."""
     if not isinstance(data, dict) or not isinstance(data.get("loss", {}), dict):
         return data
     task = data.get("task", "restoration")
@@ -329,7 +324,15 @@ def _typed_loss(data: Any) -> Any:
         if name not in own and data.get("loss", {}).get(name, object()) == field.default
     }
     loss = {k: v for k, v in (data.get("loss") or {}).items() if k not in idle}
+    for name in _MOVED_TO_EXTRA & loss.keys():  # loss.weather_mi: 0.1 -> loss.extra.weather_mi: 0.1
+        weight = loss.pop(name)
+        if weight:
+            _deprecated(f"loss.{name}: {weight}", f"loss.extra: {{{name}: {weight}}}")
+            loss["extra"] = {**loss.get("extra", {}), name: weight}
     return {**data, "loss": {**loss, "task": task}}
+
+
+_MOVED_TO_EXTRA = {"weather_mi", "weather_groups"}  # loss fields now registered terms (mofme.studies)
 
 
 class TrainConfig(_Section):

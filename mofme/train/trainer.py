@@ -1,11 +1,13 @@
-"""The training loop: AdamW, warm-up + cosine, clipping after backward, AMP, EMA, DDP, resume.
+"""The training loop, task-free: AdamW, warm-up + cosine, clipping after backward, AMP, EMA, DDP,
+resume. A task is a :class:`Recipe` subclass registered for ``config.task`` (:func:`register_recipe`,
+one module per task in :mod:`mofme.train.recipes`) that supplies the loss and the validation score.
 
     result = train(load_config("configs/demo_cpu.yaml"), resume=True)
 
 Outputs under ``train.output_dir``: ``config.yaml`` (the resolved recipe), ``log.jsonl`` (one
 JSON object per logged step and per validation), ``tb/`` (TensorBoard), ``checkpoints/`` (see
-:mod:`mofme.train.checkpoint`) and ``best/`` (the model with the best validation PSNR, mean
-over weather types; EMA weights when EMA is on). Validation never touches a test set.
+:mod:`mofme.train.checkpoint`) and ``best/`` (the model with the best validation score, the
+recipe's ``"mean"``; EMA weights when EMA is on). Validation never touches a test set.
 
 Determinism: the data of step s depends only on (seed, epoch, position), dropout draws on the
 global torch RNG, and both are restored on resume, so on CPU a run resumed after a kill at any
@@ -30,23 +32,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mofme.atomic import recover_directory, staged_directory
-from mofme.data import WEATHER_TYPES
-from mofme.evaluate.restoration import evaluate
-from mofme.infer.restore import eval_mode
-from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets, presence_targets
-from mofme.models import RestorerOutput, load_model, load_weights
-from mofme.nn import aux_loss, label_expert_mutual_information, label_group_loss, routing_probs
+from mofme.models import load_model, load_weights
 from mofme.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from mofme.train.config import Config, ConfigError
 from mofme.train.data import build_datasets
 from mofme.train.distributed import setup_distributed
 from mofme.train.optim import adamw, decay_groups
 
-__all__ = ["TrainResult", "TrainingRecipe", "recipe_class", "train", "validate"]
+__all__ = ["RECIPES", "Recipe", "TrainResult", "recipe_class", "register_recipe", "train"]
 
 
 @dataclass
@@ -94,30 +91,6 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, float]:
-    """Restored PSNR per weather type (or renderer family) on the validation images (the evaluation
-    protocol of :func:`mofme.evaluate.restoration.evaluate` with the recipe's conventions), and ``mean``:
-    the mean over those groups, the model-selection criterion. Weather-free items (group ``clean``:
-    the output's PSNR from its own input) are reported as ``clean`` and ``clean_min`` and never
-    enter ``mean``: the clean photos are a check, not a selection criterion."""
-    conv = config.eval
-    with eval_mode(model):  # each module gets its own mode back (some may be fixed, in eval mode)
-        report = evaluate(
-            model,
-            dataset,
-            **conv.model_dump(),
-            progress=False,
-            fast=False,  # training's validation keeps the plain modules (fastpath is for inference)
-        )
-    scores = {weather: group.psnr for weather, group in report.per_weather.items()}
-    weathered = [psnr for weather, psnr in scores.items() if weather != "clean"]
-    scores["mean"] = sum(weathered) / len(weathered) if weathered else report.mean_over_weather.psnr
-    clean = [row.psnr for row in report.images if row.weather == "clean"]
-    if clean:
-        scores["clean_min"] = min(clean)
-    return scores
-
-
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
@@ -162,7 +135,7 @@ STEP_TIMING = (5, 25)  # train.max_minutes: the time per step is measured betwee
 BUDGET_SHARE = 0.95  # ... and the cosine schedule is fitted to end at this share of the budget
 
 
-class TrainingRecipe:
+class Recipe:
     """One training run, split as torchtune's recipes are: :meth:`setup` builds the model, data,
     loss and optimiser (and resumes), :meth:`train` runs the loop; :meth:`save_checkpoint`,
     :meth:`validate` and :meth:`out_of_time` are its parts. A task supplies its model
@@ -174,7 +147,7 @@ class TrainingRecipe:
     validation score (``_scores(model)["mean"]`` is the selection criterion, higher is better).
     """
 
-    metric = "psnr"
+    metric = "psnr"  # the name of the recipe's validation score
 
     def __init__(self, config: Config, *, resume: bool = False) -> None:
         self.config, self.cfg, self.resume = config, config.train, resume
@@ -188,7 +161,7 @@ class TrainingRecipe:
         self._timing_start = 0.0
 
     # ------------------------------------------------------------------------------------ setup
-    def setup(self) -> TrainingRecipe:
+    def setup(self) -> Recipe:
         if not self.resume and latest_checkpoint(self.checkpoints) is not None:  # refuse, write nothing
             raise FileExistsError(
                 f"{self.checkpoints} already holds a run: pass --resume, or choose another output_dir"
@@ -258,14 +231,22 @@ class TrainingRecipe:
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)
 
+    # ------------------------------------------------------------------------- the task's part
     def _setup_loss(self) -> nn.Module:
-        loss = self.config.loss
-        return RestorationLoss(
-            beta=loss.smooth_l1_beta,
-            perceptual_weight=loss.perceptual_weight,
-            vgg_weights=loss.vgg_weights,
-            particle_weight=loss.particle_weight,
-        ).to(self.device)
+        """The task's criterion (a module, moved to the device)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
+
+    def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of a batch and its logged parts (``self.net`` runs the forward pass)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
+
+    def _scores(self, model: nn.Module) -> dict[str, float]:
+        """Validation scores of ``model``; ``"mean"`` is the selection criterion (higher is better)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no validation score")
+
+    def _routing_scores(self, model: nn.Module) -> dict[str, float]:
+        """What ``train.log_routing`` logs at each validation (a task that supports it says what)."""
+        return {}
 
     def _setup_optimizer(self) -> None:
         context, optim, batch_size = self.context, self.config.optim, self.config.data.batch_size
@@ -373,19 +354,6 @@ class TrainingRecipe:
             self.progress.set_postfix({f"val_{self.metric}": f"{scores['mean']:.4g}"}, refresh=False)
         self.context.barrier()
 
-    def _scores(self, model: nn.Module) -> dict[str, float]:
-        return validate(model, self.val_set, self.config)
-
-    def _routing_scores(self, model: nn.Module) -> dict[str, float]:
-        """``nmi_layer<i>``: NMI(weather; expert) of each routed layer on the validation split
-        (:func:`mofme.evaluate.routing.routing_nmi`); nothing for a model without routed layers."""
-        from mofme.evaluate.routing import expert_counts, routing_nmi
-
-        was_training = model.training
-        nmi = routing_nmi(expert_counts(model, self.val_set))
-        model.train(was_training)
-        return {f"nmi_layer{i}": value for i, value in enumerate(nmi)}
-
     # ------------------------------------------------------------------------------------ budget
     def seconds_spent(self) -> float:
         """Training time of the run so far: this process's plus that of the runs it resumed."""
@@ -435,85 +403,6 @@ class TrainingRecipe:
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),  # leaves the global RNG alone
             persistent_workers=False,
         )
-
-    def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
-        """The training loss of a batch (task loss + the routed layers' aux losses) and its parts."""
-        inputs, targets = batch["input"].to(self.device), batch["target"].to(self.device)
-        with self.autocast:
-            restored = self.net(inputs)
-            particles = batch.get("particles") if self.config.loss.particle_weight else None
-            if particles is not None:
-                particles = particles.to(self.device)
-            losses = self.criterion(restored.image.float(), targets, particles)
-            loss = losses.total + aux_loss(self.model)
-            parts = {"pixel": losses.pixel, "aux": restored.aux_loss}
-            if self.config.loss.drop_mask_weight:
-                drop_mask = self._drop_mask_loss(restored, batch)
-                loss = loss + self.config.loss.drop_mask_weight * drop_mask
-                parts["drop_mask"] = drop_mask.detach()
-            if self.config.loss.presence_weight:
-                presence = self._presence_loss(restored, inputs, targets)
-                loss = loss + self.config.loss.presence_weight * presence
-                parts["presence"] = presence.detach()
-            if self.config.loss.weather_mi:
-                mutual_information = self._weather_mutual_information(batch)
-                loss = loss - self.config.loss.weather_mi * mutual_information
-                parts["weather_mi"] = mutual_information.detach()
-            if self.config.loss.weather_groups:
-                group_loss = self._weather_group_loss(batch)
-                loss = loss + self.config.loss.weather_groups * group_loss
-                parts["weather_groups"] = group_loss.detach()
-        return loss, parts
-
-    def _drop_mask_loss(self, restored: RestorerOutput, batch: dict) -> Tensor:
-        """The drop detector's loss on this batch (``loss.drop_mask_weight``)."""
-        if restored.drop_logits is None:
-            raise ValueError(
-                "loss.drop_mask_weight needs a model with a drop detector (model.drop_fill: true)"
-            )
-        if "particles" not in batch or "weather" not in batch:
-            raise ValueError(
-                f"loss.drop_mask_weight needs rendered weather items (particles and weather); data.type "
-                f"{self.config.data.type!r} has none"
-            )
-        targets = drop_targets(batch["particles"], batch["weather"]).to(self.device)
-        pos_weight = self.config.loss.drop_pos_weight
-        return drop_mask_loss(restored.drop_logits.float(), targets, pos_weight=pos_weight)
-
-    @staticmethod
-    def _presence_loss(restored: RestorerOutput, inputs: Tensor, targets: Tensor) -> Tensor:
-        """The presence gate's loss on this batch (``loss.presence_weight``)."""
-        if restored.presence_logits is None:
-            raise ValueError(
-                "loss.presence_weight needs a model with a presence gate (model.presence_gate: true)"
-            )
-        return drop_mask_loss(restored.presence_logits.float(), presence_targets(inputs, targets))
-
-    def _weather_routing(self, batch: dict, field: str) -> tuple[Tensor, list[Tensor]]:
-        """The batch's weather labels (B,) and each routed layer's routing probabilities (B, N, E)
-        from the last forward, for the weather-aware loss ``loss.<field>``."""
-        if "weather" not in batch:
-            raise ValueError(
-                f"loss.{field} needs weather-labelled training items; data.type {self.config.data.type!r} has none"
-            )
-        weather = batch["weather"].to(self.device)
-        layers = routing_probs(self.model)
-        if not layers:
-            raise ValueError(f"loss.{field} needs a model with routed layers (model.ffn moe or mofme)")
-        return weather, [p.reshape(len(weather), -1, p.shape[-1]) for p in layers]
-
-    def _weather_mutual_information(self, batch: dict) -> Tensor:
-        """I(weather; expert) of this batch's images, mean over routed layers (``loss.weather_mi``:
-        :func:`mofme.nn.label_expert_mutual_information` of each image's mean routing probabilities)."""
-        weather, layers = self._weather_routing(batch, "weather_mi")
-        values = [label_expert_mutual_information(p.mean(1), weather, len(WEATHER_TYPES)) for p in layers]
-        return torch.stack(values).mean()
-
-    def _weather_group_loss(self, batch: dict) -> Tensor:
-        """The tokens' cross-entropy on their weather's group of experts, mean over routed layers
-        (``loss.weather_groups``: :func:`mofme.nn.label_group_loss`)."""
-        weather, layers = self._weather_routing(batch, "weather_groups")
-        return torch.stack([label_group_loss(p, weather, len(WEATHER_TYPES)) for p in layers]).mean()
 
     def _train_step(self, batch: dict) -> dict[str, float] | None:
         """One optimiser step; the logged values on logging steps, else None."""
@@ -591,22 +480,51 @@ class TrainingRecipe:
         )
 
 
-def recipe_class(task: str) -> type[TrainingRecipe]:
-    """The recipe of ``config.task``: restoration (this module), drop detection
-    (:mod:`mofme.train.recipes.drop_detection`), classification or segmentation
-    (:mod:`mofme.train.recipes.recognition`)."""
-    if task == "restoration":
-        return TrainingRecipe
-    if task == "drop_detection":
-        from mofme.train.recipes.drop_detection import DropDetectionRecipe
+RECIPES: dict[str, type[Recipe]] = {}  # task -> its recipe (mofme/train/recipes/, one module per task)
 
-        return DropDetectionRecipe
-    from mofme.train.recipes.recognition import RECOGNITION_RECIPES
 
-    return RECOGNITION_RECIPES[task]
+def register_recipe(task: str):
+    """Class decorator: the recipe of ``task`` (``config.task``)."""
+
+    def register(cls: type[Recipe]) -> type[Recipe]:
+        if task in RECIPES:
+            raise ValueError(f"task {task!r} already has a recipe: {RECIPES[task].__name__}")
+        RECIPES[task] = cls
+        return cls
+
+    return register
+
+
+def recipe_class(task: str) -> type[Recipe]:
+    """The recipe registered for ``task`` (importing :mod:`mofme.train.recipes` registers the shipped ones)."""
+    import mofme.train.recipes  # noqa: F401  (the recipes register themselves on import)
+
+    if task not in RECIPES:
+        raise ValueError(f"no recipe for task {task!r}; registered: {sorted(RECIPES)}")
+    return RECIPES[task]
 
 
 def train(config: Config, *, resume: bool = False) -> TrainResult:
     """Train the model of ``config.task`` as ``config`` says; with ``resume``, continue from the
     latest checkpoint."""
     return recipe_class(config.task)(config, resume=resume).setup().train()
+
+
+_MOVED = {"TrainingRecipe": "RestorationRecipe", "validate": "validate"}  # -> mofme.train.recipes.restoration
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated names of this module (one release): the restoration recipe and its validation."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    from mofme.train.recipes import restoration
+
+    warnings.warn(
+        f"mofme.train.trainer.{name} moved to mofme.train.recipes.restoration.{_MOVED[name]}; "
+        "the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(restoration, _MOVED[name])

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -187,70 +185,3 @@ def test_whitening_trains_with_unnormalised_weights_and_evaluates_with_renormali
     evaluated = router.eval()(x).weights
     assert (trained.sum(-1) - 1).abs().mean() > 0.5  # the published form: signed, about 0 on average
     torch.testing.assert_close(evaluated.sum(-1), torch.ones(200))
-
-
-def test_label_expert_mutual_information_matches_scikit_learn():
-    from sklearn.metrics import mutual_info_score
-
-    from mofme.nn import label_expert_mutual_information
-
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.tensor([0, 0, 1, 2, 2, 2, -1, 1])
-    hard = torch.randint(0, 5, (8,), generator=generator)
-    kept = labels >= 0
-    expected = mutual_info_score(labels[kept].numpy(), hard[kept].numpy())  # hard assignments
-    got = label_expert_mutual_information(torch.nn.functional.one_hot(hard, 5).float(), labels, 3)
-    assert float(got) == pytest.approx(expected, abs=1e-6)
-    # soft probabilities in tenths, so that the expected contingency table x 10 is whole (scikit-learn's form)
-    tenths = torch.nn.functional.one_hot(torch.randint(0, 5, (8, 10), generator=generator), 5).sum(dim=1)
-    soft = tenths.float() / 10
-    contingency = torch.nn.functional.one_hot(labels[kept], 3).T @ tenths[kept]
-    expected = mutual_info_score(None, None, contingency=contingency.numpy())
-    assert float(label_expert_mutual_information(soft, labels, 3)) == pytest.approx(expected, abs=1e-6)
-    assert float(label_expert_mutual_information(soft, torch.full((8,), -1), 3)) == 0.0
-
-
-def test_maximising_label_expert_information_teaches_a_router_to_separate_labels():
-    from sklearn.metrics import normalized_mutual_info_score
-
-    from mofme.nn import label_expert_mutual_information
-
-    torch.manual_seed(0)
-    centres = torch.randn(4, 16)  # four labels, each a noisy cluster of tokens; four experts
-    labels = torch.arange(4).repeat_interleave(64)
-    tokens = centres[labels] + 1.0 * torch.randn(256, 16)
-    router = TopKRouter(16, 4, 2)
-
-    def nmi() -> float:
-        with torch.no_grad():
-            chosen = router(tokens).indices[:, 0]
-        return normalized_mutual_info_score(labels.numpy(), chosen.numpy())
-
-    before = nmi()
-    optimizer = torch.optim.Adam(router.parameters(), lr=0.05)
-    for _ in range(100):
-        loss = -label_expert_mutual_information(router(tokens).probs, labels, 4)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert before < 0.3 and nmi() > 0.95
-
-
-def test_label_group_loss_is_the_cross_entropy_of_the_labels_expert_group():
-    from mofme.nn import label_group_loss
-
-    generator = torch.Generator().manual_seed(0)
-    probs = torch.softmax(torch.randn(5, 3, 8, generator=generator), -1)  # 5 samples, 3 tokens, 8 experts
-    labels = torch.tensor([0, 3, -1, 1, 3])
-    terms = []
-    for i, label in enumerate(labels.tolist()):
-        if label >= 0:  # four labels: experts {0,1}, {2,3}, {4,5}, {6,7}
-            terms += [-math.log(float(probs[i, t, 2 * label] + probs[i, t, 2 * label + 1])) for t in range(3)]
-    assert float(label_group_loss(probs, labels, 4)) == pytest.approx(sum(terms) / len(terms), rel=1e-6)
-    uniform = torch.full((2, 3, 8), 1 / 8)
-    assert float(label_group_loss(uniform, torch.tensor([0, 2]), 4)) == pytest.approx(math.log(4))
-    inside = torch.nn.functional.one_hot(torch.tensor([[4, 5]]), 8).float()  # label 2's experts only
-    assert float(label_group_loss(inside, torch.tensor([2]), 4)) == pytest.approx(0.0, abs=1e-9)
-    assert float(label_group_loss(probs, torch.full((5,), -1), 4)) == 0.0
-    with pytest.raises(ValueError, match="one expert per label"):
-        label_group_loss(probs[..., :3], labels, 4)

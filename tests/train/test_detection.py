@@ -16,7 +16,8 @@ from mofme.losses import drop_mask_loss, drop_targets
 from mofme.models import build_restorer, create_model, load_model
 from mofme.train.config import ConfigError, load_config
 from mofme.train.recipes.drop_detection import drop_iou
-from mofme.train.trainer import TrainingRecipe, recipe_class, train
+from mofme.train.recipes.restoration import RestorationRecipe
+from mofme.train.trainer import recipe_class, train
 
 DETECTOR = {
     "task": "drop_detection",
@@ -97,10 +98,10 @@ def test_a_restorer_takes_a_saved_detector_as_its_drop_head(tmp_path):
     config = _config(
         tmp_path, "fill", task="restoration", train={**DETECTOR["train"], **train_section}, **restoration
     )
-    model = TrainingRecipe(config).setup().model
+    model = RestorationRecipe(config).setup().model
     for name, tensor in detector.state_dict().items():
         assert torch.equal(model.drop_head.state_dict()[name], tensor), name
     bad = {**train_section, "init_parts": {"drop_haed": str(tmp_path / "detector")}}
     config = _config(tmp_path, "bad", task="restoration", train={**DETECTOR["train"], **bad}, **restoration)
     with pytest.raises(ConfigError, match=r"init_parts.*drop_haed"):
-        TrainingRecipe(config).setup()
+        RestorationRecipe(config).setup()

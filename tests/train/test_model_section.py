@@ -72,3 +72,19 @@ def test_shipped_weights_load_by_tagged_name():
         create_model("restorer_small.sunny", pretrained=True)
     with pytest.raises(ValueError, match="no pretrained weights ship"):
         create_model("restorer_tiny", pretrained=True)
+
+
+def test_a_model_is_built_from_its_checked_config_or_from_keywords_not_both():
+    from mofme.models import Restorer, ViTSegmenter
+
+    config = model_config("restorer_tiny", top_k=1)
+    model = Restorer(config)
+    assert model.config is config and model.config == create_model("restorer_tiny", top_k=1).config
+    assert Restorer(**vars(config)).config == config
+    with pytest.raises(TypeError, match="not both"):
+        Restorer(config, top_k=2)
+    with pytest.raises(TypeError, match="expected a RestorerConfig"):
+        Restorer(model_config("segmenter_tiny"))
+    assert ViTSegmenter(model_config("segmenter_tiny", num_classes=5)).config.num_classes == 5
+    with pytest.raises(ValueError, match="no field num_clases"):
+        create_model("segmenter_tiny", num_clases=5)

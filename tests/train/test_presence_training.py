@@ -9,7 +9,7 @@ import yaml
 from mofme.losses import presence_targets
 from mofme.models import create_model
 from mofme.train.config import ConfigError, load_config
-from mofme.train.trainer import TrainingRecipe
+from mofme.train.recipes.restoration import RestorationRecipe
 
 MODEL = {"name": "restorer_tiny", "ffn": "dense", "residual": True}
 
@@ -36,7 +36,7 @@ def test_gated_fine_tune_keeps_the_saved_weights_and_adds_the_gate_loss(tmp_path
         "init_new": ["presence_head", "context", "context_bias", "context_gate"],
     }
     config = _config(tmp_path, "gate", model=gated, loss={"presence_weight": 0.5}, train=train)
-    recipe = TrainingRecipe(config).setup()
+    recipe = RestorationRecipe(config).setup()
     model = recipe.model
     for name, tensor in saved.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
@@ -67,7 +67,7 @@ def test_trainable_trains_only_its_modules_and_keeps_the_rest_in_eval_mode(tmp_p
         "trainable": ["presence_head", "context_gate"],
     }
     config = _config(tmp_path, "fixed", model=gated, loss={"presence_weight": 0.5}, train=train)
-    recipe = TrainingRecipe(config).setup()
+    recipe = RestorationRecipe(config).setup()
     model = recipe.model
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     recipe._train_mode()
@@ -87,12 +87,12 @@ def test_trainable_trains_only_its_modules_and_keeps_the_rest_in_eval_mode(tmp_p
     assert not model.training and model.presence_head.training  # validation gave the modes back
     config = _config(tmp_path, "typo2", model=gated, loss={}, train={**train, "trainable": ["gate"]})
     with pytest.raises(ConfigError, match=r"trainable.*'gate'"):
-        TrainingRecipe(config).setup()
+        RestorationRecipe(config).setup()
 
 
 def test_gate_settings_are_checked(tmp_path):
     config = _config(tmp_path, "plain", model=MODEL, loss={"presence_weight": 0.5})
-    recipe = TrainingRecipe(config).setup()
+    recipe = RestorationRecipe(config).setup()
     with pytest.raises(ValueError, match="presence_gate: true"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
     create_model(**MODEL).save_pretrained(tmp_path / "saved")
@@ -100,7 +100,7 @@ def test_gate_settings_are_checked(tmp_path):
     gated = {**MODEL, "presence_gate": True}
     config = _config(tmp_path, "typo", model=gated, loss={}, train=train)
     with pytest.raises(ConfigError, match=r"init_new.*presense_head"):
-        TrainingRecipe(config).setup()
+        RestorationRecipe(config).setup()
     config = _config(tmp_path, "missing", model=gated, loss={}, train={"init_from": str(tmp_path / "saved")})
     with pytest.raises(ValueError, match=r"missing tensors.*presence_head"):
-        TrainingRecipe(config).setup()
+        RestorationRecipe(config).setup()

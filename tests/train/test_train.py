@@ -22,6 +22,7 @@ from mofme.train import trainer
 from mofme.train.checkpoint import latest_checkpoint, save_checkpoint
 from mofme.train.config import ConfigError, load_config, parse_overrides
 from mofme.train.optim import decay_groups
+from mofme.train.recipes.restoration import RestorationRecipe, validate
 from mofme.train.trainer import train, warmup_cosine
 
 TINY = {
@@ -136,9 +137,7 @@ def test_a_refused_rerun_writes_nothing(tmp_path):
 
 
 def test_a_step_skipped_by_the_fp16_scaler_moves_neither_schedule_nor_ema(tmp_path):
-    recipe = trainer.TrainingRecipe(
-        load_config(_write_config(tmp_path, tmp_path / "run", amp="fp16", epochs=1))
-    )
+    recipe = RestorationRecipe(load_config(_write_config(tmp_path, tmp_path / "run", amp="fp16", epochs=1)))
     recipe.setup()
     real_loss, calls = recipe._loss, itertools.count()
 
@@ -154,7 +153,7 @@ def test_a_step_skipped_by_the_fp16_scaler_moves_neither_schedule_nor_ema(tmp_pa
 
 
 def test_a_budget_ending_on_an_epoch_boundary_validates_once(tmp_path):
-    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run", eval_every=1)))
+    recipe = RestorationRecipe(load_config(_write_config(tmp_path, tmp_path / "run", eval_every=1)))
     recipe.setup()
     recipe.out_of_time = lambda: recipe.step >= recipe.steps_per_epoch  # spent at the first epoch end
     recipe.train()
@@ -206,7 +205,7 @@ def _final_state(output: Path) -> dict:
 def test_resume_under_a_time_budget_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, kill_at):
     clock = types.SimpleNamespace(now=0.0)  # one second per training step, no time otherwise
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
-    real_step, real_save = trainer.TrainingRecipe._train_step, trainer.save_checkpoint
+    real_step, real_save = RestorationRecipe._train_step, trainer.save_checkpoint
 
     def tick_and_step(self, batch):
         clock.now += 1.0
@@ -217,7 +216,7 @@ def test_resume_under_a_time_budget_reproduces_the_uninterrupted_run(tmp_path, m
         if step == kill_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer.TrainingRecipe, "_train_step", tick_and_step)
+    monkeypatch.setattr(RestorationRecipe, "_train_step", tick_and_step)
     settings = dict(epochs=1000, max_minutes=1.0, checkpoint_every=4, eval_every=4)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     train(load_config(_write_config(tmp_path, reference, **settings)))
@@ -341,8 +340,8 @@ main(["train", sys.argv[1]])
 _DRAWS = r"""
 import os, sys, torch
 from mofme.train.config import load_config
-from mofme.train.trainer import TrainingRecipe
-recipe = TrainingRecipe(load_config(sys.argv[1])).setup()
+from mofme.train.recipes.restoration import RestorationRecipe
+recipe = RestorationRecipe(load_config(sys.argv[1])).setup()
 torch.save({"draw": torch.rand(8), "weights": recipe.net.module.state_dict()}, sys.argv[2] + os.environ["RANK"])
 """
 
@@ -390,8 +389,8 @@ def test_weight_decay_pulls_matrices_but_not_film_vectors(decay_all):
 
 
 def test_log_routing_logs_the_validation_nmi_of_the_model_it_validates(tmp_path):
-    from mofme.apps.analysis import expert_counts, routing_nmi
     from mofme.models import load_restorer
+    from mofme.studies.analysis import expert_counts, routing_nmi
     from mofme.train.data import build_datasets
 
     output = tmp_path / "run"
@@ -412,13 +411,13 @@ def test_log_routing_needs_weather_labelled_restoration_data():
 
 
 def _batch_mutual_information(probs, weather):
-    from mofme.nn import label_expert_mutual_information
+    from mofme.studies.losses import label_expert_mutual_information
 
     return label_expert_mutual_information(probs.mean(dim=1), weather, 4)  # each image's mean routing
 
 
 def _weather_group_loss(probs, weather):
-    from mofme.nn import label_group_loss
+    from mofme.studies.losses import label_group_loss
 
     return label_group_loss(probs, weather, 4)
 
@@ -430,10 +429,11 @@ def _weather_group_loss(probs, weather):
 def test_weather_aware_routing_losses_enter_the_loss_with_their_weight(tmp_path, field, sign, expected):
     # weather_mi rewards the batch's I(weather; expert); weather_groups penalises each token's
     # cross-entropy on its weather's group of experts
+    import mofme.studies  # noqa: F401  (registers the terms)
     from mofme.nn import routing_probs
 
-    overrides = [f"loss.{field}=0.5", "data.clean_fraction=0.25"]
-    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
+    overrides = [f"loss.extra.{field}=0.5", "data.clean_fraction=0.25"]
+    recipe = RestorationRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
     batch = next(iter(recipe._loader(0, 0)))
     loss, parts = recipe._loss(batch)
     (probs,) = routing_probs(recipe.model)  # the tiny preset: one routed layer, (B, tokens, E)
@@ -443,13 +443,13 @@ def test_weather_aware_routing_losses_enter_the_loss_with_their_weight(tmp_path,
     total = parts["pixel"] + parts["aux"] + sign * 0.5 * parts[field]
     assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
     dense = load_config(_write_config(tmp_path, tmp_path / "dense"), [*overrides, "model.ffn=dense"])
-    recipe = trainer.TrainingRecipe(dense).setup()
+    recipe = RestorationRecipe(dense).setup()
     with pytest.raises(ValueError, match="routed layers"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
 
 
 def test_particle_weight_weights_the_batch_particles(tmp_path):
-    recipe = trainer.TrainingRecipe(
+    recipe = RestorationRecipe(
         load_config(_write_config(tmp_path, tmp_path / "run"), ["loss.particle_weight=2.0"])
     ).setup()
     batch = next(iter(recipe._loader(0, 0)))
@@ -475,7 +475,7 @@ def test_init_from_starts_from_saved_weights_and_names_a_mismatch(tmp_path):
             parameter.add_(torch.randn_like(parameter))
     saved.save_pretrained(tmp_path / "saved")
     config = load_config(_write_config(tmp_path, tmp_path / "run"), [f"train.init_from={tmp_path / 'saved'}"])
-    recipe = trainer.TrainingRecipe(config).setup()
+    recipe = RestorationRecipe(config).setup()
     for name, tensor in saved.state_dict().items():
         torch.testing.assert_close(recipe.model.state_dict()[name], tensor, msg=name)
     other = load_config(
@@ -483,12 +483,12 @@ def test_init_from_starts_from_saved_weights_and_names_a_mismatch(tmp_path):
         [f"train.init_from={tmp_path / 'saved'}", "model.num_experts=8"],
     )
     with pytest.raises(ValueError, match=r"model\.safetensors"):
-        trainer.TrainingRecipe(other).setup()
+        RestorationRecipe(other).setup()
 
 
 def test_drop_mask_weight_trains_the_drop_detector_with_the_restorer(tmp_path):
     overrides = ["model.drop_fill=true", "loss.drop_mask_weight=0.5"]
-    recipe = trainer.TrainingRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
+    recipe = RestorationRecipe(load_config(_write_config(tmp_path, tmp_path / "run"), overrides)).setup()
     batch = next(iter(recipe._loader(0, 0)))
     rng = torch.get_rng_state()  # the UaR router draws dropout masks: replay the same draws
     loss, parts = recipe._loss(batch)
@@ -500,7 +500,7 @@ def test_drop_mask_weight_trains_the_drop_detector_with_the_restorer(tmp_path):
     total = parts["pixel"] + parts["aux"] + 0.5 * parts["drop_mask"]
     assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
     plain = load_config(_write_config(tmp_path, tmp_path / "plain"), ["loss.drop_mask_weight=0.5"])
-    recipe = trainer.TrainingRecipe(plain).setup()
+    recipe = RestorationRecipe(plain).setup()
     with pytest.raises(ValueError, match="drop_fill"):
         recipe._loss(next(iter(recipe._loader(0, 0))))
 
@@ -516,14 +516,31 @@ def test_validation_mean_leaves_the_clean_photos_out():
     other = torch.linspace(0, 1, 32 * 40 * 3).reshape(32, 40, 3).numpy()
     items = family_renders([("a", image)], ["rain-classic", "haze-classic"], severities=(2,))
     config = load_config(None, ["data.type=folder"])
-    without = trainer.validate(model, items, config)
-    scores = trainer.validate(model, items + clean_items([("c", image), ("d", other)]), config)
+    without = validate(model, items, config)
+    scores = validate(model, items + clean_items([("c", image), ("d", other)]), config)
     assert scores["mean"] == pytest.approx((scores["rain-classic"] + scores["haze-classic"]) / 2)
     assert scores["mean"] == pytest.approx(without["mean"]) and "clean_min" not in without
-    alone = [
-        trainer.validate(model, clean_items([photo]), config)["clean"]
-        for photo in (("c", image), ("d", other))
-    ]
+    alone = [validate(model, clean_items([photo]), config)["clean"] for photo in (("c", image), ("d", other))]
     assert scores["clean_min"] == pytest.approx(min(alone)) and scores["clean"] == pytest.approx(
         sum(alone) / 2
     )
+
+
+def test_each_task_has_its_registered_recipe_and_the_loop_knows_none():
+    import mofme.train.trainer as loop
+    from mofme.train.config import TASK_LOSSES
+
+    assert set(TASK_LOSSES) == {
+        task for task in TASK_LOSSES if loop.recipe_class(task).__module__.startswith("mofme.train.recipes.")
+    }
+    assert set(loop.RECIPES) == set(TASK_LOSSES)
+    with pytest.raises(ValueError, match="no recipe for task 'colourisation'"):
+        loop.recipe_class("colourisation")
+    source = Path(loop.__file__).read_text()
+    assert "weather" not in source.lower() and "mofme.evaluate" not in source and "mofme.losses" not in source
+
+
+def test_the_old_recipe_name_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="moved to mofme.train.recipes.restoration.RestorationRecipe"):
+        old = trainer.TrainingRecipe
+    assert old is RestorationRecipe

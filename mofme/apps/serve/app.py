@@ -100,8 +100,8 @@ def _download_name(name: str) -> str:
 
 def _routing_png(job: Job, workdir: Path) -> bytes:
     """The routing heatmaps of :func:`mofme.apps.plots.routing_heatmaps`, one row: this image."""
-    from mofme.apps.analysis import expert_usage
     from mofme.apps.plots import routing_heatmaps
+    from mofme.evaluate.routing import expert_usage
 
     assert job.expert_counts is not None
     usage = expert_usage(job.expert_counts[:, None, :])

@@ -1,5 +1,5 @@
 """The training recipe of the lens-drop detector (``task: drop_detection``): the loop of
-:class:`~mofme.train.trainer.TrainingRecipe` (resume, DDP, AMP, EMA, logging, selection on a
+:class:`~mofme.train.trainer.Recipe` (resume, DDP, AMP, EMA, logging, selection on a
 validation split) with a :class:`~mofme.models.drops.DropDetector`, the drop-mask loss and an IoU
 validation score.
 
@@ -20,7 +20,7 @@ from torchmetrics.classification import BinaryJaccardIndex
 from mofme.data import WEATHER_TYPES
 from mofme.infer.restore import eval_mode
 from mofme.losses import DropMaskLoss, drop_targets
-from mofme.train.trainer import TrainingRecipe
+from mofme.train.trainer import Recipe, register_recipe
 
 __all__ = ["DropDetectionRecipe", "drop_iou"]
 
@@ -43,7 +43,8 @@ def drop_iou(model: nn.Module, dataset: Dataset, *, device: torch.device | str =
     return {"raindrop": float(drops.compute()), "mean": float(pooled.compute())}
 
 
-class DropDetectionRecipe(TrainingRecipe):
+@register_recipe("drop_detection")
+class DropDetectionRecipe(Recipe):
     """Lens-drop detection (``task: drop_detection``); loss: :class:`~mofme.losses.DropMaskLoss`;
     validation score: :func:`drop_iou` over the validation split (``mean``, false alarms included)."""
 

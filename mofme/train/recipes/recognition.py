@@ -1,4 +1,4 @@
-"""Training recipes of the recognition tasks: the loop of :class:`~mofme.train.trainer.TrainingRecipe`
+"""Training recipes of the recognition tasks: the loop of :class:`~mofme.train.trainer.Recipe`
 (resume, DDP, AMP, EMA, logging, selection on a validation split) with a recogniser, cross-entropy and
 an accuracy / mIoU validation score.
 
@@ -17,12 +17,12 @@ from mofme.data import IGNORE_INDEX
 from mofme.nn import aux_loss
 from mofme.train.config import ConfigError
 from mofme.train.data import class_names
-from mofme.train.trainer import TrainingRecipe
+from mofme.train.trainer import Recipe, register_recipe
 
-__all__ = ["RECOGNITION_RECIPES", "ClassificationRecipe", "SegmentationRecipe"]
+__all__ = ["ClassificationRecipe", "SegmentationRecipe"]
 
 
-class _RecognitionRecipe(TrainingRecipe):
+class _RecognitionRecipe(Recipe):
     """A recogniser whose ``num_classes`` is the data's number of classes; the loss is the
     cross-entropy of ``output.logits`` against ``batch[self.target_key]`` plus the routed layers'
     aux losses."""
@@ -68,6 +68,7 @@ class _RecognitionRecipe(TrainingRecipe):
         return scores
 
 
+@register_recipe("classification")
 class ClassificationRecipe(_RecognitionRecipe):
     """Image classification (``task: classification``); validation score: top-1 accuracy over the
     validation split (every condition of the built-in scene task)."""
@@ -80,6 +81,7 @@ class ClassificationRecipe(_RecognitionRecipe):
         return evaluate_classifier(model, self.val_set, device=self.device)
 
 
+@register_recipe("segmentation")
 class SegmentationRecipe(_RecognitionRecipe):
     """Semantic segmentation (``task: segmentation``); validation score: mIoU over the validation
     split, whole images evaluated tiled (``eval.tile`` / ``eval.overlap``)."""
@@ -92,9 +94,3 @@ class SegmentationRecipe(_RecognitionRecipe):
 
         tiling = {"tile": self.config.eval.tile, "overlap": self.config.eval.overlap}
         return evaluate_segmenter(model, self.val_set, device=self.device, **tiling)
-
-
-RECOGNITION_RECIPES: dict[str, type[TrainingRecipe]] = {
-    "classification": ClassificationRecipe,
-    "segmentation": SegmentationRecipe,
-}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mofme.apps import study
-from mofme.apps.study import STUDY_VARIANTS, load_settings, study_grid
-from mofme.apps.study_report import (
+from mofme.studies.study import STUDY_VARIANTS, load_settings, study_grid
+from mofme.studies.study_report import (
     _scaling_section,
     expert_scaling,
     paired_comparisons,
@@ -263,7 +263,7 @@ def test_a_study_can_run_on_another_recipe():
 
 
 def test_settings_are_paired_with_the_variant_they_change():
-    from mofme.apps.study_report import setting_pairs
+    from mofme.studies.study_report import setting_pairs
 
     def run(variant, seed, offset):
         images = [
@@ -328,7 +328,7 @@ def test_routing_heatmap_rows_are_weather_x_severity_when_the_run_has_them(tmp_p
 
 
 def test_specialisation_points_take_each_routed_pairs_best_layer_and_say_which_meets_the_target(tmp_path):
-    from mofme.apps.study_report import plot_specialisation, specialisation_points
+    from mofme.studies.study_report import plot_specialisation, specialisation_points
 
     def entry(nmi):
         return {"nmi": [(value, 0.01) for value in nmi]} if nmi else {}

@@ -68,7 +68,7 @@ def test_comparison_runs_every_variant_and_seed_and_skips_finished_runs(tmp_path
 
 
 def test_routing_calibration_against_a_hand_computation():
-    from mofme.apps.analysis import routing_weather_calibration
+    from mofme.studies.analysis import routing_weather_calibration
 
     weathers = np.array([0, 1, 2, 3] * 3)
     experts = np.eye(4)[weathers][:, None, :]  # one layer; expert e serves weather e alone

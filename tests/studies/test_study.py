@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mofme.apps.study import STUDY_VARIANTS, run_study
+from mofme.studies.study import STUDY_VARIANTS, run_study
 
 TINY = [
     "model.name=restorer_tiny",
@@ -22,8 +22,8 @@ TRAINED = ["dense", "moe", "mofme", "mofme-uar"]  # every kind of result; all va
 
 @pytest.mark.parametrize("variant", STUDY_VARIANTS)
 def test_every_study_variant_builds_the_ffn_it_names(tmp_path, variant):
-    from mofme.apps.study import _config
     from mofme.nn import DenseFFN, MoFME, SparseMoE
+    from mofme.studies.study import _config
 
     config = _config(STUDY_VARIANTS[variant], 0, tmp_path, TINY, 1)
     ffn = config.model.build().blocks[0].ffn
@@ -82,7 +82,7 @@ def test_study_on_tiny_settings(tmp_path):
 
 
 def test_paired_comparisons_use_the_same_seeds_and_images_and_weigh_weathers_equally():
-    from mofme.apps.study_report import paired_comparisons
+    from mofme.studies.study_report import paired_comparisons
 
     weathers = ["rain", "rain", "rain", "snow"]
 

@@ -1,4 +1,4 @@
-"""Paired intervals of the study (mofme.apps.paired) on synthetic scores with a known answer."""
+"""Paired intervals of the study (mofme.studies.paired) on synthetic scores with a known answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mofme.apps.paired import paired_difference, seeds_for_halfwidth, weather_weights
+from mofme.studies.paired import paired_difference, seeds_for_halfwidth, weather_weights
 
 
 def _simulate(rng, *, seeds, images, mu, seed_sd, image_sd, noise_sd):
