@@ -6,8 +6,9 @@ Starts ``mofme serve`` on a free loopback port, uploads ``--max-queue`` copies o
 (a built-in photo resized, with fine noise so that the file is large: 7.6 MB at 25 MP, quality
 95) as fast as the server takes them, then samples the resident memory of the server process and of
 its decoder child every half second for ``--watch`` seconds while the first jobs are decoded and
-restored. Reports the peaks (``VmHWM``, and the sampled sum of both processes) next to the bound the
-README states, and the number of uploads accepted.
+restored. Reports the peaks (``VmHWM``, and the sampled sum of both processes) next to the bound that
+docs/restoration.md states (key ``readme_bound_...``: the README held it once), and the number of
+uploads accepted.
 """
 
 from __future__ import annotations
