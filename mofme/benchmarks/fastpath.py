@@ -14,13 +14,13 @@ unless ``--threads``.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from mofme.benchmarks import write_json
 from mofme.data import builtin_photos
 from mofme.data.transforms import to_tensor
 from mofme.infer.restore import restore_image
@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> dict:
         "max_abs_diff": float((outputs["plain"] - outputs["fast"]).abs().max()),
     }
     print(markdown(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 
@@ -123,13 +121,19 @@ def markdown(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, default=parse_size("4000x3000"), help="WIDTHxHEIGHT")
-    parser.add_argument("--checkpoint", default=DEFAULT_WEIGHTS, help="a saved restorer (default: shipped)")
     parser.add_argument("--preset", default=None, help="time a fresh preset instead (small | paper | tiny)")
     parser.add_argument("--ffn", default="mofme", help="with --preset: dense | moe | mofme")
-    parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    add_restore_arguments(parser)
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every photo-size restoration benchmark takes: the model, the tiling, the threads
+    and where the JSON goes."""
+    parser.add_argument("--checkpoint", default=DEFAULT_WEIGHTS, help="a saved restorer (default: shipped)")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None)
 

@@ -15,6 +15,14 @@ BENCHMARKS = {  # mofme bench <name> -> (the module whose main it runs, what it 
     "layers": ("mofme.benchmarks.layers", "DenseFFN / SparseMoE / MoFME layers: parameters, FLOPs, latency"),
     "serve": ("mofme.benchmarks.serve", "load check of `mofme serve`: concurrent clients uploading photos"),
     "serve-memory": ("mofme.benchmarks.serve_memory", "memory of `mofme serve` with a full queue"),
+    "restore": (
+        "mofme.benchmarks.restore",
+        "`mofme restore` at photo sizes: s/MP, peak memory, compute against this CPU's matmul roof",
+    ),
+    "roofline": (
+        "mofme.benchmarks.roofline",
+        "a MoFME layer's expert GEMMs and weight bank against the DenseFFN's rate and the memory bandwidth",
+    ),
     "fastpath": ("mofme.benchmarks.fastpath", "the CPU inference fast path against the plain modules"),
     "render": ("mofme.benchmarks.render", "weather renderer speed per weather type and severity"),
     "families": ("mofme.benchmarks.families", "every renderer family: PSNR, render time, a gallery"),

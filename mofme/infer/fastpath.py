@@ -5,8 +5,9 @@
         fast(image).image                         # model(image).image to ~1e-6 (tested to 1e-4)
 
 **Where.** Only what runs after the model's last routing decision is changed: the last routed
-block's FFN (its router excepted), any later blocks, ``to_pixels`` and the convolutional tail; a model
-without routers (dense FFNs) is changed throughout. A router picks its top k experts by comparing
+block's FFN (its router excepted), any later blocks, ``to_pixels`` and the convolutional tail, and
+the per-pixel heads that only read the input (drop detector, presence gate); a model without routers
+(dense FFNs) is changed throughout. A router picks its top k experts by comparing
 probabilities, so rounding differences upstream of it (1e-7) swap nearly tied experts on a few tokens
 of most real photos, and those tokens then differ by ~1e-3. Upstream of the last router the plain
 modules run on bit-identical inputs, so every routing decision is the plain path's.
@@ -230,7 +231,7 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     fast = copy.deepcopy(model, memo=shared)  # new modules around the same parameter tensors
     if isinstance(fast, Restorer):
         fast.to_pixels = PixelUnpatch(fast.to_pixels, patch_size=fast.patch_size)
-    for part in _after_routing(fast):
+    for part in _after_routing(fast) + _beside_routing(fast):
         _swap(part, _fast_module)
     setattr(fast, _MARK, True)
     return fast
@@ -248,6 +249,15 @@ def _after_routing(model: nn.Module) -> list[nn.Module]:
         i for i, block in enumerate(model.blocks) if any(isinstance(m, TopKRouter) for m in block.modules())
     )
     return [model.blocks[last].ffn, *model.blocks[last + 1 :], model.to_pixels, model.tail]
+
+
+def _beside_routing(model: nn.Module) -> list[nn.Module]:
+    """The per-pixel heads of a routed :class:`~mofme.models.Restorer` that read only its input
+    (drop detector, presence gate): no router sees their outputs, so their rounding changes nothing
+    upstream of a routing decision."""
+    if not isinstance(model, Restorer) or not any(isinstance(m, TopKRouter) for m in model.modules()):
+        return []  # a model without routers is changed throughout already
+    return model._pixel_heads()
 
 
 def is_fast_path(model: nn.Module) -> bool:

@@ -218,3 +218,57 @@ def test_compile_report_finds_the_breaks_of_the_cpu_loop_and_none_in_a_dense_mod
     assert mofme["explain"]["graph_breaks"] > 0  # the loop's per-expert group sizes come from the host
     assert all("dispatch.py" in reason for reason in mofme["explain"]["reasons"])
     assert dense["train_step_ms"]["compiled"] > 0 and "compile_error" not in dense
+
+
+def test_restore_benchmark_s_per_mp_memory_and_the_compute_it_counts(tmp_path, capsys):
+    from mofme.benchmarks import restore
+    from mofme.infer.tiling import tile_windows
+    from mofme.models import DEFAULT_WEIGHTS, load_restorer
+
+    out = tmp_path / "restore.json"
+    args = ["--size", "72x40", "96x64", "--tile", "32", "--overlap", "8", "--json", str(out)]
+    assert restore.main([*args, "--paths", "plain", "fast"]) == 0
+    result = json.loads(out.read_text())
+    for size, (height, width) in zip(result["sizes"], [(40, 72), (64, 96)], strict=True):
+        assert size["tiles"] == len(tile_windows(height, width, tile=32, overlap=8))
+        assert size["gflops"] == pytest.approx(size["tiles"] * size["tile_gflops"])
+        assert sum(size["by_part"].values()) == pytest.approx(size["tile_gflops"])  # each FLOP in one part
+        assert {"head", "blocks", "tail", "drop_head"} <= set(size["by_part"])
+        floor = size["gflops"] / result["matmul_gflops_per_s"] / (height * width / 1e6)
+        assert size["floor_s_per_mp"] == pytest.approx(floor)
+        plain, fast = size["paths"]["plain"], size["paths"]["fast"]
+        assert plain["max_abs_diff"] == 0 and fast["max_abs_diff"] < 1e-4  # the fast path's rounding only
+        assert fast["s_per_mp"] == pytest.approx(fast["median_s"] / (height * width / 1e6))
+        assert fast["peak_rss_mb"] > 0
+    assert set(result["median_s_per_mp"]) == {"plain", "fast"}
+    assert "| 96x64 | fast |" in capsys.readouterr().out
+    # attention is counted: a global-attention tile twice as wide costs more than 4x (quadratic term)
+    model = load_restorer(DEFAULT_WEIGHTS)
+    small, large = (restore.restore_gflops(model, n, n, tile=n, overlap=0)["tile_gflops"] for n in (64, 128))
+    assert large > 4.2 * small
+
+
+@pytest.mark.parametrize("modulation", ["generator", "lowrank"])
+def test_roofline_counts_the_expert_gemms_and_the_bank_by_the_formula(tmp_path, modulation):
+    from mofme.benchmarks import roofline
+
+    dim, tokens, experts, k = 16, 40, 4, 2
+    out = tmp_path / "roofline.json"
+    args = ["--experts", str(experts), "--top-k", str(k), "--dim", str(dim), "--tokens", str(tokens)]
+    assert (
+        roofline.main(
+            [*args, "--modulation", modulation, "--repeats", "1", "--warmup", "0", "--json", str(out)]
+        )
+        == 0
+    )
+    (row,) = json.loads(out.read_text())["rows"]
+    rank = dim // 8
+    per_row = 2 * dim * 2 * dim if modulation == "generator" else 2 * (dim * rank + rank * 2 * dim)
+    assert row["gflops"]["experts"] == pytest.approx(tokens * k * per_row / 1e9)  # every assignment once
+    assert row["gflops"]["dense"] == pytest.approx(2 * 2 * tokens * dim * 4 * dim / 1e9)
+    maps = dim * 2 * dim if modulation == "generator" else dim * rank + rank * 2 * dim
+    assert row["bank_mb"] == pytest.approx(experts * (maps + 2 * dim) * 4 / 2**20)
+    ms = row["ms"]
+    other = (row["gflops"]["layer"] - row["gflops"]["experts"]) / row["dense_gflops_per_s"] * 1e3
+    assert row["predicted_ratio"] == pytest.approx((other + ms["experts"]) / ms["dense"])
+    assert row["measured_ratio"] == pytest.approx(ms["layer"] / ms["dense"])

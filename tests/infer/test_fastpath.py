@@ -69,8 +69,11 @@ def test_fast_path_matches_the_plain_path_with_a_drop_detector():
     torch.nn.init.normal_(model.drop_head.out.weight, std=0.5)  # a detector that finds something
     torch.nn.init.zeros_(model.drop_head.out.bias)
     image = torch.rand(2, 3, 37, 54)
+    fast = optimize_for_cpu_inference(model)
     with torch.no_grad():
-        plain, quick = model(image), optimize_for_cpu_inference(model)(image)
+        plain, quick = model(image), fast(image)
+    convs = [m for m in fast.drop_head.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)  # on the fast path
     assert 0.05 < float(torch.sigmoid(plain.drop_logits).mean()) < 0.95
     assert _max_diff(plain.image, quick.image) < TOL and _max_diff(plain.drop_logits, quick.drop_logits) < TOL
 

@@ -1,10 +1,12 @@
 """`mofme study` on tiny settings: every variant and seed trained, summarised and reported."""
 
+import functools
 import json
 
 import numpy as np
 import pytest
 
+from mofme.studies import study
 from mofme.studies.study import STUDY_VARIANTS, run_study
 
 TINY = [
@@ -36,7 +38,10 @@ def test_every_study_variant_builds_the_ffn_it_names(tmp_path, variant):
 
 
 @pytest.mark.slow
-def test_study_on_tiny_settings(tmp_path):
+def test_study_on_tiny_settings(tmp_path, monkeypatch):
+    # one render per condition at 128 px (24 test images, not 96 at 256 px): the pipeline, not the protocol
+    small_test_split = functools.partial(study.BuiltinWeatherDataset, renders=1, long_side=128)
+    monkeypatch.setattr(study, "BuiltinWeatherDataset", small_test_split)
     result = run_study(tmp_path, seeds=2, steps=2, overrides=TINY, variants=TRAINED)
     summary = json.loads((tmp_path / "study.json").read_text())["summary"]
     assert list(summary) == TRAINED
