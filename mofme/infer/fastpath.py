@@ -241,13 +241,11 @@ def _after_routing(model: nn.Module) -> list[nn.Module]:
     """The parts of ``model`` that run after its last routing decision (all of it without routers):
     routing picks experts by comparing probabilities, so a rounding change upstream of a router could
     swap a nearly tied expert and change a token's output by far more than the rounding itself."""
-    if not any(isinstance(m, TopKRouter) for m in model.modules()):
+    if not _has_router(model):
         return [model]
     if not isinstance(model, Restorer):
         raise ValueError(f"the CPU fast path does not know the order of a routed {type(model).__name__}")
-    last = max(
-        i for i, block in enumerate(model.blocks) if any(isinstance(m, TopKRouter) for m in block.modules())
-    )
+    last = max(i for i, block in enumerate(model.blocks) if _has_router(block))
     return [model.blocks[last].ffn, *model.blocks[last + 1 :], model.to_pixels, model.tail]
 
 
@@ -255,9 +253,13 @@ def _beside_routing(model: nn.Module) -> list[nn.Module]:
     """The per-pixel heads of a routed :class:`~mofme.models.Restorer` that read only its input
     (drop detector, presence gate): no router sees their outputs, so their rounding changes nothing
     upstream of a routing decision."""
-    if not isinstance(model, Restorer) or not any(isinstance(m, TopKRouter) for m in model.modules()):
+    if not isinstance(model, Restorer) or not _has_router(model):
         return []  # a model without routers is changed throughout already
     return model._pixel_heads()
+
+
+def _has_router(module: nn.Module) -> bool:
+    return any(isinstance(m, TopKRouter) for m in module.modules())
 
 
 def is_fast_path(model: nn.Module) -> bool:
