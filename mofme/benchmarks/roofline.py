@@ -30,7 +30,6 @@ import torch
 
 from mofme.benchmarks import write_json
 from mofme.nn import DenseFFN, MoFME
-from mofme.nn.dispatch import group_by_expert, slot_weights
 from mofme.timing import count_gflops, machine, time_side_by_side
 
 __all__ = ["main", "roofline_row"]
@@ -42,11 +41,7 @@ def _expert_gemms(layer: MoFME, x: torch.Tensor):
     """A call of ``layer``'s expert GEMMs alone, on the rows its router groups for ``x`` (N, D) (to be
     called under ``torch.no_grad()``)."""
     with torch.no_grad():
-        h = layer.gate(x)
-        routing = layer.router(x)
-        groups = group_by_expert(routing.indices, layer.num_experts)
-        rows = h.index_select(0, groups.token) * slot_weights(groups, routing.weights)
-
+        rows, groups = layer.modulation.grouped_rows(layer.gate(x), layer.router(x))
     return lambda: layer.modulation.generate(rows, groups)
 
 

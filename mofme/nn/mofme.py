@@ -94,6 +94,14 @@ class FeatureModulation(nn.Module):
     def _widths(self) -> tuple[int, ...]:
         return (self.dim, 2 * self.dim) + ((self.rank,) if self.rank else ())
 
+    def grouped_rows(self, h: Tensor, routing: RouterOutput) -> tuple[Tensor, Assignments]:
+        """h (N, D) -> the rows :meth:`generate` takes, (A', D) grouped by expert, and their grouping.
+        Each row is its token's h times the assignment's combine weight: sum_e w_e map_e(h) =
+        sum_e map_e(w_e h), so the weight scales the D-wide input, not the 2D-wide output."""
+        on_device = uses_grouped_mm(h, *self._widths())
+        groups = group_by_expert(routing.indices, self.num_experts, on_device=on_device)
+        return h.index_select(0, groups.token) * slot_weights(groups, routing.weights).to(h.dtype), groups
+
     def generate(self, rows: Tensor, groups: Assignments) -> Tensor:
         """Rows grouped by expert (A, D) -> (A, 2D): each block through its expert's map."""
         if self.kind == "generator":
@@ -110,10 +118,7 @@ class FeatureModulation(nn.Module):
         """h (N, D) and the routing of its tokens -> m (N, D), the mixed modulated features."""
         film = mix_rows(self.bias, routing.indices, routing.weights).to(h.dtype)  # sum_e w_e c_e
         if self.kind != "static" and sparse:
-            # sum_e w_e map_e(h) = sum_e map_e(w_e h): the weight scales the D-wide input, not the output
-            on_device = uses_grouped_mm(h, *self._widths())
-            groups = group_by_expert(routing.indices, self.num_experts, on_device=on_device)
-            rows = h.index_select(0, groups.token) * slot_weights(groups, routing.weights).to(h.dtype)
+            rows, groups = self.grouped_rows(h, routing)
             film = film + scatter_tokens(self.generate(rows, groups), groups, h.shape[0])
         elif self.kind != "static":
             dense = dense_combine_weights(routing.indices, routing.weights, self.num_experts).to(h.dtype)
