@@ -185,3 +185,39 @@ def test_synth_and_eval_by_renderer_family(demo_dir, tmp_path, capsys):
     bad = ["eval", "--checkpoint", str(demo_dir / "model"), "--output", str(tmp_path / "bad")]
     assert main([*bad, "--data", "builtin", "--family", "rain-nope"]) == 2
     assert main([*bad, "--data", str(data / "allweather.txt"), "--family", "rain-classic"]) == 2
+
+
+def test_eval_scores_a_recipes_validation_set_as_training_does(demo_dir, tmp_path):
+    """--data RECIPE.yaml: the recipe's held-out families on its validation photos and its clean photos,
+    scored as the training's validation scores them; --seed redraws the renders."""
+    from mofme.models import load_model
+    from mofme.train.config import load_config
+    from mofme.train.data import build_datasets
+    from mofme.train.recipes.restoration import validate
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(photos / f"{name}.png")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"data:\n  type: folder\n  folders: [{{path: {photos}}}]\n  weathers: [haze]\n  families: [haze-classic]\n"
+        f"  val_families: [haze-fractal]\n  val_folders: [{photos}]\n  val_long_side: 48\n"
+        f"  clean_folder: {photos}\n  clean_long_side: 48\ntrain:\n  seed: 5\n"
+    )
+
+    def scored(*flags) -> dict:
+        output = tmp_path / ("out" + "-".join(flags))
+        args = ["eval", "--checkpoint", str(demo_dir / "model"), "--data", str(recipe), "--no-fast"]
+        assert main([*args, *flags, "--output", str(output)]) == 0
+        return json.loads((output / "metrics.json").read_text())
+
+    default = scored()
+    assert sorted(default["per_weather"]) == ["clean", "haze-fractal"]
+    config = load_config(recipe)
+    expected = validate(load_model(demo_dir / "model"), build_datasets(config.data, seed=5)[1], config)
+    assert default["per_weather"]["haze-fractal"]["psnr"] == pytest.approx(expected["haze-fractal"], abs=1e-6)
+    assert scored("--seed", "5")["per_weather"] == default["per_weather"]
+    other = scored("--seed", "6")["per_weather"]["haze-fractal"]
+    assert other["input_psnr"] != default["per_weather"]["haze-fractal"]["input_psnr"]

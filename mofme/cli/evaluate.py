@@ -32,9 +32,17 @@ def run(args: argparse.Namespace) -> int:
             f"{args.checkpoint} holds a restorer: --restore-with and --data {'/'.join(named)} "
             "are for recognition models (a ViTClassifier or ViTSegmenter checkpoint)"
         )
-    if args.data != "builtin" and ((args.renders, args.seed) != (None, None) or args.family):
-        raise ValueError("--renders, --seed and --family apply to --data builtin only")
-    data = _builtin_eval_data(args) if args.data == "builtin" else _read_eval_data(args.data, args.root)
+    recipe = Path(args.data).suffix in (".yaml", ".yml")
+    if args.data != "builtin" and (
+        args.renders is not None or args.family or (args.seed is not None and not recipe)
+    ):
+        raise ValueError("--renders and --family apply to --data builtin only, --seed to builtin or a recipe")
+    if args.data == "builtin":
+        data = _builtin_eval_data(args)
+    elif recipe:
+        data = _recipe_validation_data(args.data, args.seed)
+    else:
+        data = _read_eval_data(args.data, args.root)
     report = evaluate(
         model,
         data,
@@ -59,6 +67,18 @@ def _read_eval_data(location: str, root: str | None):
     if path.is_dir():
         return paired_folder(path)
     return read_pair_list(path, root)
+
+
+def _recipe_validation_data(path: str, seed: int | None):
+    """What ``mofme train`` validates the recipe at ``path`` on (its held-out families on its
+    validation photos, and its clean photos), rendered from ``seed`` (default: the recipe's
+    ``data.val_seed``, else its ``train.seed``), so a checkpoint scores on a run's own renders."""
+    from mofme.train.config import load_config
+    from mofme.train.data import build_datasets
+
+    config = load_config(path)
+    data = config.data if seed is None else config.data.model_copy(update={"val_seed": seed})
+    return build_datasets(data, seed=config.train.seed)[1]
 
 
 def _builtin_eval_data(args: argparse.Namespace):
@@ -219,7 +239,8 @@ def _data_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--data",
         required=True,
-        help="restorers: a list file (input/... lines), a folder with input/ and gt/, or 'builtin'; "
+        help="restorers: a list file (input/... lines), a folder with input/ and gt/, 'builtin', or a "
+        "training recipe (.yaml: its validation set, --seed its renders); "
         "recognition models: 'scenes' (classifiers), 'degradation', 'cityscapes' or 'acdc' (segmenters; "
         "the last two read --root) or an ImageFolder folder (classifiers)",
     )
@@ -245,7 +266,8 @@ def _data_arguments(ev: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=None,
-        help="--data builtin: the seed the renders are drawn from (default 0, the published split)",
+        help="--data builtin: the seed the renders are drawn from (default 0, the published split); "
+        "--data RECIPE.yaml: the seed of its validation renders (default: the recipe's)",
     )
     ev.add_argument(
         "--family",

@@ -49,7 +49,9 @@ from mofme.infer.fastpath import inference_model
 from mofme.infer.restore import eval_mode, model_patch_size, prepare_model, restore_tensor
 from mofme.metrics import psnr, quantize, ssim
 
-__all__ = ["EvalReport", "GroupMetrics", "ImageMetrics", "evaluate"]
+__all__ = ["CLEAN", "EvalReport", "GroupMetrics", "ImageMetrics", "evaluate"]
+
+CLEAN = "clean"  # the weather label of weather-free photos (input = target): a do-no-harm check
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,10 @@ def _mean(values: list[float]) -> float:
 
 
 def _standard_error(values: list[float]) -> float:
-    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    """nan for fewer than 2 values or any infinite one (a clean photo's gain over its identical input)."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def _group(rows: list[ImageMetrics]) -> GroupMetrics:
@@ -157,17 +162,20 @@ class EvalReport:
 
     @property
     def mean_over_weather(self) -> GroupMetrics:
-        """The mean of the per-weather means (``images``: the total number of images); its ``gain_se``
-        combines the per-weather standard errors, sqrt(sum se_w^2) / W."""
-        groups = list(self.per_weather.values())
+        """The mean of the per-weather means (``images``: the number of images they hold); its
+        ``gain_se`` combines the per-weather standard errors, sqrt(sum se_w^2) / W. Weather-free
+        photos (group :data:`CLEAN`, a do-no-harm check) are left out when there is any weather."""
+        per_weather = self.per_weather
+        groups = [g for w, g in per_weather.items() if w != CLEAN] or list(per_weather.values())
         means = (_mean([getattr(g, m) for g in groups]) for m in _METRICS)
         se = math.sqrt(sum(g.gain_se**2 for g in groups)) / len(groups) if groups else math.nan
-        return GroupMetrics(len(self.images), *means, gain_se=se)
+        return GroupMetrics(sum(g.images for g in groups), *means, gain_se=se)
 
     @property
     def per_image_mean(self) -> GroupMetrics:
-        """The mean over all images, whatever their weather."""
-        return _group(self.images)
+        """The mean over all images, whatever their weather (weather-free ones left out, as in
+        :attr:`mean_over_weather`)."""
+        return _group([row for row in self.images if row.weather != CLEAN] or self.images)
 
     def to_dict(self) -> dict[str, Any]:
         return {

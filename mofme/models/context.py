@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ImageContext"]
+__all__ = ["ImageContext", "resolve_context", "zero_linear"]
 
 
 class ImageContext(nn.Module):
@@ -46,3 +46,30 @@ class ImageContext(nn.Module):
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
         return self.features(self.thumbnail(image) * 2 - 1).mean(dim=(-2, -1))
+
+
+def resolve_context(
+    context_module: ImageContext | None, image: Tensor, context: Tensor | None
+) -> Tensor | None:
+    """The descriptor (N, width) a model uses for ``image`` (N, 3, H, W): ``context`` as given (the
+    whole image's, for a tile), else ``context_module(image)``; checked, in the image's dtype. None for
+    a model without a context module (which refuses a ``context``)."""
+    if context_module is None:
+        if context is not None:
+            raise ValueError("context= given to a model without global_context")
+        return None
+    if context is None:
+        context = context_module(image)
+    if context.shape != (image.shape[0], context_module.width):
+        raise ValueError(
+            f"context must be (N={image.shape[0]}, {context_module.width}), got {tuple(context.shape)}"
+        )
+    return context.to(image.dtype)
+
+
+def zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear map that starts at zero (a new input that changes nothing until trained)."""
+    linear = nn.Linear(in_features, out_features)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear

@@ -158,7 +158,7 @@ def build_restorer(*, preset: str = "small", **fields: Any) -> Restorer | UNetRe
     """The restorer ``preset``, any field of its config replaced by ``fields`` (e.g. ``ffn="moe"``,
     ``top_k=1``, ``depth=4``): a :class:`Restorer` (``"paper"``, ``"small"``, ``"small_window"``,
     ``"tiny"``) or a
-    :class:`UNetRestorer` (``"unet"``)."""
+    :class:`UNetRestorer` (``"unet"``, ``"unet_local"``)."""
     config = restorer_config(preset, **fields)
     return _CLASSES[type(config)](config)
 
@@ -220,6 +220,13 @@ def restorer_unet(**overrides: Any) -> UNetRestorer:
     """Multi-scale U-Net, MoFME in the transformer blocks of its two coarsest levels (C=24, depths
     1/1/2/2, E=16, k=2)."""
     return build_restorer(preset="unet", **overrides)
+
+
+@register_model(defaults=RESTORER_PRESETS["unet_local"])
+def restorer_unet_local(**overrides: Any) -> UNetRestorer:
+    """Multi-scale U-Net with gated depthwise-conv mixers (bounded reach: seamless tiles), the whole
+    image's context and a weather-presence gate; MoFME FFNs at 1/4 and 1/8 (C=16, depths 1/1/2/4)."""
+    return build_restorer(preset="unet_local", **overrides)
 
 
 def _recognizer(cls: type[ViTClassifier | ViTSegmenter], preset: str, overrides: dict[str, Any]) -> Any:

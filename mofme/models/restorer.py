@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from ..nn import FFN_LAYERS, ROUTERS, MoEOutput, build_ffn
 from ..nn.mofme import MODULATIONS
-from .context import ImageContext
+from .context import ImageContext, resolve_context, zero_linear
 from .drops import DropDetector
 from .fill import push_pull_fill
 from .hub import PretrainedMixin, config_from
@@ -510,9 +510,9 @@ class Restorer(TokenGridModel, nn.Module):
         self.context = ImageContext() if cfg.global_context else None
         self.context_bias = self.context_gate = None
         if self.context is not None:  # (N, width) -> a bias per token channel, and one for the gate
-            self.context_bias = _zero_linear(self.context.width, embed_dim)
+            self.context_bias = zero_linear(self.context.width, embed_dim)
             if cfg.presence_gate:
-                self.context_gate = _zero_linear(self.context.width, 1)
+                self.context_gate = zero_linear(self.context.width, 1)
         self._conv_radii = (conv_radius(self.head), conv_radius(self.tail))  # (5, 6) pixels
 
     @property
@@ -588,7 +588,7 @@ class Restorer(TokenGridModel, nn.Module):
         tokens = self.patch_embed(self.head(padded * 2 - 1))
         if self.pos_embed is not None:
             tokens = tokens + self._position(grid)
-        context = self._context(image, context)
+        context = resolve_context(self.context, image, context)
         if context is not None:
             tokens = tokens + self.context_bias(context)[:, None, :]
         aux = tokens.new_zeros((), dtype=torch.float32)
@@ -616,28 +616,6 @@ class Restorer(TokenGridModel, nn.Module):
             drop_logits=_crop(drop_logits, height, width),
             presence_logits=_crop(presence_logits, height, width),
         )
-
-    def _context(self, image: Tensor, context: Tensor | None) -> Tensor | None:
-        """The given (or this image's) descriptor (N, width), checked; None without ``global_context``."""
-        if self.context is None:
-            if context is not None:
-                raise ValueError("context= given to a Restorer without global_context")
-            return None
-        if context is None:
-            context = self.context(image)
-        if context.shape != (image.shape[0], self.context.width):
-            raise ValueError(
-                f"context must be (N={image.shape[0]}, {self.context.width}), got {tuple(context.shape)}"
-            )
-        return context.to(image.dtype)
-
-
-def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
-    """A linear map that starts at zero (a new input that changes nothing until trained)."""
-    linear = nn.Linear(in_features, out_features)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    return linear
 
 
 def _crop(tensor: Tensor | None, height: int, width: int) -> Tensor | None:

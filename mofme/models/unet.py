@@ -11,16 +11,29 @@
          (global residual); clamped to [0, 1] in eval mode
 
 Levels below ``attention_from`` use :class:`ConvBlock` (two conv3x3, fine detail at high
-resolution); levels from it on use :class:`MoFMEBlock`: transposed (channel) self-attention as in
-Restormer, whose cost grows linearly with the number of pixels and whose attention spans the whole
-image, then the FFN chosen by ``ffn`` (``"mofme"``: one shared FFN and many FiLM experts, the same
-layer as the ``paper`` preset) on every pixel as a token. Routing is returned per routed block,
+resolution); levels from it on use :class:`MoFMEBlock`: a spatial mixer, then the FFN chosen by
+``ffn`` (``"mofme"``: one shared FFN and many FiLM experts, the same layer as the ``paper`` preset)
+on every pixel as a token. ``mixer="channel_attention"`` is Restormer's transposed self-attention
+(cost linear in the pixels, but it spans the whole input: a tile sees only its own context);
+``mixer="local"`` is :class:`GatedConvMixer`, a gated depthwise convolution (NAFNet's), so every output
+pixel depends on a bounded neighbourhood (:attr:`UNetRestorer.receptive_margin`) and a tiled restore
+equals the whole-image one.
+
+``global_context=True`` adds :class:`~mofme.models.context.ImageContext`, the descriptor of the whole
+image's thumbnail, which modulates every MoFME block's input (FiLM: ``x * (1 + scale) + shift`` per
+channel, zero-initialised): what a local network cannot see (haze density, airlight colour), computed
+once per image and shared by its tiles (``forward(tile, context=model.image_context(image))``).
+
+``presence_gate=True`` makes the correction conditional on evidence of weather: the last conv gives a
+fourth channel, the gate logits g, and the output is ``x + sigmoid(g) * correction`` (the gate starts
+open at :data:`~mofme.models.restorer.PRESENCE_PRIOR`; it trains with ``loss.presence_weight``). Routing is returned per routed block,
 encoder first, as ``(expert_indices, expert_weights)`` of shape (N, h, w, k) at that block's
 resolution (``(None, None)`` for a dense FFN).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,10 +42,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import MoEOutput
+from .context import ImageContext, resolve_context, zero_linear
 from .hub import PretrainedMixin, config_from
-from .restorer import FFNChoice, RestorerOutput, conv3x3, ffn_from_config, pad_to_multiple
+from .restorer import (
+    PRESENCE_PRIOR,
+    FFNChoice,
+    RestorerOutput,
+    conv3x3,
+    conv_radius,
+    ffn_from_config,
+    pad_to_multiple,
+)
 
-__all__ = ["UNET_PRESETS", "ChannelAttention", "ConvBlock", "MoFMEBlock", "UNetConfig", "UNetRestorer"]
+__all__ = [
+    "MIXERS",
+    "UNET_PRESETS",
+    "ChannelAttention",
+    "ConvBlock",
+    "GatedConvMixer",
+    "MoFMEBlock",
+    "UNetConfig",
+    "UNetRestorer",
+]
+
+MIXERS = ("channel_attention", "local")  # the spatial mixer of a MoFMEBlock (module docstring)
 
 
 @dataclass(frozen=True)
@@ -46,9 +79,14 @@ class UNetConfig(FFNChoice):
     num_heads: tuple[int, ...] = (1, 1, 2, 4)  # attention heads per level (attention levels only)
     mlp_ratio: float = 2.0
     dropout: float = 0.0
+    mixer: str = "channel_attention"  # a name of MIXERS: "channel_attention" | "local"
+    global_context: bool = False  # FiLM every MoFME block by the whole image's descriptor
+    presence_gate: bool = False  # output = x + sigmoid(g) * correction, g a fourth output channel
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {self.mixer!r}; choose from {MIXERS}")
         depths, heads = tuple(int(d) for d in self.depths), tuple(int(h) for h in self.num_heads)
         object.__setattr__(self, "depths", depths)  # lists from JSON or YAML become tuples
         object.__setattr__(self, "num_heads", heads)
@@ -62,6 +100,16 @@ class UNetConfig(FFNChoice):
 UNET_PRESETS: dict[str, UNetConfig] = {
     # conv levels at 1 and 1/2, MoFME transformer levels at 1/4 and 1/8; 5.17M parameters at E=16
     "unet": UNetConfig(),
+    # seamless and cheap: gated depthwise-conv mixers (bounded reach), the whole image's context,
+    # a weather-presence gate; MoFME FFNs at 1/4 and 1/8 (issues 28 and 31)
+    "unet_local": UNetConfig(
+        channels=16,
+        depths=(1, 1, 2, 4),
+        num_heads=(1, 1, 1, 1),
+        mixer="local",
+        global_context=True,
+        presence_gate=True,
+    ),
 }
 
 
@@ -79,7 +127,7 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(conv3x3(channels, channels), nn.GELU(), conv3x3(channels, channels))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, MoEOutput | None]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, MoEOutput | None]:
         return x + self.body(x), None
 
 
@@ -108,19 +156,49 @@ class ChannelAttention(nn.Module):
         return self.proj((attn @ v).reshape(n, c, h, w))
 
 
-class MoFMEBlock(nn.Module):
-    """``x + dwconv3x3(x)`` (position), ``x + Attention(LN(x))``, then ``x + FFN(LN(x))`` with every
-    pixel a token; (N, C, H, W) -> ((N, C, H, W), :class:`~mofme.nn.MoEOutput`)."""
+class GatedConvMixer(nn.Module):
+    """NAFNet's spatial mixing without its global pooling, (N, C, H, W) -> (N, C, H, W):
+    ``conv1x1(a * b)`` where ``a, b = dwconv3x3(conv1x1(x, 2C))`` split in halves. Reach: 1 pixel."""
 
-    def __init__(self, channels: int, *, num_heads: int, ffn: nn.Module) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(channels, 2 * channels, 1)
+        self.depthwise = nn.Conv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
+        self.project = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.depthwise(self.expand(x)).chunk(2, dim=1)
+        return self.project(a * b)
+
+
+class MoFMEBlock(nn.Module):
+    """``x + dwconv3x3(x)`` (position), ``x + Mixer(LN(x))``, then ``x + FFN(LN(x))`` with every
+    pixel a token; (N, C, H, W) -> ((N, C, H, W), :class:`~mofme.nn.MoEOutput`). ``context_width``:
+    the block's input is first FiLM-modulated by a (N, context_width) descriptor (zero-initialised)."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        num_heads: int,
+        ffn: nn.Module,
+        mixer: str = "channel_attention",
+        context_width: int | None = None,
+    ) -> None:
         super().__init__()
         self.position = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
         self.norm1 = LayerNorm2d(channels)
-        self.attn = ChannelAttention(channels, num_heads=num_heads)
+        self.attn = (
+            GatedConvMixer(channels) if mixer == "local" else ChannelAttention(channels, num_heads=num_heads)
+        )
         self.norm2 = nn.LayerNorm(channels)
         self.ffn = ffn
+        self.film = None if context_width is None else zero_linear(context_width, 2 * channels)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, MoEOutput]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, MoEOutput]:
+        if self.film is not None and context is not None:
+            scale, shift = self.film(context)[:, :, None, None].chunk(2, dim=1)
+            x = x * (1 + scale) + shift
         x = x + self.position(x)
         x = x + self.attn(self.norm1(x))
         tokens = x.permute(0, 2, 3, 1)  # (N, H, W, C)
@@ -141,6 +219,7 @@ class UNetRestorer(PretrainedMixin, nn.Module):
         levels = len(depths)
         self.size_multiple = 2 ** (levels - 1)  # inputs are padded to a multiple of this
         widths = [channels * 2**level for level in range(levels)]
+        self.context = ImageContext() if cfg.global_context else None
         self.intro = conv3x3(3, channels)
         self.encoder = nn.ModuleList(self._blocks(level, widths[level]) for level in range(levels - 1))
         self.down = nn.ModuleList(
@@ -154,18 +233,50 @@ class UNetRestorer(PretrainedMixin, nn.Module):
         )
         self.fuse = nn.ModuleList(nn.Conv2d(2 * widths[level], widths[level], 1) for level in up_levels)
         self.decoder = nn.ModuleList(self._blocks(level, widths[level]) for level in up_levels)
-        self.outro = conv3x3(channels, 3)
+        self.outro = conv3x3(channels, 4 if cfg.presence_gate else 3)
         nn.init.zeros_(self.outro.weight)  # the network starts as the identity
         nn.init.zeros_(self.outro.bias)
+        if cfg.presence_gate:  # the gate starts open: sigmoid(bias) = PRESENCE_PRIOR
+            nn.init.constant_(self.outro.bias[3:], math.log(PRESENCE_PRIOR / (1 - PRESENCE_PRIOR)))
 
     def _blocks(self, level: int, width: int) -> nn.ModuleList:
         cfg = self.config
         if level < cfg.attention_from:
             return nn.ModuleList(ConvBlock(width) for _ in range(cfg.depths[level]))
+        context_width = self.context.width if self.context is not None else None
         return nn.ModuleList(
-            MoFMEBlock(width, num_heads=cfg.num_heads[level], ffn=ffn_from_config(cfg, width))
+            MoFMEBlock(
+                width,
+                num_heads=cfg.num_heads[level],
+                ffn=ffn_from_config(cfg, width),
+                mixer=cfg.mixer,
+                context_width=context_width,
+            )
             for _ in range(cfg.depths[level])
         )
+
+    @property
+    def receptive_margin(self) -> int | None:
+        """How many pixels along the edge of an input (cut at a multiple of :attr:`size_multiple`) can
+        differ from what the whole image gives there (tiles given the whole image's context); None
+        (unbounded) for channel attention. A bound: the reach of every convolution, in pixels of its
+        level (2^level per step), summed over the network, plus one :attr:`size_multiple` for the grid
+        of the coarsest level; verified against whole-image outputs in tests/models/test_unet_local.py."""
+        cfg = self.config
+        if cfg.mixer != "local" and cfg.attention_from < len(cfg.depths):
+            return None
+        levels = len(cfg.depths)
+        per_level = [*self.encoder, self.bottleneck, *reversed(self.decoder)]
+        level_of = [*range(levels - 1), levels - 1, *range(levels - 2, -1, -1)]
+        reach = conv_radius(self.intro) + conv_radius(self.outro)
+        reach += sum(conv_radius(blocks) << level for blocks, level in zip(per_level, level_of, strict=True))
+        reach += sum(conv_radius(down) << level for level, down in enumerate(self.down))
+        return reach + self.size_multiple
+
+    def image_context(self, image: Tensor) -> Tensor | None:
+        """The whole-image descriptor (N, width) of ``image`` (N, 3, H, W) (``global_context``
+        models; else None): what a tiled restore computes once and passes to every tile."""
+        return None if self.context is None else self.context(image)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -184,33 +295,43 @@ class UNetRestorer(PretrainedMixin, nn.Module):
         ]
 
     @staticmethod
-    def _run(blocks: nn.ModuleList, x: Tensor, aux: list[Tensor], routing: list) -> Tensor:
+    def _run(
+        blocks: nn.ModuleList, x: Tensor, aux: list[Tensor], routing: list, context: Tensor | None
+    ) -> Tensor:
         for block in blocks:
-            x, out = block(x)
+            x, out = block(x, context)
             if out is not None:
                 aux.append(out.aux_loss.float())
                 routing.append((out.expert_indices, out.expert_weights))
         return x
 
-    def forward(self, image: Tensor) -> RestorerOutput:
+    def forward(self, image: Tensor, *, context: Tensor | None = None) -> RestorerOutput:
+        """``context`` (N, width): the descriptor of the image this one is a tile of
+        (:meth:`image_context`; ``global_context`` models); default: this image's own."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, self.size_multiple)
+        context = resolve_context(self.context, image, context)
         aux: list[Tensor] = []
         routing: list = []
         x = self.intro(padded * 2 - 1)
         skips = []
         for blocks, down in zip(self.encoder, self.down, strict=True):
-            x = self._run(blocks, x, aux, routing)
+            x = self._run(blocks, x, aux, routing, context)
             skips.append(x)
             x = down(x)
-        x = self._run(self.bottleneck, x, aux, routing)
+        x = self._run(self.bottleneck, x, aux, routing, context)
         for up, fuse, blocks, skip in zip(self.up, self.fuse, self.decoder, reversed(skips), strict=True):
             x = fuse(torch.cat([up(x), skip], dim=1))
-            x = self._run(blocks, x, aux, routing)
-        restored = (padded + self.outro(x) / 2)[..., :height, :width]  # the head works in [-1, 1]
+            x = self._run(blocks, x, aux, routing, context)
+        out = self.outro(x)
+        correction, presence_logits = out[:, :3] / 2, None  # the head works in [-1, 1]
+        if self.config.presence_gate:
+            presence_logits = out[:, 3:][..., :height, :width]
+            correction = torch.sigmoid(out[:, 3:]) * correction
+        restored = (padded + correction)[..., :height, :width]
         if not self.training:
             restored = restored.clamp(0.0, 1.0)
         total_aux = torch.stack(aux).sum() if aux else image.new_zeros((), dtype=torch.float32)
-        return RestorerOutput(restored, total_aux, routing)
+        return RestorerOutput(restored, total_aux, routing, presence_logits=presence_logits)

@@ -196,6 +196,11 @@ class DataConfig(_Section):
     )
     val_folders: list[str] = Field(default_factory=list, description="folder only: validation photo folders")
     val_long_side: int = Field(256, ge=16, description="folder only: long side of the validation photos")
+    val_seed: int | None = Field(
+        None,
+        description="folder only: seed of the val_families renders; None: train.seed. Set it to compare "
+        "runs of different training seeds on the same renders",
+    )
     clean_folder: str | None = Field(
         None,
         description="folder only: weather-free photos scored at every validation (output vs input: "

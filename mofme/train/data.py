@@ -67,7 +67,8 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     if config.type in ("scenes", "degradation", "imagefolder", *SEGMENTATION_DATASETS):
         return _recognition_datasets(config, seed=seed)
     if config.type == "folder":
-        return _folder_training_set(config, seed=seed), _folder_validation_set(config, seed=seed)
+        val_seed = seed if config.val_seed is None else config.val_seed
+        return _folder_training_set(config, seed=seed), _folder_validation_set(config, seed=val_seed)
     if config.train is None:
         raise ConfigError(f"data.train is required for data.type={config.type!r}")
     train_pairs = _read_pairs(config.type, config.train, config.root)

@@ -190,3 +190,8 @@ def test_held_out_families_validate_and_never_train(folder, tmp_path):
     groups = [item["weather"] for item in val]
     assert groups == ["rain-classic"] * 9 + ["clean"] * 3  # 3 photos x 3 severities, 3 clean photos
     assert max(val[0]["input"].shape[1:]) == 32 and max(val[-1]["input"].shape[1:]) <= 40
+    # the renders follow the training seed unless data.val_seed fixes them (runs compared on one set)
+    other_seed = build_datasets(cfg.data, seed=1)[1]
+    assert not torch.equal(val[0]["input"], other_seed[0]["input"])
+    fixed = cfg.data.model_copy(update={"val_seed": 0})
+    torch.testing.assert_close(build_datasets(fixed, seed=1)[1][0]["input"], val[0]["input"], rtol=0, atol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -131,3 +132,28 @@ def test_builtin_benchmark_in_memory():
     assert all(group.images == 2 * 4 for group in by_severity.values())
     assert "| snow s3 | 8 |" in report.to_markdown()
     assert report.mean_over_weather.gain == 0.0
+
+
+def test_clean_photos_score_without_a_standard_error_or_a_warning(pairs):
+    """Weather-free items (input = target: input PSNR infinite) have no gain to average: no standard
+    error, and no numpy warning from subtracting infinities."""
+    import warnings
+
+    clean = [ImagePair(pair.target, pair.target, "clean") for pair in pairs[1:]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = evaluate(StandIn(blur=True), clean, progress=False).per_weather["clean"]
+    assert group.images == 2 and math.isinf(group.input_psnr)
+    assert math.isnan(group.gain_se)
+    assert group.psnr < 60  # the blur did change the photos
+
+
+def test_clean_photos_stay_out_of_the_means(pairs):
+    clean = [ImagePair(pair.target, pair.target, "clean") for pair in pairs[1:]]
+    report = evaluate(StandIn(blur=True), [*pairs, *clean], progress=False)
+    weathered = evaluate(StandIn(blur=True), pairs, progress=False)
+    assert list(report.per_weather) == ["rain", "snow", "clean"]
+    for summary in ("mean_over_weather", "per_image_mean"):  # gain_se nan: one rain image
+        expected = dataclasses.asdict(getattr(weathered, summary))
+        assert dataclasses.asdict(getattr(report, summary)) == pytest.approx(expected, nan_ok=True)
+    assert math.isfinite(report.mean_over_weather.gain) and report.mean_over_weather.images == 3

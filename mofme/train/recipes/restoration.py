@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from mofme.evaluate.restoration import evaluate
+from mofme.evaluate.restoration import CLEAN, evaluate
 from mofme.infer.restore import eval_mode
 from mofme.losses import RestorationLoss, drop_mask_loss, drop_targets, presence_targets
 from mofme.models import RestorerOutput
@@ -38,9 +38,8 @@ def validate(model: nn.Module, dataset: Dataset, config: Config) -> dict[str, fl
             fast=False,  # training's validation keeps the plain modules (fastpath is for inference)
         )
     scores = {weather: group.psnr for weather, group in report.per_weather.items()}
-    weathered = [psnr for weather, psnr in scores.items() if weather != "clean"]
-    scores["mean"] = sum(weathered) / len(weathered) if weathered else report.mean_over_weather.psnr
-    clean = [row.psnr for row in report.images if row.weather == "clean"]
+    scores["mean"] = report.mean_over_weather.psnr  # the clean photos left out
+    clean = [row.psnr for row in report.images if row.weather == CLEAN]
     if clean:
         scores["clean_min"] = min(clean)
     return scores
