@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ImageContext", "resolve_context", "zero_linear"]
+__all__ = ["ImageContext", "WholeImageContext", "resolve_context", "zero_linear"]
 
 
 class ImageContext(nn.Module):
@@ -73,3 +73,15 @@ def zero_linear(in_features: int, out_features: int) -> nn.Linear:
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     return linear
+
+
+class WholeImageContext:
+    """Mixin of a restorer with an optional ``self.context`` (:class:`ImageContext` or None): what
+    tiled inference asks for (``model.image_context(image)``) before passing it to every tile."""
+
+    context: ImageContext | None
+
+    def image_context(self, image: Tensor) -> Tensor | None:
+        """The whole-image descriptor (N, width) of ``image`` (N, 3, H, W) (``global_context``
+        models; else None): what a tiled restore computes once and passes to every tile."""
+        return None if self.context is None else self.context(image)

@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from ..nn import FFN_LAYERS, ROUTERS, MoEOutput, build_ffn
 from ..nn.mofme import MODULATIONS
-from .context import ImageContext, resolve_context, zero_linear
+from .context import ImageContext, WholeImageContext, resolve_context, zero_linear
 from .drops import DropDetector
 from .fill import push_pull_fill
 from .hub import PretrainedMixin, config_from
@@ -478,7 +478,7 @@ def grid_routing(out: MoEOutput, grid: tuple[int, int]) -> tuple[Tensor | None, 
     return out.expert_indices.unflatten(1, grid), out.expert_weights.unflatten(1, grid)
 
 
-class Restorer(TokenGridModel, nn.Module):
+class Restorer(WholeImageContext, TokenGridModel, nn.Module):
     """Weather restoration network; ``model(image)`` with image (N, 3, H, W) in [0, 1] -> :class:`RestorerOutput`.
 
     Any H, W: inputs are reflection-padded to a multiple of ``patch_size`` and the output is
@@ -569,11 +569,6 @@ class Restorer(TokenGridModel, nn.Module):
             return fused(tokens, grid)
         feats = self.to_pixels(tokens).transpose(1, 2).unflatten(2, grid)  # (N, P*P*4C, h, w)
         return F.pixel_shuffle(feats, self.patch_size)
-
-    def image_context(self, image: Tensor) -> Tensor | None:
-        """The whole-image descriptor (N, width) of ``image`` (N, 3, H, W) (``global_context``
-        models; else None): what a tiled restore computes once and passes to every tile."""
-        return None if self.context is None else self.context(image)
 
     def forward(self, image: Tensor, *, fill: bool = True, context: Tensor | None = None) -> RestorerOutput:
         """``fill=False`` (``drop_fill`` models): the restored image before the drop fill, with the

@@ -26,9 +26,10 @@ once per image and shared by its tiles (``forward(tile, context=model.image_cont
 
 ``presence_gate=True`` makes the correction conditional on evidence of weather: the last conv gives a
 fourth channel, the gate logits g, and the output is ``x + sigmoid(g) * correction`` (the gate starts
-open at :data:`~mofme.models.restorer.PRESENCE_PRIOR`; it trains with ``loss.presence_weight``). Routing is returned per routed block,
-encoder first, as ``(expert_indices, expert_weights)`` of shape (N, h, w, k) at that block's
-resolution (``(None, None)`` for a dense FFN).
+open at :data:`~mofme.models.restorer.PRESENCE_PRIOR`; it trains with ``loss.presence_weight``).
+
+Routing is returned per routed block, encoder first, as ``(expert_indices, expert_weights)`` of
+shape (N, h, w, k) at that block's resolution (``(None, None)`` for a dense FFN).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import MoEOutput
-from .context import ImageContext, resolve_context, zero_linear
+from .context import ImageContext, WholeImageContext, resolve_context, zero_linear
 from .hub import PretrainedMixin, config_from
 from .restorer import (
     PRESENCE_PRIOR,
@@ -206,7 +207,7 @@ class MoFMEBlock(nn.Module):
         return (tokens + out.output).permute(0, 3, 1, 2), out
 
 
-class UNetRestorer(PretrainedMixin, nn.Module):
+class UNetRestorer(WholeImageContext, PretrainedMixin, nn.Module):
     """Multi-scale weather restoration network; ``model(image)`` with image (N, 3, H, W) in [0, 1]
     -> :class:`~mofme.models.RestorerOutput`. Any H, W (padded, then cropped back).
 
@@ -272,11 +273,6 @@ class UNetRestorer(PretrainedMixin, nn.Module):
         reach += sum(conv_radius(blocks) << level for blocks, level in zip(per_level, level_of, strict=True))
         reach += sum(conv_radius(down) << level for level, down in enumerate(self.down))
         return reach + self.size_multiple
-
-    def image_context(self, image: Tensor) -> Tensor | None:
-        """The whole-image descriptor (N, width) of ``image`` (N, 3, H, W) (``global_context``
-        models; else None): what a tiled restore computes once and passes to every tile."""
-        return None if self.context is None else self.context(image)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
