@@ -74,11 +74,11 @@ def _recipe_validation_data(path: str, seed: int | None):
     validation photos, and its clean photos), rendered from ``seed`` (default: the recipe's
     ``data.val_seed``, else its ``train.seed``), so a checkpoint scores on a run's own renders."""
     from mofme.train.config import load_config
-    from mofme.train.data import build_datasets
+    from mofme.train.data import validation_set
 
     config = load_config(path)
     data = config.data if seed is None else config.data.model_copy(update={"val_seed": seed})
-    return build_datasets(data, seed=config.train.seed)[1]
+    return validation_set(data, seed=config.train.seed)
 
 
 def _builtin_eval_data(args: argparse.Namespace):

@@ -30,7 +30,7 @@ from mofme.data.recognition import (
 )
 from mofme.train.config import ConfigError, DataConfig
 
-__all__ = ["SEGMENTATION_DATASETS", "build_datasets", "class_names", "segmentation_pairs"]
+__all__ = ["SEGMENTATION_DATASETS", "build_datasets", "class_names", "segmentation_pairs", "validation_set"]
 
 SEGMENTATION_DATASETS = ("cityscapes", "acdc")  # read from disk with the 19 Cityscapes classes
 
@@ -67,8 +67,7 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     if config.type in ("scenes", "degradation", "imagefolder", *SEGMENTATION_DATASETS):
         return _recognition_datasets(config, seed=seed)
     if config.type == "folder":
-        val_seed = seed if config.val_seed is None else config.val_seed
-        return _folder_training_set(config, seed=seed), _folder_validation_set(config, seed=val_seed)
+        return _folder_training_set(config, seed=seed), validation_set(config, seed=seed)
     if config.train is None:
         raise ConfigError(f"data.train is required for data.type={config.type!r}")
     train_pairs = _read_pairs(config.type, config.train, config.root)
@@ -125,6 +124,15 @@ def _photos_at(folder: str, long_side: int, field: str) -> list[tuple[str, objec
         return [(s.name, s.versions[0]) for s in folder_photos(folder, long_sides=(long_side,))]
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"{field}: {error}") from error
+
+
+def validation_set(config: DataConfig, *, seed: int) -> Dataset | list[dict]:
+    """The validation half of :func:`build_datasets` (``seed``: the training seed). A ``folder``
+    recipe builds only its validation items, rendered from ``data.val_seed`` (else ``seed``), without
+    reading its training photos; other data types build both and keep the second."""
+    if config.type != "folder":
+        return build_datasets(config, seed=seed)[1]
+    return _folder_validation_set(config, seed=seed if config.val_seed is None else config.val_seed)
 
 
 def _folder_validation_set(config: DataConfig, *, seed: int) -> Dataset | list[dict]:
