@@ -12,6 +12,10 @@
   normalised with the ImageNet mean / std first. The network is ``torchvision.models.vgg16().features[:16]``,
   frozen (no parameter takes a gradient) and always in eval mode.
 * ``total = pixel + perceptual_weight * perceptual`` (the published recipe uses 0.04).
+* ``pixel="psnr"`` replaces the smooth L1 by minus the PSNR of each image, capped at ``psnr_cap`` dB
+  (``10 log10(mse_i + 10^(-cap / 10))``), averaged over the batch: each image weighs the same in dB,
+  as the evaluation counts them (a clean photo altered to 25 dB costs as much as a rainy one left at
+  25 dB). Particle weights do not apply to it.
 * ``particle_weight`` > 0 weights the pixel term where weather particles are (the renderer's
   ``particles``: streak, flake and drop opacity ``m`` in [0, 1], shape ``(N, 1, H, W)``): every element
   gets weight ``w = 1 + particle_weight * m`` and ``pixel = sum(w * smooth_l1) / sum(w)`` (a weighted
@@ -178,6 +182,7 @@ class RestorationLoss(nn.Module):
         perceptual_weight: weight of the perceptual term; 0 disables it (no VGG is built).
         vgg_weights: path of the VGG16 weights, required when ``perceptual_weight > 0``.
         particle_weight: extra pixel-loss weight on weather particles (``forward``'s ``particles``).
+        pixel: ``"smooth_l1"`` or ``"psnr"`` (minus each image's PSNR, capped at ``psnr_cap`` dB).
     """
 
     def __init__(
@@ -187,8 +192,16 @@ class RestorationLoss(nn.Module):
         perceptual_weight: float = 0.0,
         vgg_weights: PathLike | None = None,
         particle_weight: float = 0.0,
+        pixel: str = "smooth_l1",
+        psnr_cap: float = 50.0,
     ) -> None:
         super().__init__()
+        if pixel not in ("smooth_l1", "psnr"):
+            raise ValueError(f"pixel must be 'smooth_l1' or 'psnr', got {pixel!r}")
+        if pixel == "psnr" and particle_weight:
+            raise ValueError("particle_weight applies to the smooth-L1 pixel term, not to pixel='psnr'")
+        self.kind = pixel
+        self.mse_floor = 10.0 ** (-psnr_cap / 10.0)
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if particle_weight < 0:
@@ -218,7 +231,11 @@ class RestorationLoss(nn.Module):
         return torch.stack(losses).mean()
 
     def pixel(self, pred: Tensor, target: Tensor, particles: Tensor | None = None) -> Tensor:
-        """SmoothL1, a plain mean or weighted by ``1 + particle_weight * particles`` (module docstring)."""
+        """SmoothL1, a plain mean or weighted by ``1 + particle_weight * particles``; or minus the mean
+        capped PSNR of the images (``pixel="psnr"``; module docstring)."""
+        if self.kind == "psnr":
+            mse = (pred - target).square().flatten(1).mean(dim=1)
+            return 10.0 * torch.log10(mse + self.mse_floor).mean()
         if not self.particle_weight:
             return F.smooth_l1_loss(pred, target, beta=self.beta)
         if particles is None:
@@ -244,7 +261,7 @@ class RestorationLoss(nn.Module):
         return LossOutput(pixel + self.perceptual_weight * perceptual, pixel, perceptual)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, perceptual_weight={self.perceptual_weight}, particle_weight={self.particle_weight}"
+        return f"pixel={self.kind}, beta={self.beta}, perceptual_weight={self.perceptual_weight}, particle_weight={self.particle_weight}"
 
 
 def drop_targets(particles: Tensor, weather: Tensor) -> Tensor:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mofme.models.restorer import ResBlock, Restorer
+from mofme.models.strength import CalibratedRestorer
 from mofme.nn.routers import TopKRouter
 
 __all__ = [
@@ -288,11 +289,16 @@ def fast_path_available() -> bool:
 
 def inference_model(model: nn.Module, *, device: torch.device, fast: bool = True) -> nn.Module:
     """The module to run ``model``'s eval-mode inference with on ``device``: its fast-path copy for a
-    float32 :class:`~mofme.models.Restorer` in eval mode on the CPU when ``fast`` (and oneDNN is
+    float32 :class:`~mofme.models.Restorer` (or of a :class:`~mofme.models.CalibratedRestorer`'s base) in
+    eval mode on the CPU when ``fast`` (and oneDNN is
     there), else ``model`` itself. Call it with the model already in eval mode (e.g. inside
     :func:`mofme.infer.restore.eval_mode`)."""
     if not fast or is_fast_path(model):
         return model
+    if isinstance(model, CalibratedRestorer):  # the base runs fast; the strength head is tiny
+        base = inference_model(model.base, device=device, fast=fast)
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        return model if base is model.base else copy.deepcopy(model, memo={**shared, id(model.base): base})
     float32 = all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
     eligible = isinstance(model, Restorer) and not model.training and float32
     if not (eligible and torch.device(device).type == "cpu" and fast_path_available()):

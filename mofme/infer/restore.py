@@ -170,6 +170,12 @@ def _fills_drops(model: nn.Module) -> bool:
     )
 
 
+def _calibrates(model: nn.Module) -> bool:
+    """Whether ``model`` scales its stitched correction by one whole-image strength
+    (:class:`~mofme.models.CalibratedRestorer`: tiles run with ``calibrate=False``)."""
+    return callable(getattr(model, "calibrate", None))
+
+
 def _whole_image_context(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype):
     """The descriptor (1, width) of the whole (3, H, W) ``image`` for a model with a global context
     (``Restorer.image_context``), which every tile then shares; else None."""
@@ -191,12 +197,14 @@ def _model_fn(model: nn.Module, device: torch.device, image: Tensor):
     how strongly to fill each pixel (:func:`~mofme.models.restorer.fill_probability`). A model with a
     global context gets the whole image's with every tile."""
     dtype = model_dtype(model)
-    unfilled = _fills_drops(model)
+    unfilled, calibrated = _fills_drops(model), _calibrates(model)
     context = _whole_image_context(model, image, device, dtype)
 
     def fn(tiles: Tensor) -> Tensor:  # contiguous: a fast-path model's images are channels-last
         tiles = tiles.to(device=device, dtype=dtype)
         options = {} if context is None else {"context": context.expand(len(tiles), -1)}
+        if calibrated:
+            options["calibrate"] = False
         if unfilled:
             out = model(tiles, fill=False, **options)
             return torch.cat([out.image, fill_probability(out)], dim=1).float().contiguous()
@@ -217,11 +225,15 @@ def restore_tensor(
 ) -> Tensor:
     """The tiled restoration of a (3, H, W) image, already in eval mode; float32 (3, H, W) on ``device``.
     ``tile`` and ``overlap`` as asked, or the exact tiling of a model with a receptive margin
-    (:func:`model_tiling`)."""
+    (:func:`model_tiling`). A :class:`~mofme.models.CalibratedRestorer` runs its base tile by tile and
+    scales the stitched correction once (``model.calibrate``)."""
     plan = model_tiling(model, *image.shape[-2:], tile=tile, overlap=overlap, whole_pixels=whole_pixels)
     restored = tiled_apply(_model_fn(model, device, image), image, **plan._asdict(), batch_size=batch_size)
     if _fills_drops(model):  # the fill once, over the stitched image: seamless at any size
-        return fill_drops(restored[None, :3], restored[None, 3:])[0]
+        restored = fill_drops(restored[None, :3], restored[None, 3:])[0]
+    if _calibrates(model):  # one strength for the whole image, from the stitched proposal
+        with torch.no_grad():
+            restored = model.calibrate(image[None].to(device=device, dtype=restored.dtype), restored[None])[0]
     return restored
 
 

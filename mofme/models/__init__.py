@@ -29,6 +29,7 @@ from .registry import (
     restorer_config,
 )
 from .restorer import PRESETS, FFNChoice, Restorer, RestorerConfig, RestorerOutput
+from .strength import CalibratedConfig, CalibratedRestorer, StrengthHead
 from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "RESTORER_PRESETS",
     "UNET_PRESETS",
     "WEIGHTS_NAME",
+    "CalibratedConfig",
+    "CalibratedRestorer",
     "ClassifierOutput",
     "DropDetector",
     "DropDetectorConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "RestorerConfig",
     "RestorerOutput",
     "SegmenterOutput",
+    "StrengthHead",
     "UNetConfig",
     "UNetRestorer",
     "ViTClassifier",

@@ -34,6 +34,7 @@ from .drops import DropDetector, DropDetectorConfig
 from .hub import PretrainedMixin, read_config
 from .recognition import RECOGNIZER_PRESETS, ViTClassifier, ViTSegmenter
 from .restorer import PRESETS, Restorer, RestorerConfig
+from .strength import CalibratedConfig, CalibratedRestorer
 from .unet import UNET_PRESETS, UNetConfig, UNetRestorer
 
 __all__ = [
@@ -53,13 +54,14 @@ __all__ = [
 ]
 
 ARCHITECTURES: dict[str, type[PretrainedMixin]] = {
+    "CalibratedRestorer": CalibratedRestorer,
     "DropDetector": DropDetector,
     "Restorer": Restorer,
     "UNetRestorer": UNetRestorer,
     "ViTClassifier": ViTClassifier,
     "ViTSegmenter": ViTSegmenter,
 }
-_RESTORERS = (Restorer, UNetRestorer)
+_RESTORERS = (Restorer, UNetRestorer, CalibratedRestorer)
 # every restorer preset: the single-scale published network (PRESETS) and the multi-scale U-Net
 RESTORER_PRESETS: dict[str, RestorerConfig | UNetConfig] = {**PRESETS, **UNET_PRESETS}
 _CLASSES = {RestorerConfig: Restorer, UNetConfig: UNetRestorer}
@@ -227,6 +229,14 @@ def restorer_unet_local(**overrides: Any) -> UNetRestorer:
     """Multi-scale U-Net with gated depthwise-conv mixers (bounded reach: seamless tiles), the whole
     image's context and a weather-presence gate; MoFME FFNs at 1/4 and 1/8 (C=16, depths 1/1/2/4)."""
     return build_restorer(preset="unet_local", **overrides)
+
+
+@register_model(defaults=CalibratedConfig())
+def restorer_calibrated(**overrides: Any) -> CalibratedRestorer:
+    """A restorer (``base``: default the shipped ``mofme-small-weather-gated``, loaded with its
+    weights) whose correction is scaled per image by a learned strength from the whole image
+    (:mod:`mofme.models.strength`); the strength starts at ``prior`` and trains with the base fixed."""
+    return CalibratedRestorer(_replaced(CalibratedConfig(), overrides, owner="model 'restorer_calibrated'"))
 
 
 def _recognizer(cls: type[ViTClassifier | ViTSegmenter], preset: str, overrides: dict[str, Any]) -> Any:

@@ -244,6 +244,12 @@ class RestorationLoss(_Section):
     """``task: restoration``: smooth L1 (+ perceptual), and the weights of the optional terms."""
 
     task: Literal["restoration"] = Field("restoration", exclude=True)  # the discriminator (Config.task)
+    pixel: Literal["smooth_l1", "psnr"] = Field(
+        "smooth_l1",
+        description="the pixel term: smooth L1 over all pixels, or psnr: minus each image's PSNR "
+        "(capped at psnr_cap), averaged over the images: every image weighs the same in dB",
+    )
+    psnr_cap: float = Field(50.0, gt=0.0, description="loss.pixel psnr: no gain counts above this (dB)")
     smooth_l1_beta: Rate = 1.0
     perceptual_weight: float = Field(0.0, ge=0.0)
     vgg_weights: str | None = None

@@ -60,6 +60,8 @@ class RestorationRecipe(Recipe):
             perceptual_weight=loss.perceptual_weight,
             vgg_weights=loss.vgg_weights,
             particle_weight=loss.particle_weight,
+            pixel=loss.pixel,
+            psnr_cap=loss.psnr_cap,
         ).to(self.device)
 
     def _scores(self, model: nn.Module) -> dict[str, float]:

@@ -1,0 +1,205 @@
+"""A calibrated restorer: any restorer whose whole correction is scaled by one number per image, its
+strength s in (0, 1), judged from the correction the base restorer proposes for the whole image:
+
+    r = base(x);   output = x + s * (r - x),   s = sigmoid(head(correction_evidence(x, r)))
+
+A restorer trained on rendered weather also "corrects" photos that have none (distant haze removed,
+skies darkened), and it can make weather drawn another way worse. The strength learns how much of the
+base's proposal to keep, from what the proposal looks like: how large the change is, at which scales
+(streaks and flakes are fine detail, a tone shift is coarse), in which direction, and what the photo
+itself looks like (its brightness, contrast, dark channel). :func:`correction_evidence` computes these
+statistics on both images area-resized to at most :data:`WORK_SIDE` px, so they mean the same at any
+photo size; the head is a standardisation (batch statistics, no affine) and a two-layer MLP.
+
+It trains with the base fixed (``train.trainable: [strength]``) on the per-image PSNR loss
+(``loss.pixel: psnr``), whose optimum for one image is s* = <r - x, y - x> / |r - x|^2 (y the clean
+image): 0 on a clean photo, whatever the base does to it.
+
+    model = create_model("restorer_calibrated", base="mofme-small-weather-gated")  # base loaded, s new
+    out = model(images)                          # RestorerOutput; out.image = x + s (base(x) - x)
+    model.strength_of(images, out_base.image)    # (N,) the s of each image, given the base's output
+
+Tiled inference (:func:`mofme.infer.restore.restore_tensor`) runs the base tile by tile
+(``forward(tile, calibrate=False)``) and calls :meth:`CalibratedRestorer.calibrate` once on the
+stitched whole image, so every tile gets the same s and the strength adds no seam. The base must not
+fill drops after stitching (a windowed ``drop_fill`` restorer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hub import PretrainedMixin, config_from
+from .restorer import RestorerOutput
+
+__all__ = [
+    "DEFAULT_BASE",
+    "EVIDENCE_FEATURES",
+    "WORK_SIDE",
+    "CalibratedConfig",
+    "CalibratedRestorer",
+    "StrengthHead",
+    "correction_evidence",
+]
+
+DEFAULT_BASE = "mofme-small-weather-gated"
+WORK_SIDE = 512  # the evidence is computed on both images area-resized to at most this long side
+_OCTAVES = 4  # detail of the correction and of the photo at 1, 1/2, 1/4, 1/8 of the working size
+_QUANTILES = (0.5, 0.9, 0.99)  # of the per-pixel change |r - x|
+_EPS = 1e-4  # inside the logarithms of magnitudes
+EVIDENCE_FEATURES = 8 + 1 + len(_QUANTILES) + 2 * _OCTAVES + 6
+
+
+def _at_work_size(image: Tensor) -> Tensor:
+    height, width = image.shape[-2:]
+    scale = WORK_SIDE / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(image, size=size, mode="area")
+
+
+def _octave_detail(image: Tensor) -> list[Tensor]:
+    """Mean |level - its 2x2-mean upsampled| (N,) at each of :data:`_OCTAVES` octaves of (N, C, H, W)."""
+    details = []
+    for _ in range(_OCTAVES):
+        if min(image.shape[-2:]) < 2:
+            details.append(image.new_zeros(image.shape[0]))
+            continue
+        coarse = F.avg_pool2d(image, 2, ceil_mode=True)
+        details.append(
+            (image - F.interpolate(coarse, size=image.shape[-2:], mode="nearest")).abs().mean((1, 2, 3))
+        )
+        image = coarse
+    return details
+
+
+def correction_evidence(image: Tensor, restored: Tensor) -> Tensor:
+    """(N, :data:`EVIDENCE_FEATURES`) statistics of the base's proposal ``restored`` for ``image``
+    (both (N, 3, H, W) in [0, 1]), at most :data:`WORK_SIDE` px: the mean change and mean colour per
+    channel, dark channel and saturation means; then logarithms of the mean and quantiles of the
+    per-pixel change, of the change's and the photo's detail per octave, and of the per-channel
+    spread of change and photo."""
+    x, r = _at_work_size(image.float()), _at_work_size(restored.float())
+    change = r - x
+    magnitude = change.abs().mean(dim=1).flatten(1)
+    quantiles = torch.quantile(magnitude, torch.tensor(_QUANTILES, dtype=magnitude.dtype), dim=1)
+    dark = x.min(dim=1).values.mean(dim=(1, 2))
+    saturation = (x.max(dim=1).values - x.min(dim=1).values).mean(dim=(1, 2))
+    signed = [change.mean(dim=(2, 3)), x.mean(dim=(2, 3)), dark[:, None], saturation[:, None]]
+    magnitudes = torch.stack([magnitude.mean(1), *quantiles, *_octave_detail(change), *_octave_detail(x)], 1)
+    spreads = torch.cat([change.std(dim=(2, 3)), x.std(dim=(2, 3))], 1)
+    return torch.cat([*signed, torch.log(magnitudes + _EPS), torch.log(spreads + _EPS)], 1)
+
+
+@dataclass(frozen=True)
+class CalibratedConfig:
+    """Every constructor argument of :class:`CalibratedRestorer` (``asdict`` is ``config.json``).
+
+    ``base``: a restorer to load with its weights (a shipped name or a ``save_pretrained`` folder),
+    or a saved restorer config (a dict with ``architecture``: built untrained, its weights coming
+    from this model's file; what ``config.json`` stores). The rest configure :class:`StrengthHead`."""
+
+    base: str | dict = DEFAULT_BASE
+    hidden: int = 32  # the head's hidden width
+    prior: float = 0.9  # the strength of a new head on any image
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.prior < 1.0:
+            raise ValueError(f"prior must be in (0, 1), got {self.prior}")
+        if self.hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+        if not isinstance(self.base, str | dict):
+            raise ValueError(f"base must be a restorer name, folder or config dict, got {self.base!r}")
+
+
+class StrengthHead(nn.Module):
+    """(image, restored) (N, 3, H, W) -> (N, 1) strength logits: :func:`correction_evidence`,
+    standardised by running batch statistics (no affine), then a two-layer MLP whose last layer starts
+    at zero weights and bias logit(``prior``) (s = ``prior`` on any image)."""
+
+    def __init__(self, *, hidden: int, prior: float) -> None:
+        super().__init__()
+        self.standardise = nn.BatchNorm1d(EVIDENCE_FEATURES, affine=False)
+        self.mlp = nn.Sequential(nn.Linear(EVIDENCE_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.constant_(self.mlp[-1].bias, math.log(prior / (1.0 - prior)))
+
+    def forward(self, image: Tensor, restored: Tensor) -> Tensor:
+        return self.mlp(self.standardise(correction_evidence(image, restored)))
+
+
+def _build_base(spec: str | dict) -> nn.Module:
+    """The base restorer of a :class:`CalibratedConfig`: loaded with weights (a name or folder), or
+    built from a saved config dict (weights to come)."""
+    from .registry import ARCHITECTURES, load_restorer  # the registry imports this module
+
+    if isinstance(spec, str):
+        return load_restorer(spec)
+    fields = dict(spec)
+    architecture = fields.pop("architecture", None)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"base: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture](**fields)
+
+
+class CalibratedRestorer(PretrainedMixin, nn.Module):
+    """``base`` (a restorer returning :class:`RestorerOutput`) with its correction scaled per image by
+    :class:`StrengthHead` (module docstring). The base's calls pass through: ``image_context``,
+    ``size_multiple``, ``receptive_margin``, ``forward``'s ``fill`` and ``context``."""
+
+    def __init__(self, config: CalibratedConfig | None = None, /, **fields: Any) -> None:
+        super().__init__()
+        cfg = config_from(CalibratedConfig, config, fields)
+        self.base = _build_base(cfg.base)
+        if getattr(self.base, "drop_head", None) is not None and self.receptive_margin is not None:
+            raise ValueError(
+                "base fills drops after stitching (a windowed drop_fill restorer): not supported"
+            )
+        self.strength = StrengthHead(hidden=cfg.hidden, prior=cfg.prior)
+        self.config = cfg
+
+    def config_dict(self) -> dict[str, Any]:
+        """``config.json``: the base's saved config (with its architecture) in place of its name."""
+        saved = {"architecture": type(self.base).__name__, **self.base.config_dict()}
+        return asdict(replace(self.config, base=saved))
+
+    @property
+    def receptive_margin(self) -> int | None:
+        """The base's: the strength is the whole image's, applied after stitching."""
+        return getattr(self.base, "receptive_margin", None)
+
+    @property
+    def size_multiple(self) -> int:
+        base = self.base
+        return int(getattr(base, "size_multiple", None) or getattr(base, "patch_size", 1))
+
+    def image_context(self, image: Tensor) -> Tensor | None:
+        """The base's whole-image descriptor (None for a base without one)."""
+        return getattr(self.base, "image_context", lambda _: None)(image)
+
+    def strength_of(self, image: Tensor, restored: Tensor) -> Tensor:
+        """The strength s (N,) for ``image`` given the base's ``restored`` (both (N, 3, H, W))."""
+        return torch.sigmoid(self.strength(image, restored).float()).squeeze(1)
+
+    def calibrate(self, image: Tensor, restored: Tensor) -> Tensor:
+        """x + s (restored - x) for the base's whole-image ``restored`` (N, 3, H, W)."""
+        strength = self.strength_of(image, restored).to(restored.dtype)[:, None, None, None]
+        return image + strength * (restored - image)
+
+    def forward(
+        self, image: Tensor, *, fill: bool = True, context: Tensor | None = None, calibrate: bool = True
+    ) -> RestorerOutput:
+        """``image`` (N, 3, H, W) in [0, 1] -> the base's output with ``image`` = x + s (base - x);
+        ``calibrate=False``: the base's output as it is (a tile, calibrated once stitched)."""
+        options = {} if context is None else {"context": context}
+        if getattr(self.base, "drop_head", None) is not None:
+            options["fill"] = fill
+        out = self.base(image, **options)
+        return out._replace(image=self.calibrate(image, out.image)) if calibrate else out

@@ -1,0 +1,188 @@
+"""Issue 28, do no harm: the calibrated restorer (one learned strength per image, judged from the
+fixed base restorer's proposed correction) against its explicit formula, tiled, saved and loaded, on
+the CPU fast path; its evidence features; and the per-image PSNR loss it trains on, against
+scikit-image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage.metrics import peak_signal_noise_ratio
+
+from mofme.infer import restore_image
+from mofme.infer.fastpath import fast_path_available, inference_model, is_fast_path
+from mofme.losses import RestorationLoss
+from mofme.models import CONFIG_NAME, CalibratedRestorer, build_restorer, create_model, load_restorer
+from mofme.models.strength import EVIDENCE_FEATURES, WORK_SIDE, correction_evidence
+
+
+def _save_base(directory, **fields):
+    """A tiny restorer whose output differs from its input (randomised tail), saved."""
+    torch.manual_seed(0)
+    base = build_restorer(preset="tiny", residual=True, **fields)
+    with torch.no_grad():
+        for name, parameter in base.named_parameters():
+            if name.startswith(("tail", "context_bias", "context_gate")):
+                parameter.normal_(std=0.3)
+    return base.save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A global-attention base with a whole-image context and a presence gate."""
+    return _save_base(tmp_path_factory.mktemp("base"), global_context=True, presence_gate=True)
+
+
+@pytest.fixture(scope="module")
+def windowed_dir(tmp_path_factory):
+    """A windowed base: bounded reach, so its tiled restore equals its whole one."""
+    return _save_base(tmp_path_factory.mktemp("windowed"), window_size=8)
+
+
+def _images(*shape: int, seed: int = 2) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _references() -> torch.Tensor:
+    images = _images(6, 3, 40, 48, seed=9)
+    images[3:] *= 0.3  # dark images: other evidence
+    return images
+
+
+def _calibrated(directory) -> CalibratedRestorer:
+    """A restorer_calibrated whose strength spreads over (0, 1) on :func:`_references`."""
+    torch.manual_seed(1)
+    model = create_model("restorer_calibrated", base=str(directory)).eval()
+    out = model.strength.mlp[-1]
+    with torch.no_grad():
+        images = _references()
+        restored = model.base(images).image
+        torch.nn.init.normal_(out.weight)
+        out.bias.zero_()
+        logits = model.strength(images, restored)
+        out.weight.mul_(2.0 / logits.std())
+        out.bias.fill_(-float(logits.mean()) * 2.0 / float(logits.std()))
+    return model
+
+
+@torch.no_grad()
+def test_output_is_the_input_plus_the_strength_times_the_base_correction(base_dir):
+    model = _calibrated(base_dir)
+    images = _references()
+    base = model.base(images).image
+    assert float((base - images).abs().max()) > 1e-2  # the base does change the images
+    head = model.strength
+    strength = torch.sigmoid(head.mlp(head.standardise(correction_evidence(images, base))))[:, 0]
+    assert float(strength.max() - strength.min()) > 0.3  # one strength per image, not one for all
+    expected = images + strength[:, None, None, None] * (base - images)
+    torch.testing.assert_close(model(images).image, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model(images, calibrate=False).image, base, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_a_new_strength_is_the_prior_and_a_closed_one_returns_the_input(base_dir):
+    model = create_model("restorer_calibrated", base=str(base_dir), prior=0.7).eval()
+    images = _references()
+    restored = model.base(images).image
+    torch.testing.assert_close(model.strength_of(images, restored), torch.full((6,), 0.7))
+    model.strength.mlp[-1].bias.fill_(-40.0)
+    torch.testing.assert_close(model(images).image, images, rtol=0, atol=1e-6)
+
+
+def test_evidence_is_the_stated_statistics_and_means_the_same_at_any_photo_size():
+    image = _images(2, 3, 30, 50, seed=3)
+    restored = (image + 0.1 * _images(2, 3, 30, 50, seed=4) - 0.05).clamp(0, 1)
+    features = correction_evidence(image, restored)
+    assert features.shape == (2, EVIDENCE_FEATURES)
+    x, change = image.numpy(), (restored - image).numpy()
+    np.testing.assert_allclose(features[:, :3].numpy(), change.mean(axis=(2, 3)), atol=1e-6)
+    np.testing.assert_allclose(features[:, 3:6].numpy(), x.mean(axis=(2, 3)), atol=1e-6)
+    np.testing.assert_allclose(features[:, 6].numpy(), x.min(axis=1).mean(axis=(1, 2)), atol=1e-6)
+    large = F.interpolate(image, size=(3 * WORK_SIDE // 5 * 2, 2 * WORK_SIDE), mode="bilinear")
+    large_restored = (large + 0.02).clamp(0, 1)
+    at_work_size = [F.interpolate(t, scale_factor=0.5, mode="area") for t in (large, large_restored)]
+    torch.testing.assert_close(
+        correction_evidence(large, large_restored), correction_evidence(*at_work_size), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_a_tiled_restore_equals_the_whole_one_over_a_seamless_base(windowed_dir, monkeypatch):
+    import mofme.infer.restore as restore
+
+    model = _calibrated(windowed_dir)
+    image = _images(3, 352, 480, seed=5)
+    image[:, :, 320:] *= 0.2  # a dark right third: a tile on the left sees another photo
+    with torch.no_grad():
+        restored = model.base(image[None]).image
+        model.strength.mlp[-1].bias -= model.strength(image[None], restored)[0]  # s = 0.5 on the whole
+        tile = image[None, :, :320, :320]  # what a tile alone would judge differs from the whole's 0.5
+        assert abs(float(model.strength_of(tile, model.base(tile).image)) - 0.5) > 0.05
+    whole = restore_image(model, image, fast=False)  # in one piece
+    plan = restore.Tiling(tile=320, overlap=224, margin=model.receptive_margin, multiple_of=32)  # 2 x 3 tiles
+    monkeypatch.setattr(restore, "model_tiling", lambda *args, **kwargs: plan)
+    tiled = restore_image(model, image, fast=False)
+    assert float((tiled - whole).abs().max()) < 1e-5
+
+
+def test_saved_and_loaded_it_embeds_the_base_and_gives_the_same_output(base_dir, tmp_path):
+    model = _calibrated(base_dir)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert saved["architecture"] == "CalibratedRestorer"
+    assert saved["base"]["architecture"] == "Restorer" and saved["base"]["presence_gate"] is True
+    loaded = load_restorer(tmp_path)  # built from the embedded config: no base folder needed
+    assert isinstance(loaded, CalibratedRestorer) and loaded.config.base == saved["base"]
+    images = _references()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).image, model(images).image, rtol=0, atol=0)
+
+
+def test_a_base_that_fills_drops_after_stitching_is_refused(tmp_path):
+    windowed = build_restorer(preset="tiny", window_size=4, drop_fill=True).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="fills drops after stitching"):
+        create_model("restorer_calibrated", base=str(windowed))
+
+
+@pytest.mark.skipif(not fast_path_available(), reason="no oneDNN")
+@torch.no_grad()
+def test_the_fast_path_runs_the_base_fast_and_gives_the_same_output(base_dir):
+    model = _calibrated(base_dir)
+    fast = inference_model(model, device=torch.device("cpu"))
+    assert isinstance(fast, CalibratedRestorer) and is_fast_path(fast.base) and not is_fast_path(model.base)
+    assert fast.strength.mlp[0].weight is model.strength.mlp[0].weight  # shared, not copied
+    images = _references()
+    # the base's rounding (its randomised tail amplifies it) moves the evidence too: a quarter grey level
+    torch.testing.assert_close(fast(images).image, model(images).image, rtol=0, atol=1e-3)
+
+
+def test_psnr_loss_is_minus_the_mean_image_psnr_of_scikit_image():
+    target = _images(3, 3, 24, 20, seed=5)
+    pred = (target + 0.05 * _images(3, 3, 24, 20, seed=6) - 0.025).clamp(0, 1)
+    pred[2] = target[2] + 0.2 * (pred[2] - target[2])  # a better image: another PSNR
+    loss = RestorationLoss(pixel="psnr", psnr_cap=200.0).pixel(pred, target)
+    expected = [
+        peak_signal_noise_ratio(t.double().numpy(), p.double().numpy(), data_range=1.0)
+        for t, p in zip(target, pred, strict=True)
+    ]
+    assert float(-loss) == pytest.approx(float(np.mean(expected)), abs=1e-3)
+    capped = RestorationLoss(pixel="psnr", psnr_cap=30.0).pixel(target, target)
+    assert float(capped) == pytest.approx(-30.0, abs=1e-4)  # identical images score the cap
+    with pytest.raises(ValueError, match="particle_weight"):
+        RestorationLoss(pixel="psnr", particle_weight=1.0)
+
+
+def test_psnr_loss_closes_the_strength_on_a_clean_image_and_opens_it_where_the_base_is_right(base_dir):
+    model = _calibrated(base_dir)
+    loss = RestorationLoss(pixel="psnr")
+    logits = []
+    model.strength.register_forward_hook(lambda module, args, out: out.retain_grad() or logits.append(out))
+    clean, rainy = _images(1, 3, 40, 40, seed=7), _images(1, 3, 40, 40, seed=8)
+    with torch.no_grad():
+        restored = model.base(rainy).image  # a target the base reaches exactly
+    for image, target, sign in ((clean, clean, 1.0), (rainy, restored, -1.0)):
+        loss.pixel(model(image).image, target).backward()
+        assert sign * float(logits[-1].grad) > 0  # gradient descent lowers / raises the strength
