@@ -211,5 +211,7 @@ class PretrainedMixin:
             model = cls(**config)
         except TypeError as error:
             raise ValueError(f"{config_path}: cannot build {cls.__name__}: {error}") from error
+        if any(parameter.is_meta for parameter in model.parameters()):  # under torch.device("meta")
+            return model.eval()  # shapes only: there is nothing to load weights into
         load_weights(model, name_or_path, revision=revision)
         return model.to(device).eval()

@@ -121,18 +121,28 @@ class CalibratedConfig:
 
 class StrengthHead(nn.Module):
     """(image, restored) (N, 3, H, W) -> (N, 1) strength logits: :func:`correction_evidence`,
-    standardised by running batch statistics (no affine), then a two-layer MLP whose last layer starts
-    at zero weights and bias logit(``prior``) (s = ``prior`` on any image)."""
+    standardised by running batch statistics (no affine), then a linear map plus a two-layer GELU MLP
+    (the linear term keeps evidence beyond what training saw on its trend, rather than at a constant);
+    both start at zero weights, the bias at logit(``prior``) (s = ``prior`` on any image)."""
 
     def __init__(self, *, hidden: int, prior: float) -> None:
         super().__init__()
         self.standardise = nn.BatchNorm1d(EVIDENCE_FEATURES, affine=False)
-        self.mlp = nn.Sequential(nn.Linear(EVIDENCE_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.linear = nn.Linear(EVIDENCE_FEATURES, 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(EVIDENCE_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 1, bias=False)
+        )
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, math.log(prior / (1.0 - prior)))
         nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.constant_(self.mlp[-1].bias, math.log(prior / (1.0 - prior)))
+
+    def logits(self, evidence: Tensor) -> Tensor:
+        """(N, :data:`EVIDENCE_FEATURES`) evidence -> (N, 1) logits."""
+        evidence = self.standardise(evidence)
+        return self.linear(evidence) + self.mlp(evidence)
 
     def forward(self, image: Tensor, restored: Tensor) -> Tensor:
-        return self.mlp(self.standardise(correction_evidence(image, restored)))
+        return self.logits(correction_evidence(image, restored))
 
 
 def _build_base(spec: str | dict) -> nn.Module:

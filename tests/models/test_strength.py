@@ -57,14 +57,16 @@ def _calibrated(directory) -> CalibratedRestorer:
     """A restorer_calibrated whose strength spreads over (0, 1) on :func:`_references`."""
     torch.manual_seed(1)
     model = create_model("restorer_calibrated", base=str(directory)).eval()
-    out = model.strength.mlp[-1]
+    out = model.strength.linear
     with torch.no_grad():
         images = _references()
         restored = model.base(images).image
         torch.nn.init.normal_(out.weight)
+        torch.nn.init.normal_(model.strength.mlp[-1].weight, std=0.1)
         out.bias.zero_()
         logits = model.strength(images, restored)
-        out.weight.mul_(2.0 / logits.std())
+        for layer in (out, model.strength.mlp[-1]):
+            layer.weight.mul_(2.0 / logits.std())
         out.bias.fill_(-float(logits.mean()) * 2.0 / float(logits.std()))
     return model
 
@@ -76,7 +78,8 @@ def test_output_is_the_input_plus_the_strength_times_the_base_correction(base_di
     base = model.base(images).image
     assert float((base - images).abs().max()) > 1e-2  # the base does change the images
     head = model.strength
-    strength = torch.sigmoid(head.mlp(head.standardise(correction_evidence(images, base))))[:, 0]
+    evidence = head.standardise(correction_evidence(images, base))
+    strength = torch.sigmoid(head.linear(evidence) + head.mlp(evidence))[:, 0]
     assert float(strength.max() - strength.min()) > 0.3  # one strength per image, not one for all
     expected = images + strength[:, None, None, None] * (base - images)
     torch.testing.assert_close(model(images).image, expected, rtol=0, atol=1e-6)
@@ -89,7 +92,7 @@ def test_a_new_strength_is_the_prior_and_a_closed_one_returns_the_input(base_dir
     images = _references()
     restored = model.base(images).image
     torch.testing.assert_close(model.strength_of(images, restored), torch.full((6,), 0.7))
-    model.strength.mlp[-1].bias.fill_(-40.0)
+    model.strength.linear.bias.fill_(-40.0)
     torch.testing.assert_close(model(images).image, images, rtol=0, atol=1e-6)
 
 
@@ -118,7 +121,7 @@ def test_a_tiled_restore_equals_the_whole_one_over_a_seamless_base(windowed_dir,
     image[:, :, 320:] *= 0.2  # a dark right third: a tile on the left sees another photo
     with torch.no_grad():
         restored = model.base(image[None]).image
-        model.strength.mlp[-1].bias -= model.strength(image[None], restored)[0]  # s = 0.5 on the whole
+        model.strength.linear.bias -= model.strength(image[None], restored)[0]  # s = 0.5 on the whole
         tile = image[None, :, :320, :320]  # what a tile alone would judge differs from the whole's 0.5
         assert abs(float(model.strength_of(tile, model.base(tile).image)) - 0.5) > 0.05
     whole = restore_image(model, image, fast=False)  # in one piece

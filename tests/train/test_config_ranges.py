@@ -135,7 +135,9 @@ def test_each_task_reads_its_own_loss_section_and_old_full_dumps_still_load():
         ("drop_detector", "drop_detection"),
     ]:
         config = load_config(recipe_path(recipe))
-        assert config.task == task and set(config.loss.model_dump()) - NEWER_LOSS_FIELDS < OLD_FLAT_LOSS_FIELDS
+        assert (
+            config.task == task and set(config.loss.model_dump()) - NEWER_LOSS_FIELDS < OLD_FLAT_LOSS_FIELDS
+        )
         saved = yaml.safe_load(config.to_yaml())
         saved["loss"] = {**OLD_FLAT_LOSS_DEFAULTS, **saved["loss"]}  # runs saved every field before
         assert config.same_as(yaml.safe_dump(saved))

@@ -1,0 +1,71 @@
+"""Fitting a calibrated restorer's strength on proposals computed once (mofme.train.strength): the
+exact per-render MSE from three sums, what is collected, and a fit that closes on clean renders and
+opens where the base is right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mofme.models import build_restorer, create_model
+from mofme.models.strength import EVIDENCE_FEATURES, correction_evidence
+from mofme.train.strength import Proposals, collect_proposals, fit_strength, proposal_mse
+
+
+def _rand(*shape: int, seed: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    base = build_restorer(preset="tiny", residual=True)
+    with torch.no_grad():
+        for name, parameter in base.named_parameters():
+            if name.startswith("tail"):
+                parameter.normal_(std=0.3)  # a base that changes images
+    directory = base.save_pretrained(tmp_path_factory.mktemp("base"))
+    return create_model("restorer_calibrated", base=str(directory)).eval()
+
+
+def test_proposal_mse_is_the_mse_of_the_scaled_correction_for_any_strength():
+    x, r, y = (_rand(5, 3, 8, 9, seed=s) for s in (1, 2, 3))
+    change, error = (r - x).flatten(1).double(), (y - x).flatten(1).double()
+    sums = torch.stack([change.square().mean(1), (change * error).mean(1), error.square().mean(1)], 1)
+    for value in (0.0, 0.3, 1.0, 1.7):
+        strength = torch.full((5,), value)
+        direct = (x.double() + value * (r - x).double() - y.double()).square().flatten(1).mean(1)
+        torch.testing.assert_close(proposal_mse(strength, sums), direct, rtol=1e-6, atol=1e-9)
+
+
+def test_collect_proposals_keeps_the_evidence_and_sums_of_the_bases_output(model):
+    items = [
+        {"input": _rand(3, 24, 32, seed=10 + i), "target": _rand(3, 24, 32, seed=20 + i)} for i in range(5)
+    ]
+    proposals = collect_proposals(model, items, renders=7, batch_size=3, progress=False)  # wraps round
+    assert proposals.features.shape == (7, EVIDENCE_FEATURES) and proposals.sums.shape == (7, 3)
+    x = torch.stack([it["input"] for it in items])
+    y = torch.stack([it["target"] for it in items])
+    with torch.no_grad():
+        r = model.base(x).image.clamp(0, 1)
+    torch.testing.assert_close(proposals.features[:5], correction_evidence(x, r), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(proposals.features[5:], proposals.features[:2])  # the same items again
+    expected = (y - x).double().square().flatten(1).mean(1)
+    torch.testing.assert_close(proposals.sums[:5, 2], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_the_fit_closes_on_clean_renders_and_opens_where_the_base_is_right(model):
+    generator = torch.Generator().manual_seed(4)
+    n = 64
+    features = 0.3 * torch.randn(n, EVIDENCE_FEATURES, generator=generator)
+    clean = torch.arange(n) % 2 == 0
+    features[:, 0] += torch.where(clean, -2.0, 2.0)  # one feature tells them apart
+    change = 0.01 + 0.02 * torch.rand(n, generator=generator, dtype=torch.float64)
+    sums = torch.stack([change, torch.where(clean, 0.0, change), torch.where(clean, 0.0, change)], 1)
+    history = fit_strength(model, Proposals(features, sums))
+    assert history[-1] < history[0]
+    head = model.strength
+    with torch.no_grad():
+        strength = torch.sigmoid(head.logits(features))[:, 0]
+    assert float(strength[clean].max()) < 0.1 and float(strength[~clean].min()) > 0.9
+    assert not head.training  # left in eval mode, its standardisation frozen
