@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mofme.configs import recipe_path
 from mofme.models import build_restorer, create_model
 from mofme.models.strength import EVIDENCE_FEATURES, correction_evidence
-from mofme.train.strength import Proposals, collect_proposals, fit_strength, proposal_mse
+from mofme.train.config import load_config
+from mofme.train.strength import Proposals, collect_proposals, fit_from_config, fit_strength, proposal_mse
 
 
 def _rand(*shape: int, seed: int) -> torch.Tensor:
@@ -69,3 +71,11 @@ def test_the_fit_closes_on_clean_renders_and_opens_where_the_base_is_right(model
         strength = torch.sigmoid(head.logits(features))[:, 0]
     assert float(strength[clean].max()) < 0.1 and float(strength[~clean].min()) > 0.9
     assert not head.training  # left in eval mode, its standardisation frozen
+
+
+def test_fit_from_config_names_the_model_it_cannot_fit(tmp_path):
+    config = load_config(recipe_path("demo_cpu"))
+    config.train.output_dir = str(tmp_path)
+    with pytest.raises(ValueError, match=f"restorer_calibrated.*{config.model.name}"):
+        fit_from_config(config, renders=4)
+    assert not any(tmp_path.iterdir())  # refused before the base ran or anything was written
