@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mofme.atomic import write_text_atomic
+from mofme.atomic import atomic_file, write_text_atomic
 from mofme.models.strength import CalibratedRestorer, correction_evidence
 from mofme.train.config import Config
 
@@ -142,16 +142,15 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
         raise ValueError(f"--fit-strength needs a restorer_calibrated model, not {config.model.name!r}")
     start = time.perf_counter()
     output = Path(config.train.output_dir)
-    cache = (
-        output / f"proposals_{renders}_seed{config.train.seed}.pt"
-    )  # the base's work, kept: a refit costs seconds
+    # the base's work, kept (written whole or not at all): a refit costs seconds
+    cache = output / f"proposals_{renders}_seed{config.train.seed}.pt"
     if cache.is_file():
         proposals = Proposals(**torch.load(cache, weights_only=True))
     else:
         train_set, _ = build_datasets(config.data, seed=config.train.seed)
         proposals = collect_proposals(model, train_set, renders=renders, batch_size=config.data.batch_size)
-        output.mkdir(parents=True, exist_ok=True)
-        torch.save(proposals._asdict(), cache)
+        with atomic_file(cache) as tmp:
+            torch.save(proposals._asdict(), tmp)
     history = fit_strength(
         model,
         proposals,
