@@ -53,12 +53,11 @@ def proposal_mse(strength: Tensor, sums: Tensor) -> Tensor:
 
 def _epochs(dataset: Dataset, renders: int):
     """``renders`` items of ``dataset``, calling its ``set_epoch`` each pass (fresh renders)."""
-    index = 0
-    while index < renders:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(index // len(dataset))
-        yield dataset[index % len(dataset)]
-        index += 1
+    for index in range(renders):
+        epoch, position = divmod(index, len(dataset))
+        if position == 0 and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        yield dataset[position]
 
 
 @torch.no_grad()
