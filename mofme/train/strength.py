@@ -135,8 +135,9 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
     (reused by the next fit into the same folder with the same renders and seed); returns the record."""
     from mofme.train.data import build_datasets, validation_set
     from mofme.train.recipes.restoration import validate
+    from mofme.train.trainer import initialised_model
 
-    model = config.model.build()
+    model = initialised_model(config)  # the base's weights: its name or folder, or train.init_parts
     if not isinstance(model, CalibratedRestorer):
         raise ValueError(f"--fit-strength needs a restorer_calibrated model, not {config.model.name!r}")
     start = time.perf_counter()

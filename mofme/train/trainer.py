@@ -71,6 +71,31 @@ class _SkipSampler(Sampler[int]):
         return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
 
 
+def model_part(model: nn.Module, name: str) -> nn.Module:
+    """The module of ``model`` that ``train.init_parts``, ``init_new`` or ``trainable`` names ``name``."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError as error:
+        raise ConfigError(
+            f"train.init_parts / init_new / trainable: the model has no module {name!r}"
+        ) from error
+
+
+def initialised_model(config: Config) -> nn.Module:
+    """The recipe's model (on the CPU) with the weights ``train.init_from`` and ``train.init_parts``
+    name loaded; ``train.init_new``'s modules keep their initialisation."""
+    cfg = config.train
+    model = config.model.build()
+    parts = {name: model_part(model, name) for name in cfg.init_parts}
+    for name in cfg.init_new:
+        model_part(model, name)  # a name the model lacks is a config error
+    if cfg.init_from is not None:
+        load_weights(model, cfg.init_from, new_modules=[*parts, *cfg.init_new])
+    for name, part in parts.items():
+        load_weights(part, cfg.init_parts[name])
+    return model
+
+
 def autocast_context(amp: str, device: torch.device):
     """(autocast context, GradScaler or None) for ``train.amp``: ``"auto"`` (bf16 on a CUDA GPU that
     has it, else off), ``"off"``, ``"bf16"`` or ``"fp16"`` (with a scaler)."""
@@ -193,16 +218,9 @@ class Recipe:
         return self
 
     def _setup_model(self) -> nn.Module:
-        model = self.config.model.build()
-        parts = {name: self._part(model, name) for name in self.cfg.init_parts}
-        for name in self.cfg.init_new:
-            self._part(model, name)  # a name the model lacks is a config error
-        if self.cfg.init_from is not None:
-            load_weights(model, self.cfg.init_from, new_modules=[*parts, *self.cfg.init_new])
-        for name, part in parts.items():
-            load_weights(part, self.cfg.init_parts[name])
+        model = initialised_model(self.config)
         if self.cfg.trainable is not None:
-            self.trained_parts = [self._part(model, name) for name in self.cfg.trainable]
+            self.trained_parts = [model_part(model, name) for name in self.cfg.trainable]
             model.requires_grad_(False)
             for part in self.trained_parts:
                 part.requires_grad_(True)
@@ -217,16 +235,6 @@ class Recipe:
         self.model.eval()
         for part in self.trained_parts:
             part.train()
-
-    @staticmethod
-    def _part(model: nn.Module, name: str) -> nn.Module:
-        """The module of ``model`` that ``train.init_parts``, ``init_new`` or ``trainable`` names ``name``."""
-        try:
-            return model.get_submodule(name)
-        except AttributeError as error:
-            raise ConfigError(
-                f"train.init_parts / init_new / trainable: the model has no module {name!r}"
-            ) from error
 
     def _setup_data(self) -> None:
         self.train_set, self.val_set = build_datasets(self.config.data, seed=self.cfg.seed)

@@ -4,14 +4,17 @@ opens where the base is right."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from mofme.configs import recipe_path
 from mofme.models import build_restorer, create_model
 from mofme.models.strength import EVIDENCE_FEATURES, correction_evidence
-from mofme.train.config import load_config
+from mofme.train.config import Config, load_config
 from mofme.train.strength import Proposals, collect_proposals, fit_from_config, fit_strength, proposal_mse
+from mofme.train.trainer import initialised_model
 
 
 def _rand(*shape: int, seed: int) -> torch.Tensor:
@@ -79,3 +82,22 @@ def test_fit_from_config_names_the_model_it_cannot_fit(tmp_path):
     with pytest.raises(ValueError, match=f"restorer_calibrated.*{config.model.name}"):
         fit_from_config(config, renders=4)
     assert not any(tmp_path.iterdir())  # refused before the base ran or anything was written
+
+
+def test_the_fits_base_takes_its_weights_from_init_parts(model, tmp_path):
+    """A recipe may describe its base's architecture and load the weights as ``train.init_parts``
+    (how a recipe names the output of another run): the fit starts from those weights."""
+    saved = model.base.save_pretrained(tmp_path / "base")
+    base_config = json.loads((saved / "config.json").read_text())
+    config = Config.model_validate(
+        {
+            "model": {"name": "restorer_calibrated", "base": base_config},
+            "train": {"init_parts": {"base": str(saved)}, "output_dir": str(tmp_path / "run")},
+        }
+    )
+    expected = model.base.state_dict()
+    untrained = config.model.build().base.state_dict()
+    assert any(not torch.equal(untrained[name], tensor) for name, tensor in expected.items())
+    loaded = initialised_model(config).base.state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0, msg=name)
