@@ -14,10 +14,15 @@ Two ways to run the per-expert GEMMs (:func:`grouped_gemm_backend`):
 * **loop** (the reference, and the default on CPU, for fp64 and unaligned widths): per-expert counts
   copied to the host, one GEMM per expert with tokens, every result and gradient written straight
   into one preallocated tensor.
+
+The environment variable ``MOFME_GROUPED_GEMM`` (``auto`` | ``loop`` | ``grouped_mm``) sets the
+backend a process starts with, e.g. ``MOFME_GROUPED_GEMM=loop mofme train ...`` on a GPU whose
+``grouped_mm`` fails.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, NamedTuple
@@ -39,7 +44,15 @@ __all__ = [
 
 Backend = Literal["auto", "loop", "grouped_mm"]
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_backend: Backend = "auto"
+
+
+def _checked(backend: str, source: str) -> Backend:
+    if backend not in ("auto", "loop", "grouped_mm"):
+        raise ValueError(f"{source} must be 'auto', 'loop' or 'grouped_mm', got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+_backend: Backend = _checked(os.environ.get("MOFME_GROUPED_GEMM", "auto"), "MOFME_GROUPED_GEMM")
 
 
 @contextmanager
@@ -48,9 +61,7 @@ def grouped_gemm_backend(backend: Backend) -> Iterator[None]:
     ``"auto"`` (grouped_mm on CUDA where it applies, else the loop), ``"loop"``, or ``"grouped_mm"``
     (on any device, CPU included, wherever the dtype and widths allow it)."""
     global _backend
-    if backend not in ("auto", "loop", "grouped_mm"):
-        raise ValueError(f"backend must be 'auto', 'loop' or 'grouped_mm', got {backend!r}")
-    previous, _backend = _backend, backend
+    previous, _backend = _backend, _checked(backend, "backend")
     try:
         yield
     finally:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,3 +175,19 @@ def test_a_short_restorer_training_on_cuda_with_bf16_autocast(tmp_path):
     model = load_restorer(result.best_dir)  # saved from the GPU, loaded on the CPU
     assert next(model.parameters()).device.type == "cpu"
     assert torch.isfinite(model(torch.rand(1, 3, 32, 32)).image).all()
+
+
+@pytest.mark.parametrize("value", ["loop", "grouped_mm", "gemm"])
+def test_the_environment_sets_the_backend_a_process_starts_with(value):
+    """``MOFME_GROUPED_GEMM`` (read at import): what a GPU run falls back to if grouped_mm fails."""
+    code = (
+        "import torch; from mofme.nn.dispatch import uses_grouped_mm; "
+        "print(uses_grouped_mm(torch.zeros(2, 16), 16))"
+    )
+    env = {**os.environ, "MOFME_GROUPED_GEMM": value}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if value == "gemm":
+        assert result.returncode != 0 and "MOFME_GROUPED_GEMM" in result.stderr and "'gemm'" in result.stderr
+    else:  # on a CPU tensor only the forced grouped_mm backend takes the grouped path
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(value == "grouped_mm")
