@@ -28,6 +28,10 @@ once per image and shared by its tiles (``forward(tile, context=model.image_cont
 fourth channel, the gate logits g, and the output is ``x + sigmoid(g) * correction`` (the gate starts
 open at :data:`~mofme.models.restorer.PRESENCE_PRIOR`; it trains with ``loss.presence_weight``).
 
+``affine_head=True`` adds a per-pixel gain K (a conv3x3 C -> 3 beside the last conv, zero-initialised):
+the correction becomes ``K * x + b`` instead of ``b`` (AOD-Net's form of the scattering model: haze
+``x = J t + A (1 - t)`` is undone by K = 1/t - 1, b = -A K, both smooth where J is not).
+
 Routing is returned per routed block, encoder first, as ``(expert_indices, expert_weights)`` of
 shape (N, h, w, k) at that block's resolution (``(None, None)`` for a dense FFN).
 """
@@ -83,6 +87,7 @@ class UNetConfig(FFNChoice):
     mixer: str = "channel_attention"  # a name of MIXERS: "channel_attention" | "local"
     global_context: bool = False  # FiLM every MoFME block by the whole image's descriptor
     presence_gate: bool = False  # output = x + sigmoid(g) * correction, g a fourth output channel
+    affine_head: bool = False  # correction = K * x + b, K a per-pixel gain (module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -239,6 +244,10 @@ class UNetRestorer(WholeImageContext, PretrainedMixin, nn.Module):
         nn.init.zeros_(self.outro.bias)
         if cfg.presence_gate:  # the gate starts open: sigmoid(bias) = PRESENCE_PRIOR
             nn.init.constant_(self.outro.bias[3:], math.log(PRESENCE_PRIOR / (1 - PRESENCE_PRIOR)))
+        self.gain = conv3x3(channels, 3) if cfg.affine_head else None
+        if self.gain is not None:  # K = 0: the correction starts as the additive one
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
 
     def _blocks(self, level: int, width: int) -> nn.ModuleList:
         cfg = self.config
@@ -269,7 +278,8 @@ class UNetRestorer(WholeImageContext, PretrainedMixin, nn.Module):
         levels = len(cfg.depths)
         per_level = [*self.encoder, self.bottleneck, *reversed(self.decoder)]
         level_of = [*range(levels - 1), levels - 1, *range(levels - 2, -1, -1)]
-        reach = conv_radius(self.intro) + conv_radius(self.outro)
+        head = max(conv_radius(self.outro), conv_radius(self.gain) if self.gain is not None else 0)
+        reach = conv_radius(self.intro) + head  # the gain conv runs beside the last conv
         reach += sum(conv_radius(blocks) << level for blocks, level in zip(per_level, level_of, strict=True))
         reach += sum(conv_radius(down) << level for level, down in enumerate(self.down))
         return reach + self.size_multiple
@@ -323,6 +333,8 @@ class UNetRestorer(WholeImageContext, PretrainedMixin, nn.Module):
             x = self._run(blocks, x, aux, routing, context)
         out = self.outro(x)
         correction, presence_logits = out[:, :3] / 2, None  # the head works in [-1, 1]
+        if self.gain is not None:
+            correction = correction + self.gain(x) * padded
         if self.config.presence_gate:
             presence_logits = out[:, 3:][..., :height, :width]
             correction = torch.sigmoid(out[:, 3:]) * correction

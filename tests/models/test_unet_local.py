@@ -4,27 +4,34 @@ the whole-image restore, and a closed presence gate returns the input unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import mofme.infer.restore as restore
 from mofme.infer.restore import Tiling, restore_image
 from mofme.infer.tiling import tiled_apply
-from mofme.models import UNetConfig, build_restorer, create_model
+from mofme.models import UNetConfig, UNetRestorer, build_restorer, create_model
 from mofme.models.restorer import PRESENCE_PRIOR
 
 from ..infer.test_seams import LEVEL, _gradient_photo
 
 
-def _small_model():
+def _small_model(*, affine_head: bool = False):
     """A 3-level ``unet_local`` with every zero-initialised map randomised, so that the context, the
-    gate and the correction all matter."""
+    gate and the correction (and the gain, with ``affine_head``) all matter."""
     torch.manual_seed(0)
     model = build_restorer(
-        preset="unet_local", channels=4, depths=(1, 1, 2), num_heads=(1, 1, 1), num_experts=4
+        preset="unet_local",
+        channels=4,
+        depths=(1, 1, 2),
+        num_heads=(1, 1, 1),
+        num_experts=4,
+        affine_head=affine_head,
     ).eval()
     for name, param in model.named_parameters():
-        if name.startswith("outro.") or ".film." in name:
+        if name.startswith(("outro.", "gain.")) or ".film." in name:
             torch.nn.init.normal_(param, std=0.5)
     return model
 
@@ -39,10 +46,11 @@ def test_unet_local_preset_is_bounded_gated_and_contextual():
 
 
 @torch.no_grad()
-def test_receptive_margin_bounds_what_a_cut_changes():
+@pytest.mark.parametrize("affine_head", [False, True])
+def test_receptive_margin_bounds_what_a_cut_changes(affine_head):
     """Restore a 256 x 256 image and its centre (cut on the model's grid), both with the whole image's
     context: beyond the margin from the cut the outputs agree; inside it they differ."""
-    model = _small_model()
+    model = _small_model(affine_head=affine_head)
     margin, cut = model.receptive_margin, 64
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     context = model.image_context(image)
@@ -57,8 +65,9 @@ def test_receptive_margin_bounds_what_a_cut_changes():
 
 
 @torch.no_grad()
-def test_tiles_given_the_whole_images_context_match_the_whole_image(monkeypatch):
-    model = _small_model()
+@pytest.mark.parametrize("affine_head", [False, True])
+def test_tiles_given_the_whole_images_context_match_the_whole_image(monkeypatch, affine_head):
+    model = _small_model(affine_head=affine_head)
     image = _gradient_photo(352, 480)[0]
     whole = restore_image(model, image, fast=False)  # small enough to run in one piece
     torch.testing.assert_close(whole, model(image[None]).image[0], rtol=0, atol=1e-6)
@@ -84,3 +93,25 @@ def test_presence_gate_starts_open_and_when_closed_returns_the_input():
     assert float((model(image).image - image).abs().max()) > 10 * LEVEL  # open: a correction
     model.outro.bias[3] = -60.0  # the gate logit far below every other term: closed everywhere
     torch.testing.assert_close(model(image).image, image, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_affine_head_starts_as_the_additive_model_and_applies_gain_times_input_plus_offset():
+    """Fresh, the gain is zero: the same weights give the same output with or without the head. Trained
+    (randomised), the output is x + sigmoid(g) * (K * x + b), K from the gain conv and b, g from the
+    last conv, read off with forward hooks."""
+    image = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(3))
+    plain = _small_model()
+    affine = UNetRestorer(dataclasses.replace(plain.config, affine_head=True)).eval()
+    missing = affine.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["gain.bias", "gain.weight"]
+    torch.testing.assert_close(affine(image).image, plain(image).image, rtol=0, atol=0)
+    model = _small_model(affine_head=True).train()  # train mode: no clamp to [0, 1]
+    heads: dict[str, torch.Tensor] = {}
+    for name in ("outro", "gain"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: heads.__setitem__(name, o))
+    restored = model(image).image
+    assert image.shape[-2] % model.size_multiple == image.shape[-1] % model.size_multiple == 0  # no pad
+    gain, offset, gate = heads["gain"], heads["outro"][:, :3] / 2, torch.sigmoid(heads["outro"][:, 3:])
+    assert float(gain.abs().mean()) > 0.1  # the gain does take part
+    torch.testing.assert_close(restored, image + gate * (gain * image + offset), rtol=1e-5, atol=1e-6)
