@@ -19,7 +19,7 @@ from pydantic_core import ErrorDetails
 from mofme._hints import closest_name
 from mofme.models.registry import RESTORER_PRESETS, create_model, list_models, model_config
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "read_recipe"]
 
 
 Count = Annotated[int, Field(ge=1)]  # epochs, periods, sizes: at least one
@@ -481,25 +481,41 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a YAML recipe. A top-level ``base: other.yaml`` (a path relative to this
+    file's folder) names a recipe this one changes: its mapping is read first (recursively) and this
+    file's sections are merged onto it, key by key; lists and scalars replace the base's. Raises
+    :class:`ConfigError` naming the file: missing, not YAML, not a mapping, or a cycle of bases."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: recipes name each other as base: {cycle}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another recipe, got {base!r}")
+    return _merge(read_recipe(path.parent / base, (*_chain, path.resolve())), raw)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply ``overrides``."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as err:
-            raise ConfigError(f"config file not found: {path}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    """Read a YAML recipe (:func:`read_recipe`; the defaults when ``path`` is None) and apply
+    ``overrides``."""
+    raw = read_recipe(path) if path is not None else {}
     raw = _merge(raw, parse_overrides(overrides or []))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(_describe(error) for error in err.errors())
+        source = "defaults" if path is None else str(path)
         raise ConfigError(f"{source}: {problems}") from err
 
 
