@@ -67,7 +67,9 @@ def test_a_bad_base_is_refused_naming_it(tmp_path, base, message):
         load_config(child)
 
 
-@pytest.mark.parametrize("name", ["weather_unet_local_more", "weather_unet_local_share", "weather_unet_local_gpu"])
+@pytest.mark.parametrize(
+    "name", ["weather_unet_local_more", "weather_unet_local_share", "weather_unet_local_gpu"]
+)
 def test_the_shipped_continuations_keep_their_base_and_change_what_they_say(name):
     """The series of `restorer_unet_local` runs: each names the run it changes and keeps the rest."""
     child = load_config(recipe_path(name))
