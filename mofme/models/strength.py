@@ -11,6 +11,12 @@ itself looks like (its brightness, contrast, dark channel). :func:`correction_ev
 statistics on both images area-resized to at most :data:`WORK_SIDE` px, so they mean the same at any
 photo size; the head is a standardisation (batch statistics, no affine) and a two-layer MLP.
 
+With ``haze_evidence=True`` the head also reads :func:`dark_channel_quantiles` of the photo: the
+low quantiles of its dark channel (He et al.'s prior: in a haze-free photo most 15-px patches hold a
+pixel near black in some channel). A veil of haze or fog over the whole scene lifts them; natural
+haze that only veils the distance leaves the near, dark patches near zero. The mean of the per-pixel
+minimum, which the default evidence has, mixes the two.
+
 It trains with the base fixed (``train.trainable: [strength]``) on the per-image PSNR loss
 (``loss.pixel: psnr``), whose optimum for one image is s* = <r - x, y - x> / |r - x|^2 (y the clean
 image): 0 on a clean photo, whatever the base does to it.
@@ -46,6 +52,8 @@ __all__ = [
     "CalibratedRestorer",
     "StrengthHead",
     "correction_evidence",
+    "dark_channel_quantiles",
+    "evidence_features",
 ]
 
 DEFAULT_BASE = "mofme-small-weather-gated"
@@ -53,7 +61,14 @@ WORK_SIDE = 512  # the evidence is computed on both images area-resized to at mo
 _OCTAVES = 4  # detail of the correction and of the photo at 1, 1/2, 1/4, 1/8 of the working size
 _QUANTILES = (0.5, 0.9, 0.99)  # of the per-pixel change |r - x|
 _EPS = 1e-4  # inside the logarithms of magnitudes
-EVIDENCE_FEATURES = 8 + 1 + len(_QUANTILES) + 2 * _OCTAVES + 6
+EVIDENCE_FEATURES = 8 + 1 + len(_QUANTILES) + 2 * _OCTAVES + 6  # without the haze evidence
+DARK_PATCH = 15  # the dark channel's minimum filter, px at the working size
+_DARK_QUANTILES = (0.02, 0.1)
+
+
+def evidence_features(haze_evidence: bool) -> int:
+    """The length of :func:`correction_evidence`'s vector."""
+    return EVIDENCE_FEATURES + (len(_DARK_QUANTILES) if haze_evidence else 0)
 
 
 def _at_work_size(image: Tensor) -> Tensor:
@@ -80,12 +95,30 @@ def _octave_detail(image: Tensor) -> list[Tensor]:
     return details
 
 
-def correction_evidence(image: Tensor, restored: Tensor) -> Tensor:
-    """(N, :data:`EVIDENCE_FEATURES`) statistics of the base's proposal ``restored`` for ``image``
+def dark_channel_quantiles(image: Tensor) -> Tensor:
+    """(N, 2) the 2% and 10% quantiles of the dark channel of ``image`` (N, 3, H, W) in [0, 1], at
+    most :data:`WORK_SIDE` px: the minimum over the channels, then over a :data:`DARK_PATCH`-px
+    square around each pixel (the border replicated)."""
+    darkest = _at_work_size(image.float()).min(dim=1, keepdim=True).values
+    pad = DARK_PATCH // 2
+    darkest = F.pad(darkest, (pad, pad, pad, pad), mode="replicate")
+    dark = -F.max_pool2d(-darkest, DARK_PATCH, stride=1).flatten(1)
+    return torch.quantile(dark, torch.tensor(_DARK_QUANTILES, dtype=dark.dtype), dim=1).T
+
+
+def correction_evidence(image: Tensor, restored: Tensor, *, haze_evidence: bool = False) -> Tensor:
+    """(N, :func:`evidence_features`) statistics of the base's proposal ``restored`` for ``image``
     (both (N, 3, H, W) in [0, 1]), at most :data:`WORK_SIDE` px: the mean change and mean colour per
     channel, dark channel and saturation means; then logarithms of the mean and quantiles of the
     per-pixel change, of the change's and the photo's detail per octave, and of the per-channel
-    spread of change and photo."""
+    spread of change and photo; with ``haze_evidence``, last, :func:`dark_channel_quantiles`."""
+    evidence = _evidence(image, restored)
+    if haze_evidence:
+        evidence = torch.cat([evidence, dark_channel_quantiles(image)], 1)
+    return evidence
+
+
+def _evidence(image: Tensor, restored: Tensor) -> Tensor:
     x, r = _at_work_size(image.float()), _at_work_size(restored.float())
     change = r - x
     magnitude = change.abs().mean(dim=1).flatten(1)
@@ -109,6 +142,7 @@ class CalibratedConfig:
     base: str | dict = DEFAULT_BASE
     hidden: int = 32  # the head's hidden width
     prior: float = 0.9  # the strength of a new head on any image
+    haze_evidence: bool = False  # the head also reads the photo's dark-channel quantiles
 
     def __post_init__(self) -> None:
         if not 0.0 < self.prior < 1.0:
@@ -125,24 +159,28 @@ class StrengthHead(nn.Module):
     (the linear term keeps evidence beyond what training saw on its trend, rather than at a constant);
     both start at zero weights, the bias at logit(``prior``) (s = ``prior`` on any image)."""
 
-    def __init__(self, *, hidden: int, prior: float) -> None:
+    def __init__(self, *, hidden: int, prior: float, haze_evidence: bool = False) -> None:
         super().__init__()
-        self.standardise = nn.BatchNorm1d(EVIDENCE_FEATURES, affine=False)
-        self.linear = nn.Linear(EVIDENCE_FEATURES, 1)
-        self.mlp = nn.Sequential(
-            nn.Linear(EVIDENCE_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 1, bias=False)
-        )
+        self.haze_evidence = haze_evidence
+        features = evidence_features(haze_evidence)
+        self.standardise = nn.BatchNorm1d(features, affine=False)
+        self.linear = nn.Linear(features, 1)
+        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, 1, bias=False))
         nn.init.zeros_(self.linear.weight)
         nn.init.constant_(self.linear.bias, math.log(prior / (1.0 - prior)))
         nn.init.zeros_(self.mlp[-1].weight)
 
+    def evidence(self, image: Tensor, restored: Tensor) -> Tensor:
+        """:func:`correction_evidence` as this head reads it."""
+        return correction_evidence(image, restored, haze_evidence=self.haze_evidence)
+
     def logits(self, evidence: Tensor) -> Tensor:
-        """(N, :data:`EVIDENCE_FEATURES`) evidence -> (N, 1) logits."""
+        """(N, :func:`evidence_features`) evidence -> (N, 1) logits."""
         evidence = self.standardise(evidence)
         return self.linear(evidence) + self.mlp(evidence)
 
     def forward(self, image: Tensor, restored: Tensor) -> Tensor:
-        return self.logits(correction_evidence(image, restored))
+        return self.logits(self.evidence(image, restored))
 
 
 def _build_base(spec: str | dict) -> nn.Module:
@@ -172,7 +210,7 @@ class CalibratedRestorer(PretrainedMixin, nn.Module):
             raise ValueError(
                 "base fills drops after stitching (a windowed drop_fill restorer): not supported"
             )
-        self.strength = StrengthHead(hidden=cfg.hidden, prior=cfg.prior)
+        self.strength = StrengthHead(hidden=cfg.hidden, prior=cfg.prior, haze_evidence=cfg.haze_evidence)
         self.config = cfg
 
     def config_dict(self) -> dict[str, Any]:

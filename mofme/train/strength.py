@@ -30,14 +30,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mofme.atomic import atomic_file, write_text_atomic
-from mofme.models.strength import CalibratedRestorer, correction_evidence
+from mofme.models.strength import CalibratedRestorer
 from mofme.train.config import Config
 
 __all__ = ["Proposals", "collect_proposals", "fit_from_config", "fit_strength", "proposal_mse"]
 
 
 class Proposals(NamedTuple):
-    """``features`` (N, F) float32: :func:`correction_evidence` of each render and the base's output;
+    """``features`` (N, F) float32: the evidence the strength head reads (``model.strength.evidence``,
+    :func:`~mofme.models.strength.correction_evidence`) of each render and the base's output;
     ``sums`` (N, 3) float64: the means of |r - x|^2, <r - x, y - x> and |y - x|^2 over the pixels."""
 
     features: Tensor
@@ -87,7 +88,7 @@ def _proposals(model: CalibratedRestorer, batch: list[dict]) -> Proposals:
     r = model.base(x).image.float().clamp(0, 1)
     change, error = (r - x).flatten(1).double(), (y - x).flatten(1).double()
     sums = torch.stack([change.square().mean(1), (change * error).mean(1), error.square().mean(1)], 1)
-    return Proposals(correction_evidence(x, r), sums)
+    return Proposals(model.strength.evidence(x, r), sums)
 
 
 def fit_strength(

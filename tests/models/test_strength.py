@@ -17,7 +17,14 @@ from mofme.infer import restore_image
 from mofme.infer.fastpath import fast_path_available, inference_model, is_fast_path
 from mofme.losses import RestorationLoss
 from mofme.models import CONFIG_NAME, CalibratedRestorer, build_restorer, create_model, load_restorer
-from mofme.models.strength import EVIDENCE_FEATURES, WORK_SIDE, correction_evidence
+from mofme.models.strength import (
+    DARK_PATCH,
+    EVIDENCE_FEATURES,
+    WORK_SIDE,
+    correction_evidence,
+    dark_channel_quantiles,
+    evidence_features,
+)
 
 
 def _save_base(directory, **fields):
@@ -111,6 +118,60 @@ def test_evidence_is_the_stated_statistics_and_means_the_same_at_any_photo_size(
     torch.testing.assert_close(
         correction_evidence(large, large_restored), correction_evidence(*at_work_size), rtol=1e-4, atol=1e-4
     )
+
+
+def _photo() -> torch.Tensor:
+    """(1, 3, 256, 256) a real photograph (scikit-image's astronaut, bundled with it) in [0, 1]."""
+    from skimage.data import astronaut
+
+    image = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 255.0
+    return F.interpolate(image, size=(256, 256), mode="area")
+
+
+def test_dark_channel_quantiles_are_those_of_scipys_minimum_filter_on_a_photo():
+    from scipy.ndimage import minimum_filter
+
+    image = _photo()
+    dark = minimum_filter(image[0].numpy().min(axis=0), size=DARK_PATCH, mode="nearest")
+    expected = np.quantile(dark, [0.02, 0.1])
+    np.testing.assert_allclose(dark_channel_quantiles(image)[0].numpy(), expected, atol=1e-6)
+
+
+def test_a_veil_of_haze_lifts_the_dark_channel_quantiles_as_the_scattering_model_says():
+    """x = J t + A (1 - t) with one transmission t and grey airlight A: the dark channel, a minimum,
+    and its quantiles map through the same increasing affine map."""
+    clean = _photo()
+    transmission, airlight = 0.6, 0.85
+    hazy = clean * transmission + airlight * (1 - transmission)
+    expected = dark_channel_quantiles(clean) * transmission + airlight * (1 - transmission)
+    torch.testing.assert_close(dark_channel_quantiles(hazy), expected, rtol=0, atol=1e-5)
+    assert (dark_channel_quantiles(hazy) - dark_channel_quantiles(clean) > 0.1).all()
+
+
+def test_the_haze_evidence_is_appended_read_by_the_head_and_saved(base_dir, tmp_path):
+    model = create_model("restorer_calibrated", base=str(base_dir), haze_evidence=True).eval()
+    images = _references()
+    with torch.no_grad():
+        restored = model.base(images).image
+    evidence = model.strength.evidence(images, restored)
+    assert evidence.shape == (len(images), evidence_features(True)) == (len(images), EVIDENCE_FEATURES + 2)
+    torch.testing.assert_close(evidence[:, :EVIDENCE_FEATURES], correction_evidence(images, restored))
+    torch.testing.assert_close(evidence[:, EVIDENCE_FEATURES:], dark_channel_quantiles(images))
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["haze_evidence"] is True
+    loaded = load_restorer(tmp_path)
+    assert loaded.strength.standardise.num_features == EVIDENCE_FEATURES + 2
+
+
+def test_a_head_saved_before_the_haze_evidence_existed_loads_without_it(base_dir, tmp_path):
+    model = _calibrated(base_dir)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del saved["haze_evidence"]  # config.json as written before the option
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(saved))
+    images = _references()
+    with torch.no_grad():
+        torch.testing.assert_close(load_restorer(tmp_path)(images).image, model(images).image, rtol=0, atol=0)
 
 
 def test_a_tiled_restore_equals_the_whole_one_over_a_seamless_base(windowed_dir, monkeypatch):

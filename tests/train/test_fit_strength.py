@@ -11,7 +11,7 @@ import torch
 
 from mofme.configs import recipe_path
 from mofme.models import build_restorer, create_model
-from mofme.models.strength import EVIDENCE_FEATURES, correction_evidence
+from mofme.models.strength import EVIDENCE_FEATURES, correction_evidence, dark_channel_quantiles
 from mofme.train.config import Config, load_config
 from mofme.train.strength import Proposals, collect_proposals, fit_from_config, fit_strength, proposal_mse
 from mofme.train.trainer import initialised_model
@@ -57,6 +57,18 @@ def test_collect_proposals_keeps_the_evidence_and_sums_of_the_bases_output(model
     torch.testing.assert_close(proposals.features[5:], proposals.features[:2])  # the same items again
     expected = (y - x).double().square().flatten(1).mean(1)
     torch.testing.assert_close(proposals.sums[:5, 2], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_collect_proposals_keeps_the_evidence_the_head_reads(model):
+    """A head with the haze evidence gets it in its proposals (the fit and the model agree)."""
+    hazy = create_model("restorer_calibrated", base=model.config.base, haze_evidence=True).eval()
+    items = [
+        {"input": _rand(3, 24, 32, seed=30 + i), "target": _rand(3, 24, 32, seed=40 + i)} for i in range(3)
+    ]
+    proposals = collect_proposals(hazy, items, renders=3, batch_size=3, progress=False)
+    x = torch.stack([it["input"] for it in items])
+    assert proposals.features.shape == (3, EVIDENCE_FEATURES + 2)
+    torch.testing.assert_close(proposals.features[:, EVIDENCE_FEATURES:], dark_channel_quantiles(x))
 
 
 def test_the_fit_closes_on_clean_renders_and_opens_where_the_base_is_right(model):
