@@ -1,7 +1,11 @@
 """A calibrated restorer: any restorer whose whole correction is scaled by one number per image, its
-strength s in (0, 1), judged from the correction the base restorer proposes for the whole image:
+strength s in (0, s_max), judged from the correction the base restorer proposes for the whole image:
 
-    r = base(x);   output = x + s * (r - x),   s = sigmoid(head(correction_evidence(x, r)))
+    r = base(x);   output = x + s * (r - x),   s = s_max * sigmoid(head(correction_evidence(x, r)))
+
+``s_max`` (``max_strength``) is 1 by default: the strength only holds the base back. Above 1 it may
+also amplify a correction the base makes too timidly (a base trained with L1 hedges on haze, whose
+density a crop cannot pin down: on its training renders the best strength for haze is about 3).
 
 A restorer trained on rendered weather also "corrects" photos that have none (distant haze removed,
 skies darkened), and it can make weather drawn another way worse. The strength learns how much of the
@@ -143,10 +147,13 @@ class CalibratedConfig:
     hidden: int = 32  # the head's hidden width
     prior: float = 0.9  # the strength of a new head on any image
     haze_evidence: bool = False  # the head also reads the photo's dark-channel quantiles
+    max_strength: float = 1.0  # s_max: the strength lies in (0, s_max)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.prior < 1.0:
-            raise ValueError(f"prior must be in (0, 1), got {self.prior}")
+        if not self.max_strength > 0.0:
+            raise ValueError(f"max_strength must be positive, got {self.max_strength}")
+        if not 0.0 < self.prior < self.max_strength:
+            raise ValueError(f"prior must be in (0, max_strength={self.max_strength}), got {self.prior}")
         if self.hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         if not isinstance(self.base, str | dict):
@@ -157,11 +164,15 @@ class StrengthHead(nn.Module):
     """(image, restored) (N, 3, H, W) -> (N, 1) strength logits: :func:`correction_evidence`,
     standardised by running batch statistics (no affine), then a linear map plus a two-layer GELU MLP
     (the linear term keeps evidence beyond what training saw on its trend, rather than at a constant);
-    both start at zero weights, the bias at logit(``prior``) (s = ``prior`` on any image)."""
+    both start at zero weights, the bias at logit(``prior / max_strength``) (s = ``prior`` on any
+    image). :meth:`to_strength` maps logits to s = ``max_strength`` sigmoid(logit)."""
 
-    def __init__(self, *, hidden: int, prior: float, haze_evidence: bool = False) -> None:
+    def __init__(
+        self, *, hidden: int, prior: float, haze_evidence: bool = False, max_strength: float = 1.0
+    ) -> None:
         super().__init__()
-        self.haze_evidence = haze_evidence
+        self.haze_evidence, self.max_strength = haze_evidence, max_strength
+        prior = prior / max_strength
         features = evidence_features(haze_evidence)
         self.standardise = nn.BatchNorm1d(features, affine=False)
         self.linear = nn.Linear(features, 1)
@@ -169,6 +180,10 @@ class StrengthHead(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.constant_(self.linear.bias, math.log(prior / (1.0 - prior)))
         nn.init.zeros_(self.mlp[-1].weight)
+
+    def to_strength(self, logits: Tensor) -> Tensor:
+        """Logits (any shape) -> strengths in (0, ``max_strength``), float32."""
+        return self.max_strength * torch.sigmoid(logits.float())
 
     def evidence(self, image: Tensor, restored: Tensor) -> Tensor:
         """:func:`correction_evidence` as this head reads it."""
@@ -210,7 +225,9 @@ class CalibratedRestorer(PretrainedMixin, nn.Module):
             raise ValueError(
                 "base fills drops after stitching (a windowed drop_fill restorer): not supported"
             )
-        self.strength = StrengthHead(hidden=cfg.hidden, prior=cfg.prior, haze_evidence=cfg.haze_evidence)
+        self.strength = StrengthHead(
+            hidden=cfg.hidden, prior=cfg.prior, haze_evidence=cfg.haze_evidence, max_strength=cfg.max_strength
+        )
         self.config = cfg
 
     def config_dict(self) -> dict[str, Any]:
@@ -234,12 +251,13 @@ class CalibratedRestorer(PretrainedMixin, nn.Module):
 
     def strength_of(self, image: Tensor, restored: Tensor) -> Tensor:
         """The strength s (N,) for ``image`` given the base's ``restored`` (both (N, 3, H, W))."""
-        return torch.sigmoid(self.strength(image, restored).float()).squeeze(1)
+        return self.strength.to_strength(self.strength(image, restored)).squeeze(1)
 
     def calibrate(self, image: Tensor, restored: Tensor) -> Tensor:
-        """x + s (restored - x) for the base's whole-image ``restored`` (N, 3, H, W)."""
+        """x + s (restored - x) for the base's whole-image ``restored`` (N, 3, H, W), clipped to
+        [0, 1] (which changes nothing for s <= 1: a blend of two images in [0, 1])."""
         strength = self.strength_of(image, restored).to(restored.dtype)[:, None, None, None]
-        return image + strength * (restored - image)
+        return (image + strength * (restored - image)).clamp(0.0, 1.0)
 
     def forward(
         self, image: Tensor, *, fill: bool = True, context: Tensor | None = None, calibrate: bool = True

@@ -114,7 +114,7 @@ def fit_strength(
     history = []
     for iteration in range(iterations):
         logits = head.logits(proposals.features)[:, 0]
-        loss = (10.0 * torch.log10(proposal_mse(torch.sigmoid(logits), proposals.sums) + floor)).mean()
+        loss = (10.0 * torch.log10(proposal_mse(head.to_strength(logits), proposals.sums) + floor)).mean()
         loss = loss + logit_decay * logits.square().mean()  # keeps the sigmoid out of saturation
         optimizer.zero_grad()
         loss.backward()

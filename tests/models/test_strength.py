@@ -21,6 +21,7 @@ from mofme.models.strength import (
     DARK_PATCH,
     EVIDENCE_FEATURES,
     WORK_SIDE,
+    CalibratedConfig,
     correction_evidence,
     dark_channel_quantiles,
     evidence_features,
@@ -101,6 +102,28 @@ def test_a_new_strength_is_the_prior_and_a_closed_one_returns_the_input(base_dir
     torch.testing.assert_close(model.strength_of(images, restored), torch.full((6,), 0.7))
     model.strength.linear.bias.fill_(-40.0)
     torch.testing.assert_close(model(images).image, images, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_strength_above_one_amplifies_the_correction_and_the_output_stays_in_range(base_dir):
+    model = create_model("restorer_calibrated", base=str(base_dir), max_strength=3.0, prior=2.0).eval()
+    images = _references()
+    base = model.base(images).image
+    torch.testing.assert_close(model.strength_of(images, base), torch.full((6,), 2.0))  # the prior
+    torch.manual_seed(3)
+    torch.nn.init.normal_(model.strength.linear.weight)
+    evidence = model.strength.standardise(correction_evidence(images, base))
+    strength = 3.0 * torch.sigmoid(model.strength.linear(evidence) + model.strength.mlp(evidence))[:, 0]
+    assert float(strength.max()) > 1.2 and float(strength.max()) < 3.0
+    expected = (images + strength[:, None, None, None] * (base - images)).clamp(0, 1)
+    torch.testing.assert_close(model(images).image, expected, rtol=0, atol=1e-6)
+    assert (expected != images + strength[:, None, None, None] * (base - images)).any()  # the clip did act
+
+
+@pytest.mark.parametrize("fields", [{"max_strength": 0.0}, {"max_strength": 2.0, "prior": 2.0}])
+def test_a_strength_range_without_room_for_the_prior_is_refused(fields):
+    with pytest.raises(ValueError, match=r"max_strength|prior"):
+        CalibratedConfig(**fields)
 
 
 def test_evidence_is_the_stated_statistics_and_means_the_same_at_any_photo_size():

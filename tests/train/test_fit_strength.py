@@ -88,6 +88,28 @@ def test_the_fit_closes_on_clean_renders_and_opens_where_the_base_is_right(model
     assert not head.training  # left in eval mode, its standardisation frozen
 
 
+def test_a_fit_with_room_above_one_finds_the_strength_a_timid_base_needs(model):
+    """Renders whose best strength is 2.5 (the base corrected 40% of the error, in the right
+    direction) and clean ones: a head with ``max_strength`` 4 learns both, far above the default cap
+    of 1."""
+    generator = torch.Generator().manual_seed(5)
+    n = 64
+    features = 0.3 * torch.randn(n, EVIDENCE_FEATURES, generator=generator)
+    clean = torch.arange(n) % 2 == 0
+    features[:, 0] += torch.where(clean, -2.0, 2.0)
+    change = 0.01 + 0.02 * torch.rand(n, generator=generator, dtype=torch.float64)  # |r - x|^2
+    # r - x = 0.4 (y - x): <r - x, y - x> = |r - x|^2 / 0.4, |y - x|^2 = |r - x|^2 / 0.16
+    sums = torch.stack(
+        [change, torch.where(clean, 0.0, change / 0.4), torch.where(clean, 0.0, change / 0.16)], 1
+    )
+    timid = create_model("restorer_calibrated", base=model.config.base, max_strength=4.0).eval()
+    fit_strength(timid, Proposals(features, sums), iterations=3000)
+    with torch.no_grad():
+        strength = timid.strength.to_strength(timid.strength.logits(features))[:, 0]
+    assert float(strength[clean].max()) < 0.1
+    assert abs(float(strength[~clean].median()) - 2.5) < 0.1 and float(strength[~clean].min()) > 1.5
+
+
 def test_fit_from_config_names_the_model_it_cannot_fit(tmp_path):
     config = load_config(recipe_path("demo_cpu"))
     config.train.output_dir = str(tmp_path)
