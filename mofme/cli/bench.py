@@ -32,6 +32,10 @@ BENCHMARKS = {  # mofme bench <name> -> (the module whose main it runs, what it 
     ),
     "segmenter": ("mofme.benchmarks.segmenter", "segmenter peak memory and time on a 1024x2048 image"),
     "compile": ("mofme.benchmarks.compile", "does the restorer's training step compile (torch.compile)"),
+    "strength-oracle": (
+        "mofme.benchmarks.strength_oracle",
+        "the best per-image strength of a restorer's correction, known the target: a calibrated strength's ceiling",
+    ),
 }
 
 
