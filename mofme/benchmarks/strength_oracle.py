@@ -2,9 +2,13 @@
 known its clean target (an oracle), per validation group.
 
     mofme bench strength-oracle --checkpoint runs/weather_unet_local_full/best \
-        --recipe configs/weather_unet_local_full.yaml --json docs/results/strength_oracle.json
+        --recipe configs/weather_unet_local_full.yaml --json docs/results/strength_oracle/unet_local_full.json
+    mofme bench strength-oracle --checkpoint runs/weather_unet_local_full/best \
+        --photos data/photos/train --stride 8 --families haze-classic rain-classic --seed 7
 
-For each weathered item of the recipe's validation set (``--seed``: its renders), with x the input,
+For each weathered item of the recipe's validation set (``--seed``: its renders), or with ``--photos``
+of the renders of ``--families`` on every ``--stride``-th photo of a folder (e.g. training photos,
+to see what a strength fitted on them would learn), with x the input,
 r the restorer's output, y the target and c = r - x, the PSNR of the output x + s c clipped to
 [0, 1] for:
 
@@ -83,18 +87,29 @@ def oracle_scores(
     }
 
 
-@torch.no_grad()
-def bench_strength_oracle(
-    checkpoint: str, recipe: str, *, seed: int, max_strength: float, sigma: float
-) -> dict[str, dict[str, float]]:
-    """Group (family) -> mean of each of :data:`KINDS` and median strengths, over the weathered items of
-    ``recipe``'s validation set restored by ``checkpoint`` (whole images, eval mode)."""
-    from mofme.models import load_restorer
+def _items(args: argparse.Namespace) -> list[dict]:
+    """The weathered items to score: the recipe's validation set, or renders of ``--photos``."""
+    from mofme.data.photos import family_renders, folder_photos
     from mofme.train.config import load_config
     from mofme.train.data import validation_set
 
+    if args.photos is None:
+        items = validation_set(load_config(args.recipe).data, seed=args.seed)
+        return [item for item in items if item["weather"] != "clean"]
+    sources = folder_photos(args.photos, long_sides=(args.long_side,))[:: args.stride]
+    return family_renders([(s.name, s.versions[0]) for s in sources], args.families, seed=args.seed)
+
+
+@torch.no_grad()
+def bench_strength_oracle(
+    checkpoint: str, items: list[dict], *, max_strength: float, sigma: float
+) -> dict[str, dict[str, float]]:
+    """Group (family) -> mean of each of :data:`KINDS` and median strengths, over ``items`` (dicts
+    with ``input``, ``target`` (3, H, W) and ``weather``, the group) restored by ``checkpoint``
+    (whole images, eval mode)."""
+    from mofme.models import load_restorer
+
     model = load_restorer(checkpoint).eval()
-    items = [it for it in validation_set(load_config(recipe).data, seed=seed) if it["weather"] != "clean"]
     rows: dict[str, list[dict[str, float]]] = {}
     for item in tqdm(items, desc="oracle"):
         image, target = item["input"][None].float(), item["target"][None].float()
@@ -132,14 +147,19 @@ def _table(summary: dict[str, dict[str, float]]) -> str:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the restorer (a folder or a shipped name)")
-    parser.add_argument("--recipe", required=True, help="a training recipe: its validation set is scored")
-    parser.add_argument("--seed", type=int, default=2031, help="the validation renders' seed (default 2031)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="a training recipe: its validation set is scored")
+    source.add_argument("--photos", help="a folder of photos: --families rendered on them are scored")
+    parser.add_argument("--families", nargs="+", default=["haze-classic", "rain-classic"], metavar="NAME")
+    parser.add_argument("--long-side", type=int, default=320, help="--photos resized to this (default 320)")
+    parser.add_argument("--stride", type=int, default=1, help="every N-th of --photos, sorted (default 1)")
+    parser.add_argument("--seed", type=int, default=2031, help="the renders' seed (default 2031)")
     parser.add_argument("--max-strength", type=float, default=4.0, help="the oracles' upper clip (default 4)")
     parser.add_argument("--sigma", type=float, default=4.0, help="the low band's Gaussian, px (default 4)")
     parser.add_argument("--json", type=Path, help="write the settings, machine and table here")
     args = parser.parse_args(argv)
     summary = bench_strength_oracle(
-        args.checkpoint, args.recipe, seed=args.seed, max_strength=args.max_strength, sigma=args.sigma
+        args.checkpoint, _items(args), max_strength=args.max_strength, sigma=args.sigma
     )
     print(_table(summary))
     if args.json:

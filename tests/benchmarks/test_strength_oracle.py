@@ -47,3 +47,32 @@ def test_the_two_band_strengths_are_the_least_squares_fit():
     assert abs(float(((error - single * change) * change).sum())) < 1e-6 * float(change.square().sum())
     two_band = float((residual.square()).sum())
     assert two_band <= float((error - single * change).square().sum())  # two strengths fit at least as well
+
+
+def test_the_cli_scores_renders_of_a_photo_folder_per_family(tmp_path):
+    import json
+
+    from mofme.benchmarks.strength_oracle import main
+    from mofme.data import write_image
+    from mofme.models import build_restorer
+
+    photo = (_photo()[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    for index in range(3):
+        write_image(tmp_path / "photos" / f"p{index}.png", photo[:, index * 8 :])
+    torch.manual_seed(0)
+    checkpoint = build_restorer(preset="tiny", residual=True).save_pretrained(tmp_path / "model")
+    argv = ["--checkpoint", str(checkpoint), "--photos", str(tmp_path / "photos"), "--stride", "2"]
+    argv += [
+        "--families",
+        "haze-classic",
+        "rain-noise",
+        "--long-side",
+        "64",
+        "--json",
+        str(tmp_path / "o.json"),
+    ]
+    assert main(argv) == 0
+    groups = json.loads((tmp_path / "o.json").read_text())["groups"]
+    assert set(groups) == {"haze-classic", "rain-noise", "mean"}
+    assert groups["haze-classic"]["images"] == 2 * 3  # photos 0 and 2, three severities
+    assert groups["haze-classic"]["oracle_max"] >= groups["haze-classic"]["oracle_1"] - 1e-9
