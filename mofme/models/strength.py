@@ -5,7 +5,7 @@ strength s in (0, s_max), judged from the correction the base restorer proposes 
 
 ``s_max`` (``max_strength``) is 1 by default: the strength only holds the base back. Above 1 it may
 also amplify a correction the base makes too timidly (a base trained with L1 hedges on haze, whose
-density a crop cannot pin down: on its training renders the best strength for haze is about 3).
+density a crop cannot pin down: on its training renders the median best strength for haze is 2-2.5).
 
 A restorer trained on rendered weather also "corrects" photos that have none (distant haze removed,
 skies darkened), and it can make weather drawn another way worse. The strength learns how much of the
