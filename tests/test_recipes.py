@@ -24,6 +24,14 @@ def test_recipe_loads_and_builds(name):
         assert getattr(model.config, name) == (value or None if name.endswith("_kwargs") else value), name
 
 
+@pytest.mark.parametrize("name", recipes())
+def test_recipe_opens_with_the_comment_that_explains_it(name):
+    """A recipe says what it is for before its first key (a rewrite once dropped these headers)."""
+    lines = recipe_path(name).read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    assert len(header) >= 2 and header[0].startswith("# "), name
+
+
 def test_paper_recipes_carry_the_published_optimisation():
     for ffn in ("dense", "moe", "mofme"):
         config = load_config(recipe_path(f"allweather_paper_{ffn}"))
