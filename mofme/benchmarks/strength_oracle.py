@@ -52,9 +52,13 @@ def oracle_strengths(
 ) -> tuple[float, float, float]:
     """For one (1, 3, H, W) triple: s* (one strength) and (s_low, s_high), the least-squares strengths
     of the correction's low and high frequencies, unclipped."""
-    change, error = (restored - image).double(), (target - image).double()
+    change = restored - image
+    return _strengths(change, _low_pass(change, sigma), target - image)
+
+
+def _strengths(change: Tensor, low: Tensor, error: Tensor) -> tuple[float, float, float]:
+    change, low, error = change.double(), low.double(), error.double()
     single = float((change * error).sum() / (change.square().sum() + 1e-20))
-    low = _low_pass(change, sigma)
     parts = torch.stack([low.flatten(), (change - low).flatten()], 1)
     gram = parts.T @ parts + 1e-12 * torch.eye(2, dtype=torch.float64)
     low_high = torch.linalg.solve(gram, parts.T @ error.flatten())
@@ -66,9 +70,9 @@ def oracle_scores(
 ) -> dict[str, float]:
     """PSNR (dB) of each of :data:`KINDS` for one (1, 3, H, W) triple in [0, 1] (module docstring),
     and the unclipped strengths ``s``, ``s_low``, ``s_high``."""
-    single, s_low, s_high = oracle_strengths(image, restored, target, sigma=sigma)
     change = restored - image
     low = _low_pass(change, sigma)
+    single, s_low, s_high = _strengths(change, low, target - image)
 
     def score(output: Tensor) -> float:
         return float(psnr(output.clamp(0, 1), target))

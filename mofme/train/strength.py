@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mofme.atomic import atomic_file, write_text_atomic
-from mofme.models.strength import CalibratedRestorer
+from mofme.models.strength import CalibratedRestorer, evidence_features
 from mofme.train.config import Config
 
 __all__ = ["Proposals", "collect_proposals", "fit_from_config", "fit_strength", "proposal_mse"]
@@ -127,6 +127,15 @@ def fit_strength(
     return history
 
 
+def _cached_proposals(path: Path, features: int) -> Proposals | None:
+    """The proposals kept at ``path`` if there are any and they hold ``features`` evidence columns
+    (a head that reads other evidence needs the base run again)."""
+    if not path.is_file():
+        return None
+    proposals = Proposals(**torch.load(path, weights_only=True))
+    return proposals if proposals.features.shape[1] == features else None
+
+
 def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> dict:
     """``mofme train RECIPE --fit-strength RENDERS``: the recipe's ``restorer_calibrated`` model, its
     training renders through the fixed base (seed ``train.seed``), the strength fitted full-batch
@@ -145,9 +154,8 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
     output = Path(config.train.output_dir)
     # the base's work, kept (written whole or not at all): a refit costs seconds
     cache = output / f"proposals_{renders}_seed{config.train.seed}.pt"
-    if cache.is_file():
-        proposals = Proposals(**torch.load(cache, weights_only=True))
-    else:
+    proposals = _cached_proposals(cache, evidence_features(model.strength.haze_evidence))
+    if proposals is None:
         train_set, _ = build_datasets(config.data, seed=config.train.seed)
         proposals = collect_proposals(model, train_set, renders=renders, batch_size=config.data.batch_size)
         with atomic_file(cache) as tmp:

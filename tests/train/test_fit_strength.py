@@ -135,3 +135,14 @@ def test_the_fits_base_takes_its_weights_from_init_parts(model, tmp_path):
     loaded = initialised_model(config).base.state_dict()
     for name, tensor in expected.items():
         torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_kept_proposals_are_reused_only_by_a_head_that_reads_the_same_evidence(tmp_path):
+    from mofme.train.strength import _cached_proposals
+
+    path = tmp_path / "proposals.pt"
+    assert _cached_proposals(path, EVIDENCE_FEATURES) is None  # nothing kept yet
+    kept = Proposals(torch.rand(5, EVIDENCE_FEATURES), torch.rand(5, 3, dtype=torch.float64))
+    torch.save(kept._asdict(), path)
+    torch.testing.assert_close(_cached_proposals(path, EVIDENCE_FEATURES).features, kept.features)
+    assert _cached_proposals(path, EVIDENCE_FEATURES + 2) is None  # a head with the haze evidence
