@@ -103,7 +103,12 @@ def dark_channel_quantiles(image: Tensor) -> Tensor:
     """(N, 2) the 2% and 10% quantiles of the dark channel of ``image`` (N, 3, H, W) in [0, 1], at
     most :data:`WORK_SIDE` px: the minimum over the channels, then over a :data:`DARK_PATCH`-px
     square around each pixel (the border replicated)."""
-    darkest = _at_work_size(image.float()).min(dim=1, keepdim=True).values
+    return _dark_quantiles(_at_work_size(image.float()))
+
+
+def _dark_quantiles(x: Tensor) -> Tensor:
+    """:func:`dark_channel_quantiles` of ``x``, already at the working size."""
+    darkest = x.min(dim=1, keepdim=True).values
     pad = DARK_PATCH // 2
     darkest = F.pad(darkest, (pad, pad, pad, pad), mode="replicate")
     dark = -F.max_pool2d(-darkest, DARK_PATCH, stride=1).flatten(1)
@@ -116,14 +121,13 @@ def correction_evidence(image: Tensor, restored: Tensor, *, haze_evidence: bool 
     channel, dark channel and saturation means; then logarithms of the mean and quantiles of the
     per-pixel change, of the change's and the photo's detail per octave, and of the per-channel
     spread of change and photo; with ``haze_evidence``, last, :func:`dark_channel_quantiles`."""
-    evidence = _evidence(image, restored)
-    if haze_evidence:
-        evidence = torch.cat([evidence, dark_channel_quantiles(image)], 1)
-    return evidence
-
-
-def _evidence(image: Tensor, restored: Tensor) -> Tensor:
     x, r = _at_work_size(image.float()), _at_work_size(restored.float())
+    evidence = _evidence(x, r)
+    return torch.cat([evidence, _dark_quantiles(x)], 1) if haze_evidence else evidence
+
+
+def _evidence(x: Tensor, r: Tensor) -> Tensor:
+    """:func:`correction_evidence`'s default statistics of ``x`` and ``r``, at the working size."""
     change = r - x
     magnitude = change.abs().mean(dim=1).flatten(1)
     quantiles = torch.quantile(magnitude, torch.tensor(_QUANTILES, dtype=magnitude.dtype), dim=1)
