@@ -6,20 +6,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from mofme.benchmarks.strength_oracle import _low_pass, oracle_scores, oracle_strengths
-
-
-def _photo() -> torch.Tensor:
-    from skimage.data import astronaut
-
-    image = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 255.0
-    return F.interpolate(image, size=(96, 96), mode="area")
+from tests.standin import astronaut
 
 
 def test_a_timid_correction_gets_the_strength_that_completes_it():
-    clean = _photo()
+    clean = astronaut(96)
     hazy = 0.6 * clean + 0.4 * 0.9  # a veil of haze
     timid = hazy + 0.4 * (clean - hazy)  # the right direction, 40% of the way
     scores = oracle_scores(hazy, timid, clean, max_strength=4.0)
@@ -32,7 +25,7 @@ def test_a_timid_correction_gets_the_strength_that_completes_it():
 
 
 def test_the_two_band_strengths_are_the_least_squares_fit():
-    clean = _photo()
+    clean = astronaut(96)
     generator = torch.Generator().manual_seed(0)
     degraded = (clean + 0.1 * torch.randn(clean.shape, generator=generator)).clamp(0, 1)
     restored = (
@@ -56,7 +49,7 @@ def test_the_cli_scores_renders_of_a_photo_folder_per_family(tmp_path):
     from mofme.data import write_image
     from mofme.models import build_restorer
 
-    photo = (_photo()[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    photo = (astronaut(96)[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     for index in range(3):
         write_image(tmp_path / "photos" / f"p{index}.png", photo[:, index * 8 :])
     torch.manual_seed(0)

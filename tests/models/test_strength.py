@@ -26,6 +26,7 @@ from mofme.models.strength import (
     dark_channel_quantiles,
     evidence_features,
 )
+from tests.standin import astronaut
 
 
 def _save_base(directory, **fields):
@@ -143,18 +144,10 @@ def test_evidence_is_the_stated_statistics_and_means_the_same_at_any_photo_size(
     )
 
 
-def _photo() -> torch.Tensor:
-    """(1, 3, 256, 256) a real photograph (scikit-image's astronaut, bundled with it) in [0, 1]."""
-    from skimage.data import astronaut
-
-    image = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 255.0
-    return F.interpolate(image, size=(256, 256), mode="area")
-
-
 def test_dark_channel_quantiles_are_those_of_scipys_minimum_filter_on_a_photo():
     from scipy.ndimage import minimum_filter
 
-    image = _photo()
+    image = astronaut(256)
     dark = minimum_filter(image[0].numpy().min(axis=0), size=DARK_PATCH, mode="nearest")
     expected = np.quantile(dark, [0.02, 0.1])
     np.testing.assert_allclose(dark_channel_quantiles(image)[0].numpy(), expected, atol=1e-6)
@@ -163,7 +156,7 @@ def test_dark_channel_quantiles_are_those_of_scipys_minimum_filter_on_a_photo():
 def test_a_veil_of_haze_lifts_the_dark_channel_quantiles_as_the_scattering_model_says():
     """x = J t + A (1 - t) with one transmission t and grey airlight A: the dark channel, a minimum,
     and its quantiles map through the same increasing affine map."""
-    clean = _photo()
+    clean = astronaut(256)
     transmission, airlight = 0.6, 0.85
     hazy = clean * transmission + airlight * (1 - transmission)
     expected = dark_channel_quantiles(clean) * transmission + airlight * (1 - transmission)
