@@ -15,7 +15,8 @@ r the restorer's output, y the target and c = r - x, the PSNR of the output x + 
 * ``base``: s = 1 (the restorer as it is);
 * ``oracle_1`` / ``oracle_max``: the least-squares s* = <c, y - x> / |c|^2, clipped to [0, 1] (what
   a ``restorer_calibrated`` of ``max_strength`` 1 could reach at best) or to [0, ``--max-strength``];
-* ``oracle_bands``: one strength for the correction's low frequencies (Gaussian of ``--sigma`` px)
+* ``oracle_bands``: one strength for the correction's low frequencies (Gaussian of ``--sigma`` px at
+  the working size: :func:`~mofme.models.strength.low_band`, the bands of a two-band strength)
   in [0, ``--max-strength``] and one for the rest in [0, 1], least squares on the two, then clipped.
 
 A large gap between ``base`` and the oracles says the correction holds more than the restorer
@@ -32,19 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from mofme.metrics import psnr
+from mofme.models.strength import low_band
 from mofme.timing import machine
 
 __all__ = ["main", "oracle_scores", "oracle_strengths"]
 
 KINDS = ("input", "base", "oracle_1", "oracle_max", "oracle_bands")
-
-
-def _low_pass(image: Tensor, sigma: float) -> Tensor:
-    return gaussian_blur(image, kernel_size=2 * int(3 * sigma) + 1, sigma=sigma)
 
 
 def oracle_strengths(
@@ -53,7 +50,7 @@ def oracle_strengths(
     """For one (1, 3, H, W) triple: s* (one strength) and (s_low, s_high), the least-squares strengths
     of the correction's low and high frequencies, unclipped."""
     change = restored - image
-    return _strengths(change, _low_pass(change, sigma), target - image)
+    return _strengths(change, low_band(change, sigma), target - image)
 
 
 def _strengths(change: Tensor, low: Tensor, error: Tensor) -> tuple[float, float, float]:
@@ -71,7 +68,7 @@ def oracle_scores(
     """PSNR (dB) of each of :data:`KINDS` for one (1, 3, H, W) triple in [0, 1] (module docstring),
     and the unclipped strengths ``s``, ``s_low``, ``s_high``."""
     change = restored - image
-    low = _low_pass(change, sigma)
+    low = low_band(change, sigma)
     single, s_low, s_high = _strengths(change, low, target - image)
 
     def score(output: Tensor) -> float:

@@ -15,6 +15,16 @@ itself looks like (its brightness, contrast, dark channel). :func:`correction_ev
 statistics on both images area-resized to at most :data:`WORK_SIDE` px, so they mean the same at any
 photo size; the head is a standardisation (batch statistics, no affine) and a two-layer MLP.
 
+Two refinements, each off by default, follow what the strength oracle (``mofme bench
+strength-oracle``) found in the corrections of trained restorers:
+
+* ``bands=2``: one strength for the correction's low frequencies (:func:`low_band`: tone, veil) in
+  (0, s_max) and one for the rest (streaks, flakes, edges) in (0, 1), so a timid haze removal can be
+  amplified while its fine detail is held back: x + s_low L + s_high (c - L), c = r - x;
+* ``pair_width > 0``: the head also reads the photo and its correction at the working size through a
+  small CNN (:class:`PairEncoder`): what the correction looks like (streaks, discs, a veil), which
+  global statistics cannot tell apart.
+
 With ``haze_evidence=True`` the head also reads :func:`dark_channel_quantiles` of the photo: the
 low quantiles of its dark channel (He et al.'s prior: in a haze-free photo most 15-px patches hold a
 pixel near black in some channel). A veil of haze or fog over the whole scene lifts them; natural
@@ -27,7 +37,7 @@ image): 0 on a clean photo, whatever the base does to it.
 
     model = create_model("restorer_calibrated", base="mofme-small-weather-gated")  # base loaded, s new
     out = model(images)                          # RestorerOutput; out.image = x + s (base(x) - x)
-    model.strength_of(images, out_base.image)    # (N,) the s of each image, given the base's output
+    model.strength_of(images, out_base.image)    # (N, bands) the s of each image, given the base's output
 
 Tiled inference (:func:`mofme.infer.restore.restore_tensor`) runs the base tile by tile
 (``forward(tile, calibrate=False)``) and calls :meth:`CalibratedRestorer.calibrate` once on the
@@ -37,13 +47,14 @@ fill drops after stitching (a windowed ``drop_fill`` restorer).
 
 from __future__ import annotations
 
-import math
+import itertools
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.functional import gaussian_blur
 
 from .hub import PretrainedMixin, config_from
 from .restorer import RestorerOutput
@@ -54,10 +65,15 @@ __all__ = [
     "WORK_SIDE",
     "CalibratedConfig",
     "CalibratedRestorer",
+    "HeadEvidence",
+    "PairEncoder",
     "StrengthHead",
+    "band_maxima",
     "correction_evidence",
+    "correction_pair",
     "dark_channel_quantiles",
     "evidence_features",
+    "low_band",
 ]
 
 DEFAULT_BASE = "mofme-small-weather-gated"
@@ -151,52 +167,137 @@ class CalibratedConfig:
     hidden: int = 32  # the head's hidden width
     prior: float = 0.9  # the strength of a new head on any image
     haze_evidence: bool = False  # the head also reads the photo's dark-channel quantiles
-    max_strength: float = 1.0  # s_max: the strength lies in (0, s_max)
+    max_strength: float = 1.0  # s_max: the strength (with two bands: the low band's) lies in (0, s_max)
+    bands: int = 1  # 1: one strength; 2: one for the correction's low band, one for the rest
+    band_sigma: float = 4.0  # the low band's Gaussian, px at the working size
+    pair_width: int = 0  # > 0: the head also reads the photo and its correction through a CNN this wide
 
     def __post_init__(self) -> None:
         if not self.max_strength > 0.0:
             raise ValueError(f"max_strength must be positive, got {self.max_strength}")
-        if not 0.0 < self.prior < self.max_strength:
-            raise ValueError(f"prior must be in (0, max_strength={self.max_strength}), got {self.prior}")
+        if self.bands not in (1, 2):
+            raise ValueError(f"bands must be 1 or 2, got {self.bands}")
+        ceiling = min(band_maxima(self.bands, self.max_strength))
+        if not 0.0 < self.prior < ceiling:
+            raise ValueError(f"prior must be in (0, {ceiling}) (max_strength, bands), got {self.prior}")
+        if not self.band_sigma > 0.0 or self.pair_width < 0:
+            raise ValueError(
+                f"band_sigma must be > 0 and pair_width >= 0, got {self.band_sigma}, {self.pair_width}"
+            )
         if self.hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         if not isinstance(self.base, str | dict):
             raise ValueError(f"base must be a restorer name, folder or config dict, got {self.base!r}")
 
 
+def band_maxima(bands: int, max_strength: float) -> tuple[float, ...]:
+    """The upper end of each band's strength: ``max_strength`` for one band; for two, the low band's
+    ``max_strength`` and the high band's at most 1 (fine detail is never amplified)."""
+    return (max_strength,) if bands == 1 else (max_strength, min(1.0, max_strength))
+
+
+def low_band(change: Tensor, sigma: float) -> Tensor:
+    """The low frequencies of ``change`` (N, C, H, W): a Gaussian blur of ``sigma`` px at the working
+    size (a larger image is area-resized to :data:`WORK_SIDE`, blurred, and resized back bilinearly),
+    so the band means the same at any photo size. The high band is ``change - low_band(change)``."""
+    small = _at_work_size(change)
+    radius = max(0, min(int(3 * sigma), min(small.shape[-2:]) - 1))  # reflection needs radius < side
+    blurred = gaussian_blur(small, kernel_size=2 * radius + 1, sigma=sigma) if radius else small
+    if blurred.shape[-2:] == change.shape[-2:]:
+        return blurred
+    return F.interpolate(blurred, size=change.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def correction_pair(image: Tensor, restored: Tensor) -> Tensor:
+    """(N, 6, h, w) what a pair encoder reads, at the working size: the photo minus 0.5 and the
+    correction r - x divided by its root mean square (its size is in :func:`correction_evidence`)."""
+    x, r = _at_work_size(image.float()), _at_work_size(restored.float())
+    change = r - x
+    rms = change.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    return torch.cat([x - 0.5, change / (rms + _EPS)], 1)
+
+
+class HeadEvidence(NamedTuple):
+    """What a :class:`StrengthHead` reads of a batch: ``features`` (N, F) (:func:`correction_evidence`)
+    and, for a head with a pair encoder, ``pair`` (N, 6, h, w) (:func:`correction_pair`)."""
+
+    features: Tensor
+    pair: Tensor | None = None
+
+
+class PairEncoder(nn.Module):
+    """(N, 6, h, w) -> (N, 4 ``width``): four stride-2 3x3 convolutions with GELU (``width``,
+    2 ``width``, 2 ``width``, 2 ``width`` channels), then the mean and standard deviation of each
+    channel over the image (any size): what the correction looks like, not where."""
+
+    def __init__(self, *, width: int) -> None:
+        super().__init__()
+        widths = [6, width, 2 * width, 2 * width, 2 * width]
+        layers: list[nn.Module] = []
+        for inputs, outputs in itertools.pairwise(widths):
+            layers += [nn.Conv2d(inputs, outputs, 3, stride=2, padding=1), nn.GELU()]
+        self.trunk = nn.Sequential(*layers)
+
+    def forward(self, pair: Tensor) -> Tensor:
+        maps = self.trunk(pair).flatten(2)
+        return torch.cat([maps.mean(2), maps.std(2, correction=0)], 1)  # defined on a 1 x 1 map too
+
+
 class StrengthHead(nn.Module):
-    """(image, restored) (N, 3, H, W) -> (N, 1) strength logits: :func:`correction_evidence`,
+    """(image, restored) (N, 3, H, W) -> (N, ``bands``) strength logits: :func:`correction_evidence`,
     standardised by running batch statistics (no affine), then a linear map plus a two-layer GELU MLP
-    (the linear term keeps evidence beyond what training saw on its trend, rather than at a constant);
-    both start at zero weights, the bias at logit(``prior / max_strength``) (s = ``prior`` on any
-    image). :meth:`to_strength` maps logits to s = ``max_strength`` sigmoid(logit)."""
+    (the linear term keeps evidence beyond what training saw on its trend, rather than at a constant).
+    With ``pair_width`` the MLP also reads a :class:`PairEncoder` of :func:`correction_pair`,
+    standardised the same way. The output layers start at zero weights, the biases at
+    logit(``prior`` / maximum) (s = ``prior`` in each band on any image). :meth:`to_strength` maps
+    logits to s = maximum sigmoid(logit), the maxima of :func:`band_maxima`."""
 
     def __init__(
-        self, *, hidden: int, prior: float, haze_evidence: bool = False, max_strength: float = 1.0
+        self,
+        *,
+        hidden: int,
+        prior: float,
+        haze_evidence: bool = False,
+        max_strength: float = 1.0,
+        bands: int = 1,
+        pair_width: int = 0,
     ) -> None:
         super().__init__()
         self.haze_evidence, self.max_strength = haze_evidence, max_strength
-        prior = prior / max_strength
+        maxima = torch.tensor(band_maxima(bands, max_strength), dtype=torch.float32)
+        self.register_buffer("maxima", maxima, persistent=False)
         features = evidence_features(haze_evidence)
         self.standardise = nn.BatchNorm1d(features, affine=False)
-        self.linear = nn.Linear(features, 1)
-        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, 1, bias=False))
+        self.encoder = PairEncoder(width=pair_width) if pair_width else None
+        self.pair_standardise = nn.BatchNorm1d(4 * pair_width, affine=False) if pair_width else None
+        self.linear = nn.Linear(features, bands)
+        self.mlp = nn.Sequential(
+            nn.Linear(features + 4 * pair_width, hidden), nn.GELU(), nn.Linear(hidden, bands, bias=False)
+        )
         nn.init.zeros_(self.linear.weight)
-        nn.init.constant_(self.linear.bias, math.log(prior / (1.0 - prior)))
+        with torch.no_grad():
+            self.linear.bias.copy_(torch.logit(prior / self.maxima))
         nn.init.zeros_(self.mlp[-1].weight)
 
     def to_strength(self, logits: Tensor) -> Tensor:
-        """Logits (any shape) -> strengths in (0, ``max_strength``), float32."""
-        return self.max_strength * torch.sigmoid(logits.float())
+        """Logits (..., ``bands``) -> strengths in (0, each band's maximum), float32."""
+        return self.maxima * torch.sigmoid(logits.float())
 
-    def evidence(self, image: Tensor, restored: Tensor) -> Tensor:
-        """:func:`correction_evidence` as this head reads it."""
-        return correction_evidence(image, restored, haze_evidence=self.haze_evidence)
+    def evidence(self, image: Tensor, restored: Tensor) -> HeadEvidence:
+        """What this head reads of ``image`` and the base's ``restored``."""
+        features = correction_evidence(image, restored, haze_evidence=self.haze_evidence)
+        return HeadEvidence(features, correction_pair(image, restored) if self.encoder else None)
 
-    def logits(self, evidence: Tensor) -> Tensor:
-        """(N, :func:`evidence_features`) evidence -> (N, 1) logits."""
-        evidence = self.standardise(evidence)
-        return self.linear(evidence) + self.mlp(evidence)
+    def logits(self, evidence: HeadEvidence | Tensor) -> Tensor:
+        """:meth:`evidence` (or its ``features`` alone, for a head without a pair encoder) -> (N, bands)."""
+        features, pair = (evidence, None) if isinstance(evidence, Tensor) else evidence
+        features = self.standardise(features)
+        hidden = features
+        if self.encoder is not None:
+            if pair is None:
+                raise ValueError("this strength head reads the correction pair: pass HeadEvidence with pair")
+            hidden = torch.cat([features, self.pair_standardise(self.encoder(pair.float()))], 1)
+        return self.linear(features) + self.mlp(hidden)
 
     def forward(self, image: Tensor, restored: Tensor) -> Tensor:
         return self.logits(self.evidence(image, restored))
@@ -230,7 +331,12 @@ class CalibratedRestorer(PretrainedMixin, nn.Module):
                 "base fills drops after stitching (a windowed drop_fill restorer): not supported"
             )
         self.strength = StrengthHead(
-            hidden=cfg.hidden, prior=cfg.prior, haze_evidence=cfg.haze_evidence, max_strength=cfg.max_strength
+            hidden=cfg.hidden,
+            prior=cfg.prior,
+            haze_evidence=cfg.haze_evidence,
+            max_strength=cfg.max_strength,
+            bands=cfg.bands,
+            pair_width=cfg.pair_width,
         )
         self.config = cfg
 
@@ -254,14 +360,19 @@ class CalibratedRestorer(PretrainedMixin, nn.Module):
         return getattr(self.base, "image_context", lambda _: None)(image)
 
     def strength_of(self, image: Tensor, restored: Tensor) -> Tensor:
-        """The strength s (N,) for ``image`` given the base's ``restored`` (both (N, 3, H, W))."""
-        return self.strength.to_strength(self.strength(image, restored)).squeeze(1)
+        """The strengths (N, bands) for ``image`` given the base's ``restored`` (both (N, 3, H, W))."""
+        return self.strength.to_strength(self.strength(image, restored))
 
     def calibrate(self, image: Tensor, restored: Tensor) -> Tensor:
-        """x + s (restored - x) for the base's whole-image ``restored`` (N, 3, H, W), clipped to
-        [0, 1] (which changes nothing for s <= 1: a blend of two images in [0, 1])."""
-        strength = self.strength_of(image, restored).to(restored.dtype)[:, None, None, None]
-        return (image + strength * (restored - image)).clamp(0.0, 1.0)
+        """x + s (restored - x) for the base's whole-image ``restored`` (N, 3, H, W), with two bands
+        x + s_low L + s_high (c - L) for c = restored - x and L its :func:`low_band`; clipped to
+        [0, 1] (which changes nothing for s <= 1 in one band: a blend of two images in [0, 1])."""
+        strength = self.strength_of(image, restored).to(restored.dtype)[:, :, None, None, None]
+        change = restored - image
+        if strength.shape[1] == 1:
+            return (image + strength[:, 0] * change).clamp(0.0, 1.0)
+        low = low_band(change, self.config.band_sigma)
+        return (image + strength[:, 0] * low + strength[:, 1] * (change - low)).clamp(0.0, 1.0)
 
     def forward(
         self, image: Tensor, *, fill: bool = True, context: Tensor | None = None, calibrate: bool = True

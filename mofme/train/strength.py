@@ -2,14 +2,16 @@
 
 The base of a :class:`~mofme.models.CalibratedRestorer` is fixed, so its output r for each training
 render x (clean target y) needs computing only once: that is the expensive part. Everything the
-strength's loss needs is then, per render, the evidence features (:func:`correction_evidence`) and
-three means, since for output x + s (r - x)
+strength's loss needs is then, per render, what the head reads (:class:`Proposals`) and six means,
+since for the output x + s_low L + s_high H (c = r - x, L its low band, H = c - L, e = y - x)
 
-    mse(s) = (|y - x|^2 - 2 s <r - x, y - x> + s^2 |r - x|^2) / n      (exact, any s)
+    mse = (|e|^2 - 2 s_low <L, e> - 2 s_high <H, e> + s_low^2 |L|^2 + 2 s_low s_high <L, H>
+           + s_high^2 |H|^2) / n                     (exact for any strengths; one strength: s_low = s_high)
 
-and the head (923 parameters) is optimised full-batch for many iterations on minus the
-mean capped PSNR (:class:`~mofme.losses.RestorationLoss`'s ``pixel="psnr"``), where stochastic
-training through the trainer gets a few hundred noisy steps for the same renders.
+and the head is optimised for many iterations on minus the mean capped PSNR
+(:class:`~mofme.losses.RestorationLoss`'s ``pixel="psnr"``): full-batch (a head on the evidence
+statistics, 923 parameters) or in batches of :data:`PAIR_BATCH` (a head with a pair encoder), where
+stochastic training through the trainer gets a few hundred noisy steps for the same renders.
 
     proposals = collect_proposals(model, train_set, renders=800)      # the base runs 800 times
     history = fit_strength(model, proposals, iterations=1500)           # seconds
@@ -30,26 +32,69 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mofme.atomic import atomic_file, write_text_atomic
-from mofme.models.strength import CalibratedRestorer, evidence_features
+from mofme.models.strength import CalibratedRestorer, HeadEvidence, evidence_features, low_band
 from mofme.train.config import Config
 
-__all__ = ["Proposals", "collect_proposals", "fit_from_config", "fit_strength", "proposal_mse"]
+__all__ = [
+    "PAIR_BATCH",
+    "SUMS",
+    "Proposals",
+    "collect_proposals",
+    "fit_from_config",
+    "fit_strength",
+    "proposal_mse",
+    "proposal_sums",
+]
 
 
 class Proposals(NamedTuple):
-    """``features`` (N, F) float32: the evidence the strength head reads (``model.strength.evidence``,
-    :func:`~mofme.models.strength.correction_evidence`) of each render and the base's output;
-    ``sums`` (N, 3) float64: the means of |r - x|^2, <r - x, y - x> and |y - x|^2 over the pixels."""
+    """``features`` (N, F) float32: the evidence the strength head reads
+    (:func:`~mofme.models.strength.correction_evidence`) of each render and the base's output;
+    ``sums`` (N, 6) float64: with c = r - x, L its low band, H = c - L and e = y - x, the means over
+    the pixels of L L, L H, H H, L e, H e and e e (:data:`SUMS`); ``pair`` (N, 6, h, w) float16, for a
+    head with a pair encoder (:func:`~mofme.models.strength.correction_pair`), else None."""
 
     features: Tensor
     sums: Tensor
+    pair: Tensor | None = None
+
+
+PAIR_BATCH = 64  # renders per iteration of a fit whose head reads the pair (full-batch otherwise)
+SUMS = ("low_low", "low_high", "high_high", "low_error", "high_error", "error_error")
 
 
 def proposal_mse(strength: Tensor, sums: Tensor) -> Tensor:
-    """(N,) MSE of x + s (r - x) against y for strengths ``strength`` (N,), from ``sums`` (N, 3)."""
+    """(N,) MSE of x + s_low L + s_high H against y for strengths ``strength`` (N, 2), or one
+    strength per render (N,) or (N, 1) for both bands, from ``sums`` (N, 6) (:class:`Proposals`)."""
     strength = strength.double()
-    mse = sums[:, 2] - 2 * strength * sums[:, 1] + strength.square() * sums[:, 0]
+    strength = strength[:, None] if strength.dim() == 1 else strength
+    low, high = strength[:, 0], strength[:, -1]
+    ll, lh, hh, le, he, ee = sums.unbind(1)
+    mse = ee - 2 * (low * le + high * he) + low.square() * ll + 2 * low * high * lh + high.square() * hh
     return mse.clamp_min(0.0)
+
+
+def proposal_sums(image: Tensor, restored: Tensor, target: Tensor, *, sigma: float) -> Tensor:
+    """(N, 6) float64 :class:`Proposals` ``sums`` of (N, 3, H, W) batches, the low band of ``sigma``
+    px at the working size (:func:`~mofme.models.strength.low_band`)."""
+    change = (restored - image).double()
+    low = low_band(change, sigma)
+    high, error = change - low, (target - image).double()
+
+    def mean(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).flatten(1).mean(1)
+
+    return torch.stack(
+        [
+            mean(low, low),
+            mean(low, high),
+            mean(high, high),
+            mean(low, error),
+            mean(high, error),
+            mean(error, error),
+        ],
+        1,
+    )
 
 
 def _epochs(dataset: Dataset, renders: int):
@@ -79,16 +124,17 @@ def collect_proposals(
     if batch:
         parts.append(_proposals(model, batch))
     model.base.train(was_training)
-    return Proposals(torch.cat([p.features for p in parts]), torch.cat([p.sums for p in parts]))
+    pairs = None if parts[0].pair is None else torch.cat([p.pair for p in parts])
+    return Proposals(torch.cat([p.features for p in parts]), torch.cat([p.sums for p in parts]), pairs)
 
 
 def _proposals(model: CalibratedRestorer, batch: list[dict]) -> Proposals:
     x = torch.stack([item["input"] for item in batch]).float()
     y = torch.stack([item["target"] for item in batch]).float()
     r = model.base(x).image.float().clamp(0, 1)
-    change, error = (r - x).flatten(1).double(), (y - x).flatten(1).double()
-    sums = torch.stack([change.square().mean(1), (change * error).mean(1), error.square().mean(1)], 1)
-    return Proposals(model.strength.evidence(x, r), sums)
+    features, pair = model.strength.evidence(x, r)
+    sums = proposal_sums(x, r, y, sigma=model.config.band_sigma)
+    return Proposals(features, sums, None if pair is None else pair.half())
 
 
 def fit_strength(
@@ -100,22 +146,28 @@ def fit_strength(
     weight_decay: float = 1e-2,
     psnr_cap: float = 50.0,
     logit_decay: float = 1e-3,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> list[float]:
-    """Optimise ``model.strength`` full-batch (AdamW) on minus the mean PSNR of the proposals, each
-    capped at ``psnr_cap`` dB, plus ``logit_decay`` x the mean squared logit (a render whose logit
-    saturated early, s = 1.000 on a clean photo, otherwise gets no gradient back: seen on 2 of 6 seeds
-    of the test's fit); returns the loss every 100 iterations and at the end.
-    The head is left in eval mode (its standardisation's running statistics those of the proposals)."""
+    """Optimise ``model.strength`` (AdamW) on minus the mean PSNR of the proposals, each capped at
+    ``psnr_cap`` dB, plus ``logit_decay`` x the mean squared logit (a render whose logit saturated
+    early, s = 1.000 on a clean photo, otherwise gets no gradient back: seen on 2 of 6 seeds of the
+    test's fit). Full-batch, or ``batch_size`` renders drawn at random each iteration (a head with a pair
+    encoder; every other batch mirrored left to right). Returns the loss every 100 iterations and at
+    the end. The head is left in eval mode (its standardisations' running statistics those of the
+    proposals)."""
+    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = model.strength.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     floor = 10.0 ** (-psnr_cap / 10.0)
+    count = len(proposals.sums)
     history = []
     for iteration in range(iterations):
-        logits = head.logits(proposals.features)[:, 0]
-        loss = (10.0 * torch.log10(proposal_mse(head.to_strength(logits), proposals.sums) + floor)).mean()
-        loss = loss + logit_decay * logits.square().mean()  # keeps the sigmoid out of saturation
+        batch = _batch(proposals, count, batch_size, generator, mirror=iteration % 2 == 1)
+        logits = head.logits(HeadEvidence(batch.features, batch.pair))
+        mse = proposal_mse(head.to_strength(logits), batch.sums)
+        loss = (10.0 * torch.log10(mse + floor)).mean() + logit_decay * logits.square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -127,13 +179,27 @@ def fit_strength(
     return history
 
 
-def _cached_proposals(path: Path, features: int) -> Proposals | None:
-    """The proposals kept at ``path`` if there are any and they hold ``features`` evidence columns
-    (a head that reads other evidence needs the base run again)."""
+def _batch(
+    proposals: Proposals, count: int, batch_size: int | None, generator: torch.Generator, *, mirror: bool
+) -> Proposals:
+    """All the proposals, or ``batch_size`` of them at random (their pairs mirrored if ``mirror``)."""
+    if batch_size is None or batch_size >= count:
+        return proposals
+    index = torch.randint(0, count, (batch_size,), generator=generator)
+    pair = None if proposals.pair is None else proposals.pair[index].float()
+    if pair is not None and mirror:
+        pair = pair.flip(-1)
+    return Proposals(proposals.features[index], proposals.sums[index], pair)
+
+
+def _cached_proposals(path: Path, features: int, pair: bool) -> Proposals | None:
+    """The proposals kept at ``path`` if there are any and they hold what the head reads: ``features``
+    evidence columns, the six band sums, and the pair if ``pair`` (else the base must run again)."""
     if not path.is_file():
         return None
     proposals = Proposals(**torch.load(path, weights_only=True))
-    return proposals if proposals.features.shape[1] == features else None
+    fits = proposals.features.shape[1] == features and proposals.sums.shape[1] == len(SUMS)
+    return proposals if fits and (proposals.pair is not None) == pair else None
 
 
 def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> dict:
@@ -154,7 +220,8 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
     output = Path(config.train.output_dir)
     # the base's work, kept (written whole or not at all): a refit costs seconds
     cache = output / f"proposals_{renders}_seed{config.train.seed}.pt"
-    proposals = _cached_proposals(cache, evidence_features(model.strength.haze_evidence))
+    head = model.strength
+    proposals = _cached_proposals(cache, evidence_features(head.haze_evidence), head.encoder is not None)
     if proposals is None:
         train_set, _ = build_datasets(config.data, seed=config.train.seed)
         proposals = collect_proposals(model, train_set, renders=renders, batch_size=config.data.batch_size)
@@ -167,6 +234,7 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
         lr=config.optim.lr,
         weight_decay=config.optim.weight_decay,
         psnr_cap=config.loss.psnr_cap,
+        batch_size=None if head.encoder is None else PAIR_BATCH,
         seed=config.train.seed,
     )
     model.save_pretrained(output / "best")

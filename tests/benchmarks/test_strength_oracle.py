@@ -7,7 +7,8 @@ import math
 
 import torch
 
-from mofme.benchmarks.strength_oracle import _low_pass, oracle_scores, oracle_strengths
+from mofme.benchmarks.strength_oracle import oracle_scores, oracle_strengths
+from mofme.models.strength import low_band
 from tests.standin import astronaut
 
 
@@ -33,7 +34,7 @@ def test_the_two_band_strengths_are_the_least_squares_fit():
     ).clamp(0, 1)
     single, s_low, s_high = oracle_strengths(degraded, restored, clean, sigma=2.0)
     change, error = (restored - degraded).double(), (clean - degraded).double()
-    low = _low_pass(change, 2.0)
+    low = low_band(change, 2.0)
     residual = error - s_low * low - s_high * (change - low)
     for band in (low, change - low):  # normal equations: the residual is orthogonal to both bands
         assert abs(float((residual * band).sum())) < 1e-6 * float(band.square().sum())

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio
+from torchvision.transforms.functional import gaussian_blur
 
 from mofme.infer import restore_image
 from mofme.infer.fastpath import fast_path_available, inference_model, is_fast_path
@@ -22,9 +23,12 @@ from mofme.models.strength import (
     EVIDENCE_FEATURES,
     WORK_SIDE,
     CalibratedConfig,
+    HeadEvidence,
     correction_evidence,
+    correction_pair,
     dark_channel_quantiles,
     evidence_features,
+    low_band,
 )
 from tests.standin import astronaut
 
@@ -100,7 +104,7 @@ def test_a_new_strength_is_the_prior_and_a_closed_one_returns_the_input(base_dir
     model = create_model("restorer_calibrated", base=str(base_dir), prior=0.7).eval()
     images = _references()
     restored = model.base(images).image
-    torch.testing.assert_close(model.strength_of(images, restored), torch.full((6,), 0.7))
+    torch.testing.assert_close(model.strength_of(images, restored), torch.full((6, 1), 0.7))
     model.strength.linear.bias.fill_(-40.0)
     torch.testing.assert_close(model(images).image, images, rtol=0, atol=1e-6)
 
@@ -110,7 +114,7 @@ def test_a_strength_above_one_amplifies_the_correction_and_the_output_stays_in_r
     model = create_model("restorer_calibrated", base=str(base_dir), max_strength=3.0, prior=2.0).eval()
     images = _references()
     base = model.base(images).image
-    torch.testing.assert_close(model.strength_of(images, base), torch.full((6,), 2.0))  # the prior
+    torch.testing.assert_close(model.strength_of(images, base), torch.full((6, 1), 2.0))  # the prior
     torch.manual_seed(3)
     torch.nn.init.normal_(model.strength.linear.weight)
     evidence = model.strength.standardise(correction_evidence(images, base))
@@ -124,6 +128,75 @@ def test_a_strength_above_one_amplifies_the_correction_and_the_output_stays_in_r
 @pytest.mark.parametrize("fields", [{"max_strength": 0.0}, {"max_strength": 2.0, "prior": 2.0}])
 def test_a_strength_range_without_room_for_the_prior_is_refused(fields):
     with pytest.raises(ValueError, match=r"max_strength|prior"):
+        CalibratedConfig(**fields)
+
+
+def _spread_logits(model: CalibratedRestorer, *layers: torch.nn.Linear, seed: int = 3) -> None:
+    """Random output weights, so that the head's strengths differ from image to image."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            torch.nn.init.normal_(layer.weight, std=0.5)
+
+
+@torch.no_grad()
+def test_two_bands_scale_the_low_and_high_frequencies_of_the_correction_apart(base_dir):
+    model = create_model("restorer_calibrated", base=str(base_dir), bands=2, max_strength=3.0, band_sigma=2.0)
+    model.eval()
+    _spread_logits(model, model.strength.linear)
+    images = _references()
+    base = model.base(images).image
+    logits = model.strength(images, base)
+    model.strength.linear.weight.div_(logits.std(0)[:, None])
+    model.strength.linear.bias.sub_(logits.mean(0) / logits.std(0))  # s_low around 1.5, s_high around 0.5
+    strength = model.strength_of(images, base)
+    assert strength.shape == (6, 2) and float(strength[:, 0].max()) > 1.0  # the low band amplified
+    assert float(strength[:, 1].max()) < 1.0  # the high band never is
+    change = base - images
+    low = gaussian_blur(change, kernel_size=13, sigma=2.0)  # images below the working size: a plain blur
+    s_low, s_high = strength[:, :1, None, None], strength[:, 1:, None, None]
+    expected = (images + s_low * low + s_high * (change - low)).clamp(0, 1)
+    torch.testing.assert_close(model(images).image, expected, rtol=0, atol=1e-6)
+
+
+def test_the_low_band_is_taken_at_the_working_size_and_means_the_same_at_any_photo_size():
+    smooth = F.interpolate(
+        _images(1, 3, 12, 16, seed=11), size=(WORK_SIDE * 3 // 4, WORK_SIDE), mode="bicubic"
+    )
+    torch.testing.assert_close(low_band(smooth, 3.0), gaussian_blur(smooth, kernel_size=19, sigma=3.0))
+    large = F.interpolate(smooth, scale_factor=2, mode="bilinear")  # twice the working size
+    expected = F.interpolate(low_band(smooth, 3.0), scale_factor=2, mode="bilinear")
+    assert float((low_band(large, 3.0) - expected).abs().max()) < 0.02  # the same band, twice as large
+    assert float((low_band(large, 3.0) - gaussian_blur(large, kernel_size=19, sigma=3.0)).abs().max()) > 0.02
+    tiny = _images(1, 3, 5, 7, seed=12)  # smaller than the blur: still defined, the mean kept
+    torch.testing.assert_close(low_band(tiny, 4.0).mean(), tiny.mean(), rtol=0, atol=0.05)
+
+
+@torch.no_grad()
+def test_a_pair_encoder_reads_the_photo_and_its_correction_and_is_saved(base_dir, tmp_path):
+    model = create_model("restorer_calibrated", base=str(base_dir), pair_width=4).eval()
+    _spread_logits(model, model.strength.mlp[-1], model.strength.mlp[0])
+    images = _references()
+    base = model.base(images).image
+    evidence = model.strength.evidence(images, base)
+    torch.testing.assert_close(evidence.pair, correction_pair(images, base))
+    change = base - images
+    rms = change.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    torch.testing.assert_close(evidence.pair[:, 3:] * (rms + 1e-4), change, rtol=1e-5, atol=1e-6)
+    scrambled = HeadEvidence(evidence.features, evidence.pair.flip(-2, -1).roll(7, -1))
+    changed = model.strength.logits(scrambled) - model.strength.logits(evidence)
+    assert float(changed.abs().max()) > 1e-3  # the layout of the correction matters, not only its statistics
+    with pytest.raises(ValueError, match="pair"):
+        model.strength.logits(evidence.features)
+    model.save_pretrained(tmp_path)
+    loaded = load_restorer(tmp_path)
+    assert loaded.strength.encoder is not None
+    torch.testing.assert_close(loaded(images).image, model(images).image, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fields", [{"bands": 3}, {"band_sigma": 0.0}, {"pair_width": -1}])
+def test_a_bad_band_or_encoder_setting_is_refused_naming_it(fields):
+    with pytest.raises(ValueError, match=next(iter(fields))):
         CalibratedConfig(**fields)
 
 
@@ -169,7 +242,7 @@ def test_the_haze_evidence_is_appended_read_by_the_head_and_saved(base_dir, tmp_
     images = _references()
     with torch.no_grad():
         restored = model.base(images).image
-    evidence = model.strength.evidence(images, restored)
+    evidence = model.strength.evidence(images, restored).features
     assert evidence.shape == (len(images), evidence_features(True)) == (len(images), EVIDENCE_FEATURES + 2)
     torch.testing.assert_close(evidence[:, :EVIDENCE_FEATURES], correction_evidence(images, restored))
     torch.testing.assert_close(evidence[:, EVIDENCE_FEATURES:], dark_channel_quantiles(images))
