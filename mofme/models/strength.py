@@ -54,7 +54,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.functional import gaussian_blur
 
 from .hub import PretrainedMixin, config_from
 from .restorer import RestorerOutput
@@ -200,6 +199,8 @@ def low_band(change: Tensor, sigma: float) -> Tensor:
     """The low frequencies of ``change`` (N, C, H, W): a Gaussian blur of ``sigma`` px at the working
     size (a larger image is area-resized to :data:`WORK_SIDE`, blurred, and resized back bilinearly),
     so the band means the same at any photo size. The high band is ``change - low_band(change)``."""
+    from torchvision.transforms.functional import gaussian_blur  # restoration extra: not at import
+
     small = _at_work_size(change)
     radius = max(0, min(int(3 * sigma), min(small.shape[-2:]) - 1))  # reflection needs radius < side
     blurred = gaussian_blur(small, kernel_size=2 * radius + 1, sigma=sigma) if radius else small
