@@ -136,7 +136,16 @@ def correction_evidence(image: Tensor, restored: Tensor, *, haze_evidence: bool 
     channel, dark channel and saturation means; then logarithms of the mean and quantiles of the
     per-pixel change, of the change's and the photo's detail per octave, and of the per-channel
     spread of change and photo; with ``haze_evidence``, last, :func:`dark_channel_quantiles`."""
-    x, r = _at_work_size(image.float()), _at_work_size(restored.float())
+    return _features(*_work_pair(image, restored), haze_evidence=haze_evidence)
+
+
+def _work_pair(image: Tensor, restored: Tensor) -> tuple[Tensor, Tensor]:
+    """Both images in float32 at the working size."""
+    return _at_work_size(image.float()), _at_work_size(restored.float())
+
+
+def _features(x: Tensor, r: Tensor, *, haze_evidence: bool) -> Tensor:
+    """:func:`correction_evidence` of ``x`` and ``r``, already at the working size."""
     evidence = _evidence(x, r)
     return torch.cat([evidence, _dark_quantiles(x)], 1) if haze_evidence else evidence
 
@@ -212,7 +221,11 @@ def low_band(change: Tensor, sigma: float) -> Tensor:
 def correction_pair(image: Tensor, restored: Tensor) -> Tensor:
     """(N, 6, h, w) what a pair encoder reads, at the working size: the photo minus 0.5 and the
     correction r - x divided by its root mean square (its size is in :func:`correction_evidence`)."""
-    x, r = _at_work_size(image.float()), _at_work_size(restored.float())
+    return _pair(*_work_pair(image, restored))
+
+
+def _pair(x: Tensor, r: Tensor) -> Tensor:
+    """:func:`correction_pair` of ``x`` and ``r``, already at the working size."""
     change = r - x
     rms = change.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
     return torch.cat([x - 0.5, change / (rms + _EPS)], 1)
@@ -285,9 +298,10 @@ class StrengthHead(nn.Module):
         return self.maxima * torch.sigmoid(logits.float())
 
     def evidence(self, image: Tensor, restored: Tensor) -> HeadEvidence:
-        """What this head reads of ``image`` and the base's ``restored``."""
-        features = correction_evidence(image, restored, haze_evidence=self.haze_evidence)
-        return HeadEvidence(features, correction_pair(image, restored) if self.encoder else None)
+        """What this head reads of ``image`` and the base's ``restored`` (both resized once)."""
+        x, r = _work_pair(image, restored)
+        features = _features(x, r, haze_evidence=self.haze_evidence)
+        return HeadEvidence(features, _pair(x, r) if self.encoder else None)
 
     def logits(self, evidence: HeadEvidence | Tensor) -> Tensor:
         """:meth:`evidence` (or its ``features`` alone, for a head without a pair encoder) -> (N, bands)."""

@@ -80,21 +80,8 @@ def proposal_sums(image: Tensor, restored: Tensor, target: Tensor, *, sigma: flo
     change = (restored - image).double()
     low = low_band(change, sigma)
     high, error = change - low, (target - image).double()
-
-    def mean(a: Tensor, b: Tensor) -> Tensor:
-        return (a * b).flatten(1).mean(1)
-
-    return torch.stack(
-        [
-            mean(low, low),
-            mean(low, high),
-            mean(high, high),
-            mean(low, error),
-            mean(high, error),
-            mean(error, error),
-        ],
-        1,
-    )
+    pairs = ((low, low), (low, high), (high, high), (low, error), (high, error), (error, error))  # SUMS
+    return torch.stack([(a * b).flatten(1).mean(1) for a, b in pairs], 1)
 
 
 def _epochs(dataset: Dataset, renders: int):
@@ -161,10 +148,9 @@ def fit_strength(
     head = model.strength.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     floor = 10.0 ** (-psnr_cap / 10.0)
-    count = len(proposals.sums)
     history = []
     for iteration in range(iterations):
-        batch = _batch(proposals, count, batch_size, generator, mirror=iteration % 2 == 1)
+        batch = _batch(proposals, batch_size, generator, mirror=iteration % 2 == 1)
         logits = head.logits(HeadEvidence(batch.features, batch.pair))
         mse = proposal_mse(head.to_strength(logits), batch.sums)
         loss = (10.0 * torch.log10(mse + floor)).mean() + logit_decay * logits.square().mean()
@@ -180,9 +166,10 @@ def fit_strength(
 
 
 def _batch(
-    proposals: Proposals, count: int, batch_size: int | None, generator: torch.Generator, *, mirror: bool
+    proposals: Proposals, batch_size: int | None, generator: torch.Generator, *, mirror: bool
 ) -> Proposals:
     """All the proposals, or ``batch_size`` of them at random (their pairs mirrored if ``mirror``)."""
+    count = len(proposals.sums)
     if batch_size is None or batch_size >= count:
         return proposals
     index = torch.randint(0, count, (batch_size,), generator=generator)
