@@ -277,7 +277,7 @@ class StrengthHead(nn.Module):
         pair_width: int = 0,
     ) -> None:
         super().__init__()
-        self.haze_evidence, self.max_strength = haze_evidence, max_strength
+        self.haze_evidence = haze_evidence
         maxima = torch.tensor(band_maxima(bands, max_strength), dtype=torch.float32)
         self.register_buffer("maxima", maxima, persistent=False)
         features = evidence_features(haze_evidence)

@@ -191,11 +191,13 @@ def _cached_proposals(path: Path, features: int, pair: bool) -> Proposals | None
 
 def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> dict:
     """``mofme train RECIPE --fit-strength RENDERS``: the recipe's ``restorer_calibrated`` model, its
-    training renders through the fixed base (seed ``train.seed``), the strength fitted full-batch
-    (``optim.lr``, ``optim.weight_decay``, ``loss.psnr_cap``), then scored on the recipe's
-    validation set as training scores it. Writes ``train.output_dir``/best (the model),
-    ``strength_fit.json`` (settings, loss history, scores, minutes) and ``proposals_<renders>_seed<seed>.pt``
-    (reused by the next fit into the same folder with the same renders and seed); returns the record."""
+    training renders through the fixed base (seed ``train.seed``), the strength fitted full-batch or,
+    for a head with a pair encoder, in batches of :data:`PAIR_BATCH` (``optim.lr``,
+    ``optim.weight_decay``, ``loss.psnr_cap``), then scored on the recipe's validation set as
+    training scores it. Writes ``train.output_dir``/best (the model), ``strength_fit.json``
+    (settings, loss history, scores, minutes) and ``proposals_<renders>_seed<seed>_sigma<sigma>.pt``
+    (reused by the next fit into the same folder with the same renders, seed and ``band_sigma``);
+    returns the record."""
     from mofme.train.data import build_datasets, validation_set
     from mofme.train.recipes.restoration import validate
     from mofme.train.trainer import initialised_model
@@ -206,7 +208,8 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
     start = time.perf_counter()
     output = Path(config.train.output_dir)
     # the base's work, kept (written whole or not at all): a refit costs seconds
-    cache = output / f"proposals_{renders}_seed{config.train.seed}.pt"
+    # the band sums depend on the band's sigma: another sigma, another file
+    cache = output / f"proposals_{renders}_seed{config.train.seed}_sigma{model.config.band_sigma:g}.pt"
     head = model.strength
     proposals = _cached_proposals(cache, evidence_features(head.haze_evidence), head.encoder is not None)
     if proposals is None:
