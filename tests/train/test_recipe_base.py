@@ -67,9 +67,7 @@ def test_a_bad_base_is_refused_naming_it(tmp_path, base, message):
         load_config(child)
 
 
-@pytest.mark.parametrize(
-    "name", ["weather_unet_local_more", "weather_unet_local_share", "weather_unet_local_gpu"]
-)
+@pytest.mark.parametrize("name", ["weather_unet_local_more", "weather_unet_local_share"])
 def test_the_shipped_continuations_keep_their_base_and_change_what_they_say(name):
     """The series of `restorer_unet_local` runs: each names the run it changes and keeps the rest."""
     child = load_config(recipe_path(name))
@@ -78,3 +76,13 @@ def test_the_shipped_continuations_keep_their_base_and_change_what_they_say(name
     assert child.data.families == first.data.families and child.data.val_families == first.data.val_families
     assert child.train.output_dir != first.train.output_dir
     assert child.train.init_from is not None
+
+
+def test_the_gpu_burst_trains_the_sixth_run_from_scratch_with_nothing_outside_the_repository():
+    """The burst runs on a bare machine: no `init_from` or `init_parts` naming weights of a run."""
+    burst = load_config(recipe_path("weather_unet_local_gpu"))
+    first = load_config(recipe_path("weather_unet_local"))
+    assert burst.model == first.model and burst.loss == first.loss
+    assert burst.data.families == first.data.families and burst.data.val_families == first.data.val_families
+    assert burst.train.init_from is None and not burst.train.init_parts
+    assert burst.data.batch_size > first.data.batch_size and burst.train.output_dir != first.train.output_dir
