@@ -166,3 +166,17 @@ def test_camera_effects_off_at_strength_zero_and_milder_at_low_strength(photo):
     assert error(0.3) < error(1.0)
     with pytest.raises(ValueError, match="strength"):
         camera_effects(photo, np.random.default_rng(0), strength=-1.0)
+
+
+def test_haze_banks_leave_most_of_the_frame_under_the_veil_alone(photo):
+    """Optical depth -ln t: its median sits near the thin veil's (the minimum), far below the banks'
+    peak; fractal fog, a field at every scale, puts its median much higher in its range."""
+
+    def median_position(family: str) -> float:
+        positions = []
+        for seed in range(8):
+            depth = -np.log(np.clip(_transmission(photo, family, seed), 1e-3, 1.0))
+            positions.append((np.median(depth) - depth.min()) / (depth.max() - depth.min()))
+        return float(np.mean(positions))
+
+    assert median_position("haze-banks") < 0.15 < median_position("haze-fractal")

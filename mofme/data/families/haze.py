@@ -1,6 +1,6 @@
-"""Haze renderer families: three generative models of fog besides ``haze-classic``.
+"""Haze renderer families: four generative models of fog besides ``haze-classic``.
 
-All three use the scattering model I = J t + A (1 - t) with the transmission t and airlight A drawn
+All four use the scattering model I = J t + A (1 - t) with the transmission t and airlight A drawn
 differently; ``mask = 1 - weight of J`` and ``particles = 0``.
 
 * ``haze-depth``: a ground plane under a horizon line at a random height (10-60 % from the top) and
@@ -17,6 +17,11 @@ differently; ``mask = 1 - weight of J`` and ``particles = 0``.
   over a gently varying density, a small exposure drop, and glow: the clean image's bright pixels,
   spread by wide Gaussians (two radii, scaled by ``scale``; large bright areas such as a sky count
   less), are added in proportion to the fog (1 - t). The image darkens; lights bloom.
+* ``haze-banks``: drifting fog banks. A thin veil everywhere plus a few large, flattened,
+  soft-edged elliptic banks (radius 60-260 px of a 512-px image times ``scale``, 1.5-5 per
+  512 ``scale`` square, outlines warped by a smooth field), their optical depths added; banks are lit
+  a little brighter or darker than the veil. Unlike ``haze-fractal`` (a field of fog at every scale),
+  most of the frame sees only the veil and the banks have edges.
 
 PSNR of degraded vs clean (dB), the 8 built-in photos (train, val, test splits; long side 512), seeds
 0-2, min / mean / max:
@@ -25,6 +30,7 @@ PSNR of degraded vs clean (dB), the 8 built-in photos (train, val, test splits; 
     haze-depth     17.3 / 22.8 / 29.2  12.6 / 17.8 / 24.0  9.8 / 14.6 / 20.6
     haze-fractal   17.6 / 23.2 / 29.1  13.6 / 18.0 / 23.4  11.6 / 15.1 / 20.0
     haze-night     17.5 / 21.5 / 28.0  12.8 / 16.9 / 23.0  10.3 / 14.4 / 20.1
+    haze-banks     19.1 / 22.6 / 28.3  14.3 / 17.8 / 23.2  11.7 / 15.0 / 20.2
 
 A 1024 x 1024 render takes about 30-160 ms on one CPU core; a 128 x 128 crop 2-8 ms.
 """
@@ -34,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..weather import _REFERENCE_SIZE, _smooth, _smoothstep
+from ..weather import _REFERENCE_SIZE, _low_frequency, _smooth, _smoothstep
 from . import register_family
 from ._common import _fbm
 
@@ -43,6 +49,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _DEPTH_BETA = {1: 0.34, 2: 0.67, 3: 1.1}
 _FRACTAL_BETA = {1: 0.18, 2: 0.37, 3: 0.58}
 _NIGHT_BETA = {1: 0.25, 2: 0.5, 3: 0.8}
+_BANKS_BETA = {1: 0.3, 2: 0.6, 3: 0.95}
 # airlight tints: neutral, yellowish smog, bluish mist, cool grey
 _DAY_TINTS = np.array([[1.0, 1.0, 1.0], [1.0, 0.93, 0.74], [0.84, 0.92, 1.0], [0.95, 0.97, 1.0]], np.float32)
 # night airlight tints: sodium orange, mercury blue-green, grey
@@ -161,3 +168,40 @@ def _haze_night(clean: np.ndarray, rng: np.random.Generator, severity: int, scal
     keep = (exposure * t).astype(np.float32)
     degraded = clean * keep[:, :, None] + airlight * (1.0 - t)[:, :, None] + bloom
     return degraded, 1.0 - keep, np.zeros((h, w), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- haze-banks
+def _bank_profiles(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> list[np.ndarray]:
+    """(H, W) profiles in [0, 1] of a few soft-edged elliptic fog banks, outlines warped by one field."""
+    h, w = shape
+    unit = _REFERENCE_SIZE * scale  # the side of a reference 512-px image, in pixels
+    count = max(1, int(rng.poisson(rng.uniform(1.5, 5.0) * h * w / unit**2)))
+    warp = rng.uniform(0.0, 0.3) * _low_frequency(rng, shape, cells=int(rng.integers(3, 7)))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    profiles = []
+    for _ in range(count):
+        radius = rng.uniform(60.0, 260.0) * scale
+        cy, cx = rng.uniform(-0.2 * radius, h + 0.2 * radius), rng.uniform(-0.2 * radius, w + 0.2 * radius)
+        angle, flat = rng.normal(0.0, 0.35), rng.uniform(0.25, 1.0)
+        u = (np.cos(angle) * (xx - cx) + np.sin(angle) * (yy - cy)) / radius
+        v = (-np.sin(angle) * (xx - cx) + np.cos(angle) * (yy - cy)) / (radius * flat)
+        distance = np.sqrt(u * u + v * v) * (1.0 + warp)
+        profiles.append(_smoothstep(1.0, 1.0 - rng.uniform(0.3, 1.0), distance).astype(np.float32))
+    return profiles
+
+
+@register_family(
+    "haze-banks", "haze", "drifting fog banks: a few large soft-edged blobs of dense fog over a thin veil"
+)
+def _haze_banks(clean: np.ndarray, rng: np.random.Generator, severity: int, scale: float):
+    h, w = clean.shape[:2]
+    profiles = _bank_profiles(rng, (h, w), scale)
+    amplitudes = rng.uniform(0.6, 1.4, len(profiles))
+    density = rng.uniform(0.05, 0.35) + sum(a * p for a, p in zip(amplitudes, profiles, strict=True))
+    t = np.exp(-_beta(rng, _BANKS_BETA, severity) * density).astype(np.float32)
+    airlight = _tinted(rng, _DAY_TINTS, rng.uniform(0.7, 0.98))
+    shades = rng.uniform(-1.0, 1.0, len(profiles))  # each bank lit a little brighter or darker
+    weight = sum(profiles) + 1e-3
+    shade = rng.uniform(0.0, 0.1) * sum(s * p for s, p in zip(shades, profiles, strict=True)) / weight
+    airlight = np.clip(airlight * (1.0 + shade)[:, :, None], 0.0, 1.0)
+    return _scatter(clean, t, airlight), 1.0 - t, np.zeros((h, w), np.float32)
