@@ -20,6 +20,7 @@ stochastic training through the trainer gets a few hundred noisy steps for the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -44,6 +45,7 @@ __all__ = [
     "fit_strength",
     "proposal_mse",
     "proposal_sums",
+    "proposals_name",
 ]
 
 
@@ -189,14 +191,30 @@ def _cached_proposals(path: Path, features: int, pair: bool) -> Proposals | None
     return proposals if fits and (proposals.pair is not None) == pair else None
 
 
+def proposals_name(config: Config, *, renders: int, sigma: float) -> str:
+    """``proposals_<renders>_seed<seed>_sigma<sigma>_<digest>.pt``: the file of the base's work on a
+    recipe's training renders. The digest covers what the proposals depend on besides the head: the
+    ``data`` section (photos, families, crops), the base (``model.base``, ``train.init_from``,
+    ``train.init_parts``); the band sums depend on ``sigma``. The head's own settings are left out:
+    :func:`_cached_proposals` checks that the kept evidence is what the head reads."""
+    depends = {
+        "data": config.data.model_dump(mode="json"),
+        "base": config.model.model_dump(mode="json").get("base"),
+        "init_from": config.train.init_from,
+        "init_parts": config.train.init_parts,
+    }
+    digest = hashlib.sha1(json.dumps(depends, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"proposals_{renders}_seed{config.train.seed}_sigma{sigma:g}_{digest}.pt"
+
+
 def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> dict:
     """``mofme train RECIPE --fit-strength RENDERS``: the recipe's ``restorer_calibrated`` model, its
     training renders through the fixed base (seed ``train.seed``), the strength fitted full-batch or,
     for a head with a pair encoder, in batches of :data:`PAIR_BATCH` (``optim.lr``,
     ``optim.weight_decay``, ``loss.psnr_cap``), then scored on the recipe's validation set as
     training scores it. Writes ``train.output_dir``/best (the model), ``strength_fit.json``
-    (settings, loss history, scores, minutes) and ``proposals_<renders>_seed<seed>_sigma<sigma>.pt``
-    (reused by the next fit into the same folder with the same renders, seed and ``band_sigma``);
+    (settings, loss history, scores, minutes) and the proposals (:func:`proposals_name`: reused by
+    the next fit into the same folder with the same renders, data, base and ``band_sigma``);
     returns the record."""
     from mofme.train.data import build_datasets, validation_set
     from mofme.train.recipes.restoration import validate
@@ -208,8 +226,7 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
     start = time.perf_counter()
     output = Path(config.train.output_dir)
     # the base's work, kept (written whole or not at all): a refit costs seconds
-    # the band sums depend on the band's sigma: another sigma, another file
-    cache = output / f"proposals_{renders}_seed{config.train.seed}_sigma{model.config.band_sigma:g}.pt"
+    cache = output / proposals_name(config, renders=renders, sigma=model.config.band_sigma)
     head = model.strength
     proposals = _cached_proposals(cache, evidence_features(head.haze_evidence), head.encoder is not None)
     if proposals is None:

@@ -222,3 +222,28 @@ def test_a_batched_fit_learns_from_the_pair_what_the_statistics_do_not_tell(mode
     with torch.no_grad():
         strength = paired.strength.to_strength(paired.strength.logits(HeadEvidence(features, pair)))[:, 0]
     assert float(strength[~rainy].max()) < 0.2 and float(strength[rainy].min()) > 0.8
+
+
+def test_kept_proposals_are_named_by_what_they_depend_on():
+    """Another family list, photo folder or base: another file; the head's own settings (its cap,
+    its pair encoder) and the output folder: the same one (the evidence check covers the head)."""
+    from mofme.configs import recipe_path
+    from mofme.train.config import load_config
+    from mofme.train.strength import proposals_name
+
+    def name(*overrides: str, sigma: float = 4.0) -> str:
+        config = load_config(recipe_path("weather_strength_pair"), list(overrides))
+        return proposals_name(config, renders=1536, sigma=sigma)
+
+    reference = name()
+    assert reference.startswith("proposals_1536_seed2032_sigma4_") and reference.endswith(".pt")
+    assert name("loss.psnr_cap=50", "model.pair_width=8", "train.output_dir=elsewhere") == reference
+    changed = [
+        name("data.families=[rain-classic,snow-classic,haze-classic,raindrop-classic]"),
+        name("data.folders=[{path: other/photos, weight: 1.0}]"),
+        name("model.base=mofme-small-weather"),
+        name("train.init_parts={base: runs/other/best}"),
+        name("train.seed=7"),
+        name(sigma=2.0),
+    ]
+    assert reference not in changed and len(set(changed)) == len(changed)
