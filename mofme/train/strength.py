@@ -137,21 +137,23 @@ def fit_strength(
     logit_decay: float = 1e-3,
     batch_size: int | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[float]:
     """Optimise ``model.strength`` (AdamW) on minus the mean PSNR of the proposals, each capped at
     ``psnr_cap`` dB, plus ``logit_decay`` x the mean squared logit (a render whose logit saturated
     early, s = 1.000 on a clean photo, otherwise gets no gradient back: seen on 2 of 6 seeds of the
     test's fit). Full-batch, or ``batch_size`` renders drawn at random each iteration (a head with a pair
     encoder; every other batch mirrored left to right). Returns the loss every 100 iterations and at
-    the end. The head is left in eval mode (its standardisations' running statistics those of the
-    proposals)."""
+    the end (``progress``: a progress bar showing it). The head is left in eval mode (its
+    standardisations' running statistics those of the proposals)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = model.strength.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     floor = 10.0 ** (-psnr_cap / 10.0)
     history = []
-    for iteration in range(iterations):
+    bar = tqdm(range(iterations), desc="strength", disable=not progress)
+    for iteration in bar:
         batch = _batch(proposals, batch_size, generator, mirror=iteration % 2 == 1)
         logits = head.logits(HeadEvidence(batch.features, batch.pair))
         mse = proposal_mse(head.to_strength(logits), batch.sums)
@@ -161,6 +163,7 @@ def fit_strength(
         optimizer.step()
         if iteration % 100 == 0 or iteration == iterations - 1:
             history.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
     head.eval()
     if not all(math.isfinite(value) for value in history):
         raise FloatingPointError(f"the strength's loss diverged: {history}")
@@ -243,6 +246,7 @@ def fit_from_config(config: Config, *, renders: int, iterations: int = 1500) -> 
         psnr_cap=config.loss.psnr_cap,
         batch_size=None if head.encoder is None else PAIR_BATCH,
         seed=config.train.seed,
+        progress=True,
     )
     model.save_pretrained(output / "best")
     scores = validate(model, validation_set(config.data, seed=config.train.seed), config)
