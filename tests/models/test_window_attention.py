@@ -139,7 +139,7 @@ def test_windowed_restorer_exports_to_onnx():
             return self.model(x).image
 
     windowed, _ = _models()
-    model, x = ImageOnly(windowed), torch.rand(1, 3, 64, 96)  # a 16 x 24 grid: windows padded, masked
+    model, x = ImageOnly(windowed).eval(), torch.rand(1, 3, 64, 96)  # a 16 x 24 grid: windows padded, masked
     program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
     session = ort.InferenceSession(program.model_proto.SerializeToString())
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
